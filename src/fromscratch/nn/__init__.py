@@ -1,0 +1,7 @@
+"""Drop-in torch.nn modules whose gradients are the hand-derived ones in ``fromscratch.ops``."""
+from .batch_norm import BatchNorm
+from .dropout import Dropout
+from .layer_norm import LayerNorm
+from .rms_norm import RMSNorm
+
+__all__ = ["BatchNorm", "Dropout", "LayerNorm", "RMSNorm"]

@@ -1,0 +1,110 @@
+"""torch.autograd.Functions whose backward is the hand-derived one in ``ops``.
+
+fp16/bf16 tensors are computed in float32 and cast back once. Under ``create_graph=True``
+the backward rebuilds the forward's cache from the saved inputs with grad enabled, so
+the hand-written backward is itself differentiable (gradgradcheck passes).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..ops import batch_norm as bn
+from ..ops import dropout as dr
+from ..ops import layer_norm as ln
+from ..ops import rms_norm as rn
+
+
+def up(t: torch.Tensor | None) -> torch.Tensor | None:
+    """The compute dtype: float32 for fp16/bf16, the tensor's own otherwise."""
+    if t is not None and t.dtype in (torch.float16, torch.bfloat16):
+        return t.float()
+    return t
+
+
+def down(t: torch.Tensor | None, like: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None or like is None else t.to(like.dtype)
+
+
+class LayerNormFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
+                bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+        y, cache = ln.forward(up(x), up(weight), up(bias), eps)
+        ctx.save_for_backward(x, weight, bias, cache.xhat, cache.rstd)
+        ctx.eps = eps
+        return y.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor):
+        x, weight, bias, xhat, rstd = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            _, cache = ln.forward(up(x), up(weight), up(bias), ctx.eps)
+        else:
+            cache = ln.Cache(xhat, rstd, up(weight), bias is not None)
+        dx, dw, db = ln.backward(up(dy), cache)
+        return dx.to(x.dtype), down(dw, weight), down(db, bias), None
+
+
+class RMSNormFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
+                eps: float) -> torch.Tensor:
+        y, cache = rn.forward(up(x), up(weight), eps)
+        ctx.save_for_backward(x, weight, cache.xhat, cache.rstd)
+        ctx.eps = eps
+        return y.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor):
+        x, weight, xhat, rstd = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            _, cache = rn.forward(up(x), up(weight), ctx.eps)
+        else:
+            cache = rn.Cache(xhat, rstd, up(weight))
+        dx, dw = rn.backward(up(dy), cache)
+        return dx.to(x.dtype), down(dw, weight), None
+
+
+class BatchNormFn(torch.autograd.Function):
+    """x is (M, C). With ``mean``/``var`` given they are used as constants (eval)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
+                bias: torch.Tensor | None, mean: torch.Tensor | None,
+                var: torch.Tensor | None, eps: float):
+        batch = mean is None
+        y, cache, mean, var = bn.forward(up(x), up(weight), up(bias), eps, up(mean), up(var),
+                                         batch_stats=batch)
+        ctx.save_for_backward(x, weight, bias, cache.xhat, cache.rstd, mean, var)
+        ctx.eps, ctx.batch = eps, batch
+        ctx.mark_non_differentiable(mean, var)
+        return y.to(x.dtype), mean, var
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor, _dmean: Any, _dvar: Any):
+        x, weight, bias, xhat, rstd, mean, var = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            _, cache, _, _ = bn.forward(up(x), up(weight), up(bias), ctx.eps,
+                                        None if ctx.batch else mean, None if ctx.batch else var,
+                                        batch_stats=ctx.batch)
+        else:
+            cache = bn.Cache(xhat, rstd, up(weight), bias is not None, ctx.batch)
+        dx, dw, db = bn.backward(up(dy), cache)
+        return dx.to(x.dtype), down(dw, weight), down(db, bias), None, None, None
+
+
+class DropoutFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, p: float) -> torch.Tensor:
+        u = torch.rand(x.shape, device=x.device)       # float32 uniforms, global generator
+        y, cache = dr.forward(up(x), p, u)
+        ctx.save_for_backward(cache.keep)
+        ctx.scale = cache.scale
+        return y.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor):
+        (keep,) = ctx.saved_tensors
+        return dr.backward(up(dy), dr.Cache(keep, ctx.scale)).to(dy.dtype), None

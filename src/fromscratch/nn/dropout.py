@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import _checks as check
+from .. import functional as F
+
+
+class Dropout(nn.Module):
+    """Drop-in ``torch.nn.Dropout``: in training, zero each element with probability ``p``
+    and scale the kept ones by 1/(1-p), so E[y] = x; identity in eval."""
+
+    def __init__(self, p: float = 0.5, inplace: bool = False):
+        super().__init__()
+        self.p = check.probability("Dropout", p)
+        self.inplace = inplace
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.dropout(input, self.p, self.training, self.inplace)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, inplace={self.inplace}"

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .. import _checks as check
+from .. import functional as F
+
+
+class LayerNorm(nn.Module):
+    """Drop-in ``torch.nn.LayerNorm`` with the hand-derived backward of ``ops.layer_norm``.
+
+    y = (x - E[x]) / sqrt(Var[x] + eps) * weight + bias over the trailing ``normalized_shape``.
+    """
+
+    def __init__(self, normalized_shape: int | Sequence[int], eps: float = 1e-5,
+                 elementwise_affine: bool = True, bias: bool = True,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        self.normalized_shape = check.normalized_shape("LayerNorm", normalized_shape)
+        self.eps = eps
+        self.elementwise_affine = elementwise_affine
+        if elementwise_affine:
+            self.weight = nn.Parameter(torch.empty(self.normalized_shape, **kw))
+            self.bias = nn.Parameter(torch.empty(self.normalized_shape, **kw)) if bias else None
+        else:
+            self.weight = self.bias = None
+        if self.bias is None:
+            self.register_parameter("bias", None)
+        if self.weight is None:
+            self.register_parameter("weight", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.weight is not None:
+            nn.init.ones_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return ("{normalized_shape}, eps={eps}, "
+                "elementwise_affine={elementwise_affine}".format(**self.__dict__))

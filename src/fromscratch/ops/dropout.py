@@ -1,0 +1,37 @@
+r"""Inverted dropout. Derivation: docs/derivations/dropout.md.
+
+Given p (probability to drop) and u ~ U[0, 1) of x's shape:
+
+    keep = u >= p   (P(keep) = 1 - p)       y = x * keep / (1 - p)       E[y] = x
+
+Backward: dx = dy * keep / (1 - p). With p = 1 everything is dropped: y = 0, dx = 0.
+Randomness comes from the caller (NumPy Generator, torch generator), so the op is pure.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from ._xp import Array, namespace
+
+
+class Cache(NamedTuple):
+    keep: Array  # bool, x's shape
+    scale: float
+
+
+def forward(x: Array, p: float, u: Array) -> tuple[Array, Cache]:
+    keep = u >= p
+    scale = 1.0 / (1.0 - p) if p < 1.0 else 0.0
+    return _masked(x, keep, scale), Cache(keep, scale)
+
+
+def backward(dy: Array, cache: Cache) -> Array:
+    return _masked(dy, cache.keep, cache.scale)
+
+
+def _masked(x: Array, keep: Array, scale: float) -> Array:
+    if scale == 0.0:
+        return namespace(x).zeros_like(x)
+    y = x * keep
+    y *= scale
+    return y
