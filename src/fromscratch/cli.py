@@ -22,12 +22,12 @@ def _demo(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="fromscratch demo",
                                 description="Run one demo, or all of them with no name.")
     p.add_argument("name", nargs="?", choices=sorted(DEMOS), help="the demo (default: all)")
+    # declared here so that "demo --out DIR" is not read as a demo named DIR
+    p.add_argument("--out", help="output folder (default: demo-output, one subfolder per demo)")
     args, rest = p.parse_known_args(argv)
     if args.name:
-        return run(args.name, rest)
-    out = argparse.ArgumentParser(add_help=False)
-    out.add_argument("--out", default="demo-output")
-    base = out.parse_known_args(rest)[0].out
+        return run(args.name, rest + (["--out", args.out] if args.out else []))
+    base = args.out or "demo-output"
     status = 0
     for name in DEMOS:
         start = time.perf_counter()

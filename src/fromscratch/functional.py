@@ -10,6 +10,7 @@ from typing import Sequence
 import torch
 
 from . import _checks as check
+from .kernels.dispatch import check_backend, use_kernels
 from .nn._autograd import BatchNormFn, DropoutFn, LayerNormFn, RMSNormFn
 from .ops import batch_norm as bn
 
@@ -24,20 +25,27 @@ def _flat(x: torch.Tensor, k: int) -> torch.Tensor:
 
 def layer_norm(input: torch.Tensor, normalized_shape: int | Sequence[int],
                weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-               eps: float = 1e-5) -> torch.Tensor:
-    """y = (x - mean) / sqrt(var + eps) * weight + bias over the trailing ``normalized_shape``."""
+               eps: float = 1e-5, backend: str = "auto") -> torch.Tensor:
+    """y = (x - mean) / sqrt(var + eps) * weight + bias over the trailing ``normalized_shape``.
+
+    ``backend``: "auto" (Triton kernels for CUDA tensors when triton imports), "triton" or
+    "torch" (the ``ops`` reference); see ``fromscratch.kernels.dispatch``."""
     op = "layer_norm"
     shape = check.normalized_shape(op, normalized_shape)
     check.floating(op, input)
     check.trailing(op, input.shape, shape)
     check.param_shape(op, "weight", weight, shape)
     check.param_shape(op, "bias", bias, shape)
-    y = LayerNormFn.apply(_flat(input, len(shape)), _flat1(weight), _flat1(bias), float(eps))
+    fn = LayerNormFn
+    if use_kernels(op, backend, input, weight=weight, bias=bias):
+        from .kernels.autograd import LayerNormFn as fn
+    y = fn.apply(_flat(input, len(shape)), _flat1(weight), _flat1(bias), float(eps))
     return y.reshape(input.shape)
 
 
 def rms_norm(input: torch.Tensor, normalized_shape: int | Sequence[int],
-             weight: torch.Tensor | None = None, eps: float | None = None) -> torch.Tensor:
+             weight: torch.Tensor | None = None, eps: float | None = None,
+             backend: str = "auto") -> torch.Tensor:
     """y = x / sqrt(mean(x^2) + eps) * weight; eps=None is the float32 (float64) machine eps."""
     op = "rms_norm"
     shape = check.normalized_shape(op, normalized_shape)
@@ -46,14 +54,49 @@ def rms_norm(input: torch.Tensor, normalized_shape: int | Sequence[int],
     check.param_shape(op, "weight", weight, shape)
     if eps is None:
         eps = torch.finfo(torch.float64 if input.dtype == torch.float64 else torch.float32).eps
-    y = RMSNormFn.apply(_flat(input, len(shape)), _flat1(weight), float(eps))
+    fn = RMSNormFn
+    if use_kernels(op, backend, input, weight=weight):
+        from .kernels.autograd import RMSNormFn as fn
+    y = fn.apply(_flat(input, len(shape)), _flat1(weight), float(eps))
     return y.reshape(input.shape)
+
+
+def fused_add_rms_norm(input: torch.Tensor, residual: torch.Tensor,
+                       normalized_shape: int | Sequence[int], weight: torch.Tensor | None = None,
+                       eps: float | None = None, backend: str = "auto"
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s, y) with s = input + residual and y = rms_norm(s): a pre-norm transformer block's
+    residual add and norm in one pass. The kernels read input and residual once and write s
+    and y; the reference is the two steps composed."""
+    op = "fused_add_rms_norm"
+    check_backend(backend)
+    shape = check.normalized_shape(op, normalized_shape)
+    check.floating(op, input)
+    check.floating(op, residual, "residual")
+    check.trailing(op, input.shape, shape)
+    if residual.shape != input.shape:
+        raise check.ShapeError(f"{op}: residual has shape {tuple(residual.shape)}, expected the "
+                               f"input's {tuple(input.shape)}")
+    check.param_shape(op, "weight", weight, shape)
+    if backend == "triton" and residual.dtype != input.dtype:
+        raise check.DtypeError(f"{op}: residual is {residual.dtype} and input {input.dtype}; the "
+                               "fused kernel takes one dtype for both")
+    if residual.dtype == input.dtype and use_kernels(op, backend, input, residual=residual,
+                                                     weight=weight):
+        from .kernels.autograd import FusedAddRMSNormFn
+        if eps is None:
+            eps = torch.finfo(torch.float32).eps
+        s, y = FusedAddRMSNormFn.apply(_flat(input, len(shape)), _flat(residual, len(shape)),
+                                       _flat1(weight), float(eps))
+        return s.reshape(input.shape), y.reshape(input.shape)
+    s = input + residual
+    return s, rms_norm(s, shape, weight, eps, backend="torch")
 
 
 def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None,
                running_var: torch.Tensor | None, weight: torch.Tensor | None = None,
                bias: torch.Tensor | None = None, training: bool = False,
-               momentum: float = 0.1, eps: float = 1e-5) -> torch.Tensor:
+               momentum: float = 0.1, eps: float = 1e-5, backend: str = "auto") -> torch.Tensor:
     """Channels-last batch norm. In training it normalises with the batch's biased variance
     and, when running buffers are given, updates them in place with the unbiased one:
     ``running = (1 - momentum) * running + momentum * batch``."""
@@ -67,10 +110,16 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None,
     if not training and (running_mean is None or running_var is None):
         raise ValueError(f"{op}: running_mean and running_var are required when not training")
     x = input.reshape(-1, c)
+    if use_kernels(op, backend, input, weight=weight, bias=bias, running_mean=running_mean,
+                   running_var=running_var):
+        from .kernels.autograd import BatchNormFn as KernelBatchNormFn
+        y = KernelBatchNormFn.apply(x, weight, bias, running_mean, running_var, bool(training),
+                                    float(momentum), float(eps))
+        return y.reshape(input.shape)
     y, mean, var = BatchNormFn.apply(x, weight, bias, None if training else running_mean,
                                      None if training else running_var, float(eps))
-    if training and running_mean is not None and running_var is not None:
-        with torch.no_grad():
+    if training and running_mean is not None and running_var is not None and x.shape[0] > 0:
+        with torch.no_grad():                          # an empty batch leaves them, as torch
             new_mean, new_var = bn.update_running(running_mean, running_var, mean, var,
                                                   x.shape[0], momentum)
             running_mean.copy_(new_mean)
@@ -79,14 +128,24 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None,
 
 
 def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True,
-            inplace: bool = False) -> torch.Tensor:
-    """Inverted dropout: zero each element with probability p, scale the rest by 1/(1-p)."""
+            inplace: bool = False, backend: str = "auto") -> torch.Tensor:
+    """Inverted dropout: zero each element with probability p, scale the rest by 1/(1-p).
+
+    The triton backend draws its mask from Philox (seed from torch's CPU generator) and
+    regenerates it in the backward instead of storing it, so for one ``torch.manual_seed``
+    it drops other elements than the torch backend; see ``fromscratch.kernels.dropout``."""
     op = "dropout"
     p = check.probability(op, p)
     check.floating(op, input)
     if not training or p == 0.0:
+        check_backend(backend)
         return input
-    y = DropoutFn.apply(input, p)
+    if use_kernels(op, backend, input):
+        from .kernels.autograd import DropoutFn as KernelDropoutFn
+        from .kernels.dropout import new_seed
+        y = KernelDropoutFn.apply(input, p, new_seed(), 0)
+    else:
+        y = DropoutFn.apply(input, p)
     return input.copy_(y) if inplace else y
 
 

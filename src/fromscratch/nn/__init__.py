@@ -3,5 +3,6 @@ from .batch_norm import BatchNorm
 from .dropout import Dropout
 from .layer_norm import LayerNorm
 from .rms_norm import RMSNorm
+from .sync_batch_norm import SyncBatchNorm
 
-__all__ = ["BatchNorm", "Dropout", "LayerNorm", "RMSNorm"]
+__all__ = ["BatchNorm", "Dropout", "LayerNorm", "RMSNorm", "SyncBatchNorm"]

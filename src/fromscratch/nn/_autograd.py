@@ -27,6 +27,13 @@ def down(t: torch.Tensor | None, like: torch.Tensor | None) -> torch.Tensor | No
     return None if t is None or like is None else t.to(like.dtype)
 
 
+def output(y: torch.Tensor, like: torch.Tensor, saved: torch.Tensor) -> torch.Tensor:
+    """y in ``like``'s dtype, never the saved tensor itself: without weight and bias y *is*
+    xhat, and an in-place op on the output (ReLU(inplace=True)) would corrupt the backward."""
+    out = y.to(like.dtype)
+    return out.clone() if out is saved else out
+
+
 class LayerNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
@@ -34,7 +41,7 @@ class LayerNormFn(torch.autograd.Function):
         y, cache = ln.forward(up(x), up(weight), up(bias), eps)
         ctx.save_for_backward(x, weight, bias, cache.xhat, cache.rstd)
         ctx.eps = eps
-        return y.to(x.dtype)
+        return output(y, x, cache.xhat)
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor):
@@ -54,7 +61,7 @@ class RMSNormFn(torch.autograd.Function):
         y, cache = rn.forward(up(x), up(weight), eps)
         ctx.save_for_backward(x, weight, cache.xhat, cache.rstd)
         ctx.eps = eps
-        return y.to(x.dtype)
+        return output(y, x, cache.xhat)
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor):
@@ -80,7 +87,7 @@ class BatchNormFn(torch.autograd.Function):
         ctx.save_for_backward(x, weight, bias, cache.xhat, cache.rstd, mean, var)
         ctx.eps, ctx.batch = eps, batch
         ctx.mark_non_differentiable(mean, var)
-        return y.to(x.dtype), mean, var
+        return output(y, x, cache.xhat), mean, var
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor, _dmean: Any, _dvar: Any):

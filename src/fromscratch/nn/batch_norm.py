@@ -7,6 +7,7 @@ from torch import nn
 
 from .. import _checks as check
 from .. import functional as F
+from ..kernels.dispatch import check_backend
 
 
 class BatchNorm(nn.Module):
@@ -23,8 +24,10 @@ class BatchNorm(nn.Module):
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True,
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                 *, bias: bool = True, backend: str = "auto"):
         super().__init__()
+        self.backend = check_backend(backend)     # a plain attribute: not in state_dict
         kw: dict[str, Any] = {"device": device, "dtype": dtype}
         self.num_features = num_features
         self.eps = eps
@@ -33,7 +36,10 @@ class BatchNorm(nn.Module):
         self.track_running_stats = track_running_stats
         if affine:
             self.weight = nn.Parameter(torch.empty(num_features, **kw))
-            self.bias = nn.Parameter(torch.empty(num_features, **kw))
+            if bias:
+                self.bias = nn.Parameter(torch.empty(num_features, **kw))
+            else:
+                self.register_parameter("bias", None)
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
@@ -58,7 +64,8 @@ class BatchNorm(nn.Module):
         self.reset_running_stats()
         if self.affine:
             nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
 
     def _momentum(self) -> float:
         """The weight of this batch in the running average (torch's exponential_average_factor)."""
@@ -77,11 +84,14 @@ class BatchNorm(nn.Module):
         track = self.training and self.track_running_stats
         return F.batch_norm(input, self.running_mean if track or not use_batch else None,
                             self.running_var if track or not use_batch else None,
-                            self.weight, self.bias, use_batch, self._momentum(), self.eps)
+                            self.weight, self.bias, use_batch, self._momentum(), self.eps,
+                            backend=self.backend)
 
     def extra_repr(self) -> str:
         return ("{num_features}, eps={eps}, momentum={momentum}, affine={affine}, "
-                "track_running_stats={track_running_stats}".format(**self.__dict__))
+                "bias={use_bias}, track_running_stats={track_running_stats}".format(
+                    **self.__dict__, use_bias=self.bias is not None)
+                + ("" if self.backend == "auto" else f", backend={self.backend!r}"))
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
                               missing_keys, unexpected_keys, error_msgs):

@@ -7,6 +7,7 @@ from torch import nn
 
 from .. import _checks as check
 from .. import functional as F
+from ..kernels.dispatch import check_backend
 
 
 class LayerNorm(nn.Module):
@@ -17,21 +18,25 @@ class LayerNorm(nn.Module):
 
     def __init__(self, normalized_shape: int | Sequence[int], eps: float = 1e-5,
                  elementwise_affine: bool = True, bias: bool = True,
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                 *, backend: str = "auto"):
         super().__init__()
         kw = {"device": device, "dtype": dtype}
+        self.backend = check_backend(backend)     # a plain attribute: not in state_dict
         self.normalized_shape = check.normalized_shape("LayerNorm", normalized_shape)
         self.eps = eps
         self.elementwise_affine = elementwise_affine
+        # register_parameter(name, None), not `self.bias = None`: a plain attribute would
+        # hide the name from state_dict / parameters() and break the next registration
         if elementwise_affine:
             self.weight = nn.Parameter(torch.empty(self.normalized_shape, **kw))
-            self.bias = nn.Parameter(torch.empty(self.normalized_shape, **kw)) if bias else None
+            if bias:
+                self.bias = nn.Parameter(torch.empty(self.normalized_shape, **kw))
+            else:
+                self.register_parameter("bias", None)
         else:
-            self.weight = self.bias = None
-        if self.bias is None:
-            self.register_parameter("bias", None)
-        if self.weight is None:
             self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -41,8 +46,10 @@ class LayerNorm(nn.Module):
             nn.init.zeros_(self.bias)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+        return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps,
+                            backend=self.backend)
 
     def extra_repr(self) -> str:
-        return ("{normalized_shape}, eps={eps}, "
-                "elementwise_affine={elementwise_affine}".format(**self.__dict__))
+        return ("{normalized_shape}, eps={eps}, elementwise_affine={elementwise_affine}, "
+                "bias={use_bias}".format(**self.__dict__, use_bias=self.bias is not None)
+                + ("" if self.backend == "auto" else f", backend={self.backend!r}"))

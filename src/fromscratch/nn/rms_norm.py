@@ -7,6 +7,7 @@ from torch import nn
 
 from .. import _checks as check
 from .. import functional as F
+from ..kernels.dispatch import check_backend
 
 
 class RMSNorm(nn.Module):
@@ -18,8 +19,9 @@ class RMSNorm(nn.Module):
 
     def __init__(self, normalized_shape: int | Sequence[int], eps: float | None = None,
                  elementwise_affine: bool = True, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None):
+                 dtype: torch.dtype | None = None, *, backend: str = "auto"):
         super().__init__()
+        self.backend = check_backend(backend)     # a plain attribute: not in state_dict
         self.normalized_shape = check.normalized_shape("RMSNorm", normalized_shape)
         self.eps = eps
         self.elementwise_affine = elementwise_affine
@@ -35,8 +37,9 @@ class RMSNorm(nn.Module):
             nn.init.ones_(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, self.normalized_shape, self.weight, self.eps)
+        return F.rms_norm(x, self.normalized_shape, self.weight, self.eps, backend=self.backend)
 
     def extra_repr(self) -> str:
         return ("{normalized_shape}, eps={eps}, "
-                "elementwise_affine={elementwise_affine}".format(**self.__dict__))
+                "elementwise_affine={elementwise_affine}".format(**self.__dict__)
+                + ("" if self.backend == "auto" else f", backend={self.backend!r}"))

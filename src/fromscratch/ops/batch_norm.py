@@ -1,24 +1,26 @@
 r"""Batch normalisation, channels-last: x has shape (M, C), statistics per column.
 Derivation: docs/derivations/batch_norm.md.
 
-Forward, per channel c over the m rows of the batch:
+Forward, per channel c over the m rows of the batch (derivation eqs. 1-4):
 
     mu = mean(x)     var = mean((x - mu)^2)   (biased: it normalises)
     r = 1 / sqrt(var + eps)      xhat = (x - mu) * r      y = w * xhat + b
 
-Backward with batch statistics (derivation eq. 6):
+Backward with batch statistics (eqs. 5 and 7):
 
     dx = w * r * (dy - sum(dy) / m - xhat * sum(dy * xhat) / m)
     dw = sum(dy * xhat)          db = sum(dy)
 
-With fixed (running) statistics mu and var are constants and dx = w * r * dy.
-Across processes the two sums and m are global; ``dx_from_sums`` takes them.
+With fixed (running) statistics mu and var are constants and dx = w * r * dy (eq. 8).
+Across processes the two sums and m are global; ``dx_from_sums`` takes them. The running
+averages (eqs. 9, 10) store the unbiased variance.
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
-from ._xp import Array, namespace, vecdot
+from ._xp import Array, addcmul, imul, namespace, sum_rows
+from .layer_norm import affine
 
 
 class Cache(NamedTuple):
@@ -31,10 +33,15 @@ class Cache(NamedTuple):
 
 def moments(x: Array) -> tuple[Array, Array]:
     """Per-channel mean and M2 = sum((x - mean)^2) of x (M, C), two-pass."""
-    xp = namespace(x)
-    mean = xp.mean(x, axis=0)
+    mean, _, m2 = _centred(x)
+    return mean, m2
+
+
+def _centred(x: Array) -> tuple[Array, Array, Array]:
+    """(mean, x - mean, M2) per channel: the two passes, keeping the centred x."""
+    mean = sum_rows(x) / x.shape[0]                                        # (1)
     xc = x - mean
-    return mean, vecdot(xc, xc, axis=0)
+    return mean, xc, sum_rows(xc * xc)                                     # (2) times m
 
 
 def combine_moments(counts: Array, means: Array, m2s: Array) -> tuple[Array, Array, Array]:
@@ -42,11 +49,14 @@ def combine_moments(counts: Array, means: Array, m2s: Array) -> tuple[Array, Arr
 
         n = sum n_i     mu = sum n_i mu_i / n     M2 = sum M2_i + sum n_i (mu_i - mu)^2
 
-    Parts with n_i = 0 contribute nothing. Returns (n, mu, M2).
+    Parts with n_i = 0 contribute nothing, even though ``moments`` of an empty part gives
+    mean NaN (0/0): their mean and M2 are replaced by 0 first. Returns (n, mu, M2).
     """
     xp = namespace(means)
     n = xp.sum(counts, axis=0)
     w = counts[:, None]
+    means = xp.where(w > 0, means, xp.zeros_like(means))
+    m2s = xp.where(w > 0, m2s, xp.zeros_like(m2s))
     mu = xp.sum(w * means, axis=0) / n
     d = means - mu
     return n, mu, xp.sum(m2s, axis=0) + xp.sum(w * d * d, axis=0)
@@ -61,33 +71,31 @@ def forward(x: Array, weight: Array | None = None, bias: Array | None = None,
     """
     xp = namespace(x)
     if mean is None:
-        mean, m2 = moments(x)
-        var = m2 / x.shape[0]
+        mean, xhat, m2 = _centred(x)
+        var = m2 / x.shape[0]                      # biased: the batch's own spread   (2)
+    else:
+        xhat = x - mean
     rstd = 1.0 / xp.sqrt(var + eps)
-    xhat = (x - mean) * rstd
-    y = xhat * weight if weight is not None else xhat
-    if bias is not None:
-        y = y + bias
+    xhat = imul(xhat, rstd)                                                # (3)
+    y = affine(xhat, weight, bias)                                         # (4)
     return y, Cache(xhat, rstd, weight, bias is not None, batch_stats), mean, var
 
 
 def sums(dy: Array, cache: Cache) -> tuple[Array, Array]:
-    """The backward's two column reductions: sum(dy) and sum(dy * xhat) (= db, dw)."""
-    xp = namespace(dy)
-    return xp.sum(dy, axis=0), vecdot(dy, cache.xhat, axis=0)
+    """The backward's two column reductions: sum(dy) and sum(dy * xhat) (= db, dw, eq. 5)."""
+    return sum_rows(dy), sum_rows(dy * cache.xhat)
 
 
 def dx_from_sums(dy: Array, cache: Cache, sum_dy: Array, sum_dy_xhat: Array,
                  count: float) -> Array:
-    """dx = w r (dy - sum(dy)/m - xhat sum(dy xhat)/m), sums and m possibly global."""
+    """dx = w r (dy - sum(dy)/m - xhat sum(dy xhat)/m) (eq. 7), sums and m possibly global.
+
+    Per channel that is a dy + b xhat + c (eq. 11): two passes over the rows."""
     scale = cache.rstd * cache.weight if cache.weight is not None else cache.rstd
     if not cache.batch_stats:
-        return dy * scale                              # d(mu)/dx = d(var)/dx = 0
-    dx = cache.xhat * (sum_dy_xhat / count)
-    dx += sum_dy / count
-    dx -= dy
-    dx *= -scale
-    return dx
+        return dy * scale                              # d(mu)/dx = d(var)/dx = 0   (8)
+    dx = addcmul(-scale * (sum_dy / count), cache.xhat, -scale * (sum_dy_xhat / count))
+    return addcmul(dx, dy, scale, out=dx)
 
 
 def backward(dy: Array, cache: Cache) -> tuple[Array, Array | None, Array | None]:
@@ -100,7 +108,8 @@ def backward(dy: Array, cache: Cache) -> tuple[Array, Array | None, Array | None
 
 def update_running(running_mean: Array, running_var: Array, mean: Array, var: Array,
                    count: int, momentum: float) -> tuple[Array, Array]:
-    """running <- (1 - momentum) running + momentum batch; the stored variance is unbiased."""
+    """running <- (1 - momentum) running + momentum batch (eq. 9); the stored variance is
+    the unbiased one, var m / (m - 1). ``momentum`` = 1/t is the cumulative average (eq. 10)."""
     unbiased = var * (count / (count - 1))
     return ((1.0 - momentum) * running_mean + momentum * mean,
             (1.0 - momentum) * running_var + momentum * unbiased)

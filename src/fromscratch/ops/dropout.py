@@ -4,14 +4,15 @@ Given p (probability to drop) and u ~ U[0, 1) of x's shape:
 
     keep = u >= p   (P(keep) = 1 - p)       y = x * keep / (1 - p)       E[y] = x
 
-Backward: dx = dy * keep / (1 - p). With p = 1 everything is dropped: y = 0, dx = 0.
+Backward: dx = dy * keep / (1 - p). With p = 1 everything is dropped: y = 0 * x, dx = 0 * dy
+(zeros, except that NaN / Inf in x give NaN, as in torch).
 Randomness comes from the caller (NumPy Generator, torch generator), so the op is pure.
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
-from ._xp import Array, namespace
+from ._xp import Array
 
 
 class Cache(NamedTuple):
@@ -30,8 +31,7 @@ def backward(dy: Array, cache: Cache) -> Array:
 
 
 def _masked(x: Array, keep: Array, scale: float) -> Array:
-    if scale == 0.0:
-        return namespace(x).zeros_like(x)
+    # no zeros_like shortcut for p = 1: x * 0 keeps a NaN / Inf visible (NaN), as torch does
     y = x * keep
     y *= scale
     return y

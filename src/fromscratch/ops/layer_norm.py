@@ -1,24 +1,25 @@
 r"""Layer normalisation over the last axis. Derivation: docs/derivations/layer_norm.md.
 
-Forward, per row x of length n:
+Forward, per row x of length n (derivation eqs. 1-4):
 
     mu = mean(x)            xc = x - mu          var = mean(xc^2)      (biased, two-pass)
     r = 1 / sqrt(var + eps) xhat = xc * r        y = w * xhat + b
 
-Backward, with g = dy * w (derivation eq. 5):
+Backward, with g = dy * w (eqs. 5, 6 and 8):
 
     dx = r * (g - mean(g) - xhat * mean(g * xhat))
     dw = sum_rows(dy * xhat)       db = sum_rows(dy)
 
 Arrays may be NumPy or torch; the caller flattens ``normalized_shape`` into the last axis.
-In-place updates touch only buffers created here and not saved by any other op, so torch
-can still differentiate this backward (double backward).
+Each function allocates as few full-size arrays as it can (forward: xhat and y; backward:
+dx) and updates them in place, never an array it was given (see ``_xp.may_overwrite``),
+so torch can still differentiate this backward (double backward).
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
-from ._xp import Array, namespace, rows, vecdot
+from ._xp import Array, addcmul, iadd, imul, isub, mul, namespace, sum_rows, sumsq
 
 
 class Cache(NamedTuple):
@@ -32,32 +33,33 @@ def forward(x: Array, weight: Array | None = None, bias: Array | None = None,
             eps: float = 1e-5) -> tuple[Array, Cache]:
     xp = namespace(x)
     n = x.shape[-1]
-    xc = x - xp.mean(x, axis=-1, keepdims=True)
-    var = vecdot(xc, xc)[..., None] / n               # two-pass: never E[x^2] - E[x]^2
-    rstd = 1.0 / xp.sqrt(var + eps)
-    xhat = xc * rstd
-    y = xhat * weight if weight is not None else xhat
-    if bias is not None:
-        y = y + bias if y is xhat else _iadd(y, bias)
-    return y, Cache(xhat, rstd, weight, bias is not None)
+    xhat = x - xp.mean(x, axis=-1, keepdims=True)      # xc = x - mu                 (1)
+    rstd = 1.0 / xp.sqrt(sumsq(xhat) / n + eps)        # two-pass: never E[x^2]-E[x]^2 (2, 3)
+    xhat = imul(xhat, rstd)                            # xhat = xc r                 (3)
+    return affine(xhat, weight, bias), Cache(xhat, rstd, weight, bias is not None)
+
+
+def affine(xhat: Array, weight: Array | None, bias: Array | None) -> Array:
+    """y = w * xhat + b (eq. 4) in one pass; xhat itself when there is neither."""
+    if weight is None:
+        return xhat if bias is None else xhat + bias
+    return xhat * weight if bias is None else addcmul(bias, xhat, weight)
 
 
 def backward(dy: Array, cache: Cache) -> tuple[Array, Array | None, Array | None]:
     """Returns (dx, dweight, dbias); dweight/dbias are None where there is no parameter."""
     xp = namespace(dy)
     xhat, rstd, weight, has_bias = cache
-    n = xhat.shape[-1]
-    dweight = xp.sum(rows(dy * xhat, n), axis=0) if weight is not None else None
-    dbias = xp.sum(rows(dy, n), axis=0) if has_bias else None
-    g = dy * weight if weight is not None else dy
-    c = vecdot(g, xhat)[..., None] / n                 # mean(g * xhat)
-    dx = xhat * c
-    dx -= g
-    dx += xp.mean(g, axis=-1, keepdims=True)
-    dx *= -rstd                                        # r (g - mean(g) - xhat c)
-    return dx, dweight, dbias
-
-
-def _iadd(y: Array, b: Array) -> Array:
-    y += b
-    return y
+    dbias = sum_rows(dy) if has_bias else None                             # (5)
+    t = dy * xhat                                  # the one new array; it becomes dx
+    dweight = sum_rows(t) if weight is not None else None                  # (5)
+    # the two row means of eq. 8, g = dy * w (eq. 9): mean(g) and mean(g * xhat)
+    if weight is not None:
+        mean_g = (dy @ weight)[..., None] / xhat.shape[-1]
+        t = imul(t, weight)                        # g * xhat
+    else:
+        mean_g = xp.mean(dy, axis=-1, keepdims=True)
+    mean_gx = xp.mean(t, axis=-1, keepdims=True)
+    dx = isub(mul(xhat, -mean_gx, out=t), mean_g)  # -xhat mean(g xhat) - mean(g)
+    dx = addcmul(dx, dy, weight, out=dx) if weight is not None else iadd(dx, dy)   # + g
+    return imul(dx, rstd), dweight, dbias                                  # (8)

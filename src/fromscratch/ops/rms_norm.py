@@ -1,20 +1,21 @@
 r"""RMS normalisation over the last axis. Derivation: docs/derivations/rms_norm.md.
 
-Forward, per row x of length n:
+Forward, per row x of length n (derivation eqs. 1-3):
 
     r = 1 / sqrt(mean(x^2) + eps)      xhat = x * r       y = w * xhat
 
-Backward, with g = dy * w (derivation eq. 4):
+Backward, with g = dy * w (eqs. 4, 5 and 7):
 
     dx = r * (g - xhat * mean(g * xhat))          dw = sum_rows(dy * xhat)
 
-No mean is subtracted, so unlike LayerNorm there is no mean(g) term.
+No mean is subtracted, so unlike LayerNorm there is no mean(g) term. As in layer_norm,
+the only new full-size arrays are xhat and y (forward) and dx (backward).
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
-from ._xp import Array, namespace, rows, vecdot
+from ._xp import Array, addcmul, iadd, imul, mul, namespace, sum_rows, sumsq
 
 
 class Cache(NamedTuple):
@@ -25,10 +26,9 @@ class Cache(NamedTuple):
 
 def forward(x: Array, weight: Array | None = None, eps: float = 1e-6) -> tuple[Array, Cache]:
     xp = namespace(x)
-    n = x.shape[-1]
-    rstd = 1.0 / xp.sqrt(vecdot(x, x)[..., None] / n + eps)
-    xhat = x * rstd
-    y = xhat * weight if weight is not None else xhat
+    rstd = 1.0 / xp.sqrt(sumsq(x) / x.shape[-1] + eps)                     # (1)
+    xhat = x * rstd                                                        # (2)
+    y = xhat * weight if weight is not None else xhat                      # (3)
     return y, Cache(xhat, rstd, weight)
 
 
@@ -36,10 +36,12 @@ def backward(dy: Array, cache: Cache) -> tuple[Array, Array | None]:
     """Returns (dx, dweight); dweight is None without a weight."""
     xp = namespace(dy)
     xhat, rstd, weight = cache
-    n = xhat.shape[-1]
-    dweight = xp.sum(rows(dy * xhat, n), axis=0) if weight is not None else None
-    g = dy * weight if weight is not None else dy
-    dx = xhat * (vecdot(g, xhat)[..., None] / n)       # xhat mean(g xhat)
-    dx -= g
-    dx *= -rstd                                        # r (g - xhat mean(g xhat))
-    return dx, dweight
+    t = dy * xhat                                  # the one new array; it becomes dx
+    dweight = None
+    if weight is not None:
+        dweight = sum_rows(t)                                              # (4)
+        t = imul(t, weight)                        # g * xhat, g = dy * w     (5)
+    mean_gx = xp.mean(t, axis=-1, keepdims=True)
+    dx = mul(xhat, -mean_gx, out=t)                # -xhat mean(g xhat)
+    dx = addcmul(dx, dy, weight, out=dx) if weight is not None else iadd(dx, dy)   # + g
+    return imul(dx, rstd), dweight                                         # (7)

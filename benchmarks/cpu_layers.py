@@ -1,0 +1,230 @@
+"""Forward + backward of the four layers on this CPU: ours, torch.nn, and the notebook's formulas.
+
+    python benchmarks/cpu_layers.py            # print the table
+    python benchmarks/cpu_layers.py --write    # and update benchmarks/RESULTS.md
+
+One process, float32, a (4096, 1024) input and a random upstream gradient. Each step is
+``y = layer(x); y.backward(dy)`` with fresh gradients. The contenders of one layer run
+interleaved (one step of each, in rotating order, per repeat) after a warm-up, so that a
+busy neighbour slows them all alike; the table shows the median of the repeats.
+
+"notebook" is the seed notebook's formula with its typos fixed (``/`` for ``//``,
+``torch.rand`` for ``torch.randn``, the biased variance in BatchNorm's normalisation,
+``self.training`` for ``self.train``, running statistics updated outside the graph),
+differentiated by autograd.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+import fromscratch
+from fromscratch import nn as ours
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+BEGIN, END = "<!-- cpu_layers:begin -->", "<!-- cpu_layers:end -->"
+
+
+# --- the notebook's formulas, typos fixed --------------------------------------------------
+
+class NotebookLayerNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.gamma = nn.Parameter(torch.ones(hidden_size))
+        self.beta = nn.Parameter(torch.zeros(hidden_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=-1, keepdim=True)
+        variance = x.var(dim=-1, keepdim=True, unbiased=False)
+        return self.gamma * ((x - mean) / torch.sqrt(variance + self.eps)) + self.beta
+
+
+class NotebookRMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.gamma = nn.Parameter(torch.ones(hidden_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rms = torch.sqrt(torch.mean(x.pow(2), dim=-1, keepdim=True) + self.eps)
+        return self.gamma * (x / rms)                       # was x // rms
+
+
+class NotebookBatchNorm(nn.Module):
+    """Channels-last: statistics over every dim but the last."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__()
+        self.eps, self.momentum = eps, momentum
+        self.gamma = nn.Parameter(torch.ones(hidden_size))
+        self.beta = nn.Parameter(torch.zeros(hidden_size))
+        self.register_buffer("running_mean", torch.zeros(hidden_size))
+        self.register_buffer("running_var", torch.ones(hidden_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = tuple(range(x.dim() - 1))
+        if self.training:                                   # was `if self.train:`
+            mean = x.mean(dim=dims)
+            variance = x.var(dim=dims, unbiased=False)      # was the unbiased variance
+            with torch.no_grad():                           # was a graph-dragging tensor
+                n = x.numel() // x.shape[-1]
+                self.running_mean.lerp_(mean, self.momentum)
+                self.running_var.lerp_(variance * n / (n - 1), self.momentum)
+        else:
+            mean, variance = self.running_mean, self.running_var
+        return self.gamma * ((x - mean) / torch.sqrt(variance + self.eps)) + self.beta
+
+
+class NotebookDropout(nn.Module):
+    def __init__(self, dropout_prob: float = 0.1):
+        super().__init__()
+        self.dropout_prob = dropout_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            mask = (torch.rand(x.shape) > self.dropout_prob).float()    # was torch.randn
+            return mask * x / (1.0 - self.dropout_prob)
+        return x
+
+
+# --- timing --------------------------------------------------------------------------------
+
+def layers(n: int) -> dict[str, dict[str, nn.Module]]:
+    """layer name -> {contender: module}; 'ours' and 'torch' come first and second."""
+    return {
+        "LayerNorm": {"ours": ours.LayerNorm(n), "torch": nn.LayerNorm(n),
+                      "notebook": NotebookLayerNorm(n)},
+        "RMSNorm": {"ours": ours.RMSNorm(n), "torch": nn.RMSNorm(n),
+                    "notebook": NotebookRMSNorm(n)},
+        "BatchNorm": {"ours": ours.BatchNorm(n), "torch": nn.BatchNorm1d(n),
+                      "notebook": NotebookBatchNorm(n)},
+        "Dropout(p=0.1)": {"ours": ours.Dropout(0.1), "torch": nn.Dropout(0.1),
+                           "notebook": NotebookDropout(0.1)},
+    }
+
+
+def step_fn(module: nn.Module, x: torch.Tensor, dy: torch.Tensor) -> Callable[[], float]:
+    """One timed forward + backward, gradients reset (not timed) before it."""
+    params = list(module.parameters())
+
+    def step() -> float:
+        x.grad = None
+        for p in params:
+            p.grad = None
+        start = time.perf_counter()
+        module(x).backward(dy)
+        return time.perf_counter() - start
+
+    return step
+
+
+def measure(contenders: dict[str, nn.Module], x: torch.Tensor, dy: torch.Tensor,
+            repeats: int, warmup: int) -> dict[str, float]:
+    """Median seconds per step of each contender, interleaved in rotating order."""
+    steps = {name: step_fn(m.train(), x, dy) for name, m in contenders.items()}
+    names = list(steps)
+    for _ in range(warmup):
+        for name in names:
+            steps[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            times[name].append(steps[name]())
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = re.search(r"model name\s*:\s*(.*)", f.read())
+        cpu = model.group(1).strip() if model else cpu
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
+
+
+def table(results: dict[str, dict[str, float]]) -> list[str]:
+    lines = ["| layer, fwd+bwd | ours (ms) | torch.nn (ms) | notebook (ms) | ours / torch "
+             "| notebook / torch |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for layer, t in results.items():
+        lines.append(f"| {layer} | {t['ours'] * 1e3:.1f} | {t['torch'] * 1e3:.1f} "
+                     f"| {t['notebook'] * 1e3:.1f} | {t['ours'] / t['torch']:.2f}x "
+                     f"| {t['notebook'] / t['torch']:.2f}x |")
+    return lines
+
+
+def write_results(lines: list[str], command: str) -> None:
+    section = "\n".join([
+        BEGIN,
+        "## CPU layers (benchmarks/cpu_layers.py)",
+        "",
+        f"Forward + backward, float32, {ARGS.rows}x{ARGS.cols}, random upstream gradient, "
+        f"median of {ARGS.repeats} interleaved repeats after {ARGS.warmup} warm-up steps.",
+        "",
+        f"- machine: {machine()}",
+        f"- torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"fromscratch {fromscratch.__version__}, Python {platform.python_version()}",
+        f"- date: {datetime.date.today().isoformat()}",
+        f"- command: `{command}`",
+        "",
+        *lines,
+        END,
+    ])
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    RESULTS.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    global ARGS
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=4096)
+    p.add_argument("--cols", type=int, default=1024)
+    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--only", nargs="*", help="layer names to run (default: all)")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--write", action="store_true", help=f"update {RESULTS.name}")
+    ARGS = p.parse_args(argv)
+    if ARGS.threads:
+        torch.set_num_threads(ARGS.threads)
+    torch.manual_seed(0)
+    x = (torch.randn(ARGS.rows, ARGS.cols) + 3.0).requires_grad_()
+    dy = torch.randn(ARGS.rows, ARGS.cols)
+    results = {}
+    for layer, contenders in layers(ARGS.cols).items():
+        if ARGS.only and not any(o.lower() in layer.lower() for o in ARGS.only):
+            continue
+        results[layer] = measure(contenders, x, dy, ARGS.repeats, ARGS.warmup)
+        print(table({layer: results[layer]})[-1], flush=True)
+    lines = table(results)
+    print("\n".join(lines))
+    if ARGS.write:
+        argv_text = " ".join(sys.argv[1:] if argv is None else argv)
+        write_results(lines, f"python benchmarks/cpu_layers.py {argv_text}".strip())
+        print(f"wrote {RESULTS}")
+    return 0
+
+
+ARGS: argparse.Namespace
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,591 @@
+#!/usr/bin/env python3
+"""GPU benchmark of fromscratch's Triton kernels against the peers, in one process on one card.
+
+    PYTHONPATH=src python3 benchmarks/gpu_kernels.py --out results/gpu_results.md
+    PYTHONPATH=src python3 benchmarks/gpu_kernels.py --quick --out /tmp/gpu.md   # ~1.5 min
+    PYTHONPATH=src python3 benchmarks/gpu_kernels.py --smoke                      # CPU, interpreter
+
+1. Checks ours against the ``ops`` reference (float32, same GPU) at every benchmark shape,
+   bf16, forward and backward, and once past 2**31 elements (int64 offsets).
+2. Measures the copy bandwidth: ``y.copy_(x)`` on 2**27 bf16 elements, bytes = 2 * numel * 2.
+3. Times, for LayerNorm, RMSNorm, Dropout (p=0.1), BatchNorm channels-last and the fused
+   residual add + RMSNorm, forward and forward+backward of: ours (backend="triton"),
+   torch eager, torch.compile (dynamic=False, one compiled function per op and shape;
+   LayerNorm and RMSNorm, as DESIGN.md's table), Liger-Kernel when importable, and the seed
+   notebook's formula. ``triton.testing.do_bench`` (CUDA events, L2 flushed before every
+   call, median); each configuration is measured ``--runs`` times, interleaved, and the
+   table shows the median run and the spread (min-max) across runs.
+4. Byte model (DESIGN.md): forward reads x and writes y, 2 M N elements; forward+backward
+   adds reading x and dy and writing dx, 5 M N; dropout's backward reads dy and a 1-byte mask
+   and writes dx, so its forward+backward is 4 M N elements + M N bytes; BatchNorm as the
+   norms. The fused residual RMSNorm (not in DESIGN.md) reads x and residual and writes s and
+   y (4 M N), and its backward reads s, dy, ds and writes d(sum) (4 M N): 8 M N in all.
+   GB/s = bytes / median time; % = GB/s / copy bandwidth.
+
+Writes a markdown report to ``--out`` and the raw numbers beside it (same name, .json).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+SHAPES = [(32768, 4096), (16384, 8192), (131072, 1024)]
+SMOKE_SHAPES = [(64, 96), (24, 130)]
+DROP_P = 0.1
+
+# Targets from issue 6: % of copy bandwidth, bf16, at every shape.
+TARGETS = {("layer_norm", "fwd+bwd"): 85, ("rms_norm", "fwd+bwd"): 85,
+           ("dropout", "fwd+bwd"): 95, ("batch_norm", "fwd+bwd"): 55,
+           ("layer_norm", "fwd"): 93, ("rms_norm", "fwd"): 93}
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="gpu_results.md", help="markdown report (json beside it)")
+    ap.add_argument("--runs", type=int, default=None, help="runs per configuration (default 5)")
+    ap.add_argument("--quick", action="store_true", help="3 runs, 2 shapes, no torch.compile")
+    ap.add_argument("--smoke", action="store_true",
+                    help="CPU under TRITON_INTERPRET=1, tiny shapes, one run: checks the script")
+    ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    ap.add_argument("--no-int64", action="store_true", help="skip the >2**31-element check")
+    ap.add_argument("--ops", default="layer_norm,rms_norm,dropout,batch_norm,fused_add_rms_norm")
+    ap.add_argument("--budget-s", type=float, default=300.0,
+                    help="after the first run, stop measuring once this many seconds passed")
+    return ap.parse_args(argv)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ----------------------------------------------------------------------------------------
+# The seed notebook's formulas, as written except `//` -> `/` (floor division has no
+# gradient) and dropout's uniforms created on x's device (as written they are on the CPU).
+# ----------------------------------------------------------------------------------------
+
+def seed_layer_norm(x, gamma, beta, eps=1e-5):
+    mean = x.mean(dim=-1, keepdim=True)
+    variance = x.var(dim=-1, keepdim=True, unbiased=False)
+    return gamma * ((x - mean) / __import__("torch").sqrt(variance + eps)) + beta
+
+
+def seed_rms_norm(x, gamma, eps=1e-6):
+    torch = __import__("torch")
+    rms = torch.sqrt(torch.mean(x.pow(2), dim=-1, keepdim=True) + eps)
+    return gamma * (x / rms)
+
+
+def seed_dropout(x, p=DROP_P):
+    torch = __import__("torch")
+    mask = (torch.randn(x.shape, device=x.device) > p).float()
+    return mask * x / (1.0 - p)
+
+
+def seed_batch_norm(x, gamma, beta, running_mean, running_var, eps=1e-5, momentum=0.1):
+    torch = __import__("torch")
+    batch_mean = x.mean(dim=0, keepdim=True)
+    batch_var = x.var(dim=0, keepdim=True)
+    running_mean = (1 - momentum) * running_mean + momentum * batch_mean  # noqa: F841
+    running_var = (1 - momentum) * running_var + momentum * batch_var  # noqa: F841
+    return gamma * ((x - batch_mean) / torch.sqrt(batch_var + eps)) + beta
+
+
+# ----------------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace):
+        import torch
+        import torch.nn.functional as TF
+
+        from fromscratch import functional as FS
+        self.torch, self.TF, self.FS = torch, TF, FS
+        self.args = args
+        self.device = torch.device("cpu" if args.smoke else "cuda")
+        self.dtype = torch.bfloat16
+        self.t0 = time.time()
+        self.liger = self._import_liger()
+        self.compiled: dict[tuple, Callable] = {}
+        self.checks: list[dict[str, Any]] = []
+
+    # --- timing ---------------------------------------------------------------------------
+    def time_ms(self, fn: Callable[[], Any]) -> float:
+        if self.device.type == "cuda":
+            from triton.testing import do_bench
+            return float(do_bench(fn, warmup=10, rep=60, return_mode="median"))
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1e3)
+        return statistics.median(times)
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize()
+
+    def copy_bandwidth(self) -> dict[str, Any]:
+        torch = self.torch
+        n = 2**27 if self.device.type == "cuda" else 2**16
+        x = torch.randn(n, device=self.device, dtype=self.dtype)
+        y = torch.empty_like(x)
+        runs = [2 * n * x.element_size() / (self.time_ms(lambda: y.copy_(x)) * 1e-3) / 1e9
+                for _ in range(5)]
+        return {"GBps": statistics.median(runs), "runs": runs, "numel": n}
+
+    def _import_liger(self) -> dict[str, Any] | None:
+        try:
+            from liger_kernel.ops.layer_norm import LigerLayerNormFunction
+            from liger_kernel.ops.rms_norm import LigerRMSNormFunction
+        except Exception:                               # noqa: BLE001 - any import failure
+            return None
+        return {"layer_norm": LigerLayerNormFunction, "rms_norm": LigerRMSNormFunction}
+
+    # --- problems -------------------------------------------------------------------------
+    def inputs(self, op: str, m: int, n: int) -> dict[str, Any]:
+        torch, dev, dt = self.torch, self.device, self.dtype
+        g = torch.Generator(device=dev).manual_seed(0)
+
+        def rnd(*shape, dtype=dt, scale=1.0, shift=0.0, grad=True):
+            t = torch.randn(*shape, generator=g, device=dev, dtype=torch.float32) * scale + shift
+            return t.to(dtype).requires_grad_(grad)
+
+        d: dict[str, Any] = {"x": rnd(m, n, shift=0.5), "dy": rnd(m, n, grad=False)}
+        if op in ("layer_norm", "rms_norm", "fused_add_rms_norm"):
+            d["w"] = rnd(n, scale=0.1, shift=1.0)
+        if op == "layer_norm":
+            d["b"] = rnd(n, scale=0.1)
+        if op == "fused_add_rms_norm":
+            d["r"] = rnd(m, n)
+            d["ds"] = rnd(m, n, grad=False)
+        if op == "batch_norm":                           # parameters and buffers in float32
+            d["w"] = rnd(n, dtype=torch.float32, scale=0.1, shift=1.0)
+            d["b"] = rnd(n, dtype=torch.float32, scale=0.1)
+            d["rm"] = torch.zeros(n, device=dev)
+            d["rv"] = torch.ones(n, device=dev)
+        return d
+
+    def impls(self, op: str, m: int, n: int, d: dict[str, Any]
+              ) -> dict[str, tuple[Callable[[], Any], list, list]]:
+        """name -> (forward thunk, tensors to differentiate, grad_outputs)."""
+        torch, TF, FS = self.torch, self.TF, self.FS
+        x, dy = d["x"], d["dy"]
+        out: dict[str, tuple[Callable[[], Any], list, list]] = {}
+        if op == "layer_norm":
+            w, b = d["w"], d["b"]
+            params = [x, w, b]
+            out["ours"] = (lambda: FS.layer_norm(x, (n,), w, b, 1e-5, backend="triton"),
+                           params, [dy])
+            out["torch"] = (lambda: TF.layer_norm(x, (n,), w, b, 1e-5), params, [dy])
+            cf = self._compiled(op, m, n, lambda x, w, b: TF.layer_norm(x, (n,), w, b, 1e-5))
+            if cf is not None:
+                out["torch.compile"] = (lambda: cf(x, w, b), params, [dy])
+            if self.liger:
+                L = self.liger["layer_norm"]
+                out["liger"] = (lambda: L.apply(x, w, b, 1e-5), params, [dy])
+            out["seed"] = (lambda: seed_layer_norm(x, w, b), params, [dy])
+        elif op == "rms_norm":
+            w = d["w"]
+            params = [x, w]
+            out["ours"] = (lambda: FS.rms_norm(x, (n,), w, 1e-6, backend="triton"), params, [dy])
+            out["torch"] = (lambda: TF.rms_norm(x, (n,), w, 1e-6), params, [dy])
+            cf = self._compiled(op, m, n, lambda x, w: TF.rms_norm(x, (n,), w, 1e-6))
+            if cf is not None:
+                out["torch.compile"] = (lambda: cf(x, w), params, [dy])
+            if self.liger:
+                L = self.liger["rms_norm"]
+                out["liger"] = (lambda: L.apply(x, w, 1e-6), params, [dy])
+            out["seed"] = (lambda: seed_rms_norm(x, w), params, [dy])
+        elif op == "dropout":
+            out["ours"] = (lambda: FS.dropout(x, DROP_P, backend="triton"), [x], [dy])
+            out["torch"] = (lambda: TF.dropout(x, DROP_P, training=True), [x], [dy])
+            out["seed"] = (lambda: seed_dropout(x), [x], [dy])
+        elif op == "batch_norm":
+            w, b, rm, rv = d["w"], d["b"], d["rm"], d["rv"]
+            params = [x, w, b]
+            out["ours"] = (lambda: FS.batch_norm(x, rm, rv, w, b, True, 0.1, 1e-5,
+                                                 backend="triton"), params, [dy])
+            out["torch"] = (lambda: TF.batch_norm(x, rm, rv, w, b, True, 0.1, 1e-5),
+                            params, [dy])
+            wb, bb = w.detach().to(self.dtype).requires_grad_(), b.detach().to(self.dtype)
+            bb.requires_grad_()
+            out["seed"] = (lambda: seed_batch_norm(x, wb, bb, rm, rv), [x, wb, bb], [dy])
+        elif op == "fused_add_rms_norm":
+            w, r, ds = d["w"], d["r"], d["ds"]
+            params = [x, r, w]
+            out["ours"] = (lambda: FS.fused_add_rms_norm(x, r, n, w, 1e-6, backend="triton"),
+                           params, [ds, dy])
+
+            def two_steps():
+                s = x + r
+                return s, TF.rms_norm(s, (n,), w, 1e-6)
+            out["torch"] = (two_steps, params, [ds, dy])
+        return out
+
+    def _compiled(self, op: str, m: int, n: int, fn: Callable) -> Callable | None:
+        if self.args.no_compile or self.args.quick or self.args.smoke:
+            return None
+        key = (op, m, n)
+        if key not in self.compiled:                     # a fresh function per shape
+            self.compiled[key] = self.torch.compile(fn, dynamic=False)
+        return self.compiled[key]
+
+    @staticmethod
+    def bytes_moved(op: str, mode: str, m: int, n: int, es: int) -> float:
+        mn = m * n
+        if op == "dropout":
+            return 2 * mn * es if mode == "fwd" else 4 * mn * es + mn
+        if op == "fused_add_rms_norm":
+            return 4 * mn * es if mode == "fwd" else 8 * mn * es
+        return 2 * mn * es if mode == "fwd" else 5 * mn * es
+
+    # --- correctness ----------------------------------------------------------------------
+    def _record(self, op: str, shape: tuple[int, int], what: str, mine, ref,
+                reduced: bool = False) -> None:
+        torch = self.torch
+        a, r = mine.detach().float(), ref.detach().float()
+        diff = (a - r).abs()
+        if reduced:                                      # sums over rows: relative to the max
+            err = float(diff.max() / r.abs().max().clamp_min(1e-30))
+            ok = err <= 1e-2
+        else:
+            err = float(diff.max())
+            ok = bool(torch.all(diff <= 2e-2 + 2e-2 * r.abs()))
+        self.checks.append({"op": op, "shape": list(shape), "what": what, "ok": ok,
+                            "max_err": err, "kind": "rel-to-max" if reduced else "abs"})
+        if not ok:
+            log(f"  CHECK FAILED {op} {shape} {what}: err {err:.3g}")
+
+    def check(self, op: str, m: int, n: int, d: dict[str, Any]) -> None:
+        """Ours (bf16) against the ops reference run in float32 on the same device."""
+        torch, FS = self.torch, self.FS
+        shape = (m, n)
+
+        def f32(t):
+            return t.detach().float().requires_grad_(t.requires_grad)
+
+        x, dy = d["x"], d["dy"]
+        if op == "layer_norm":
+            args = [x, d["w"], d["b"]]
+            ours = FS.layer_norm(x, n, d["w"], d["b"], backend="triton")
+            ref_args = [f32(t) for t in args]
+            ref = FS.layer_norm(ref_args[0], n, ref_args[1], ref_args[2], backend="torch")
+            self._compare_grads(op, shape, ours, ref, args, ref_args, [dy], ("x", "w", "b"))
+        elif op == "rms_norm":
+            args = [x, d["w"]]
+            ours = FS.rms_norm(x, n, d["w"], 1e-6, backend="triton")
+            ref_args = [f32(t) for t in args]
+            ref = FS.rms_norm(ref_args[0], n, ref_args[1], 1e-6, backend="torch")
+            self._compare_grads(op, shape, ours, ref, args, ref_args, [dy], ("x", "w"))
+        elif op == "fused_add_rms_norm":
+            args = [x, d["r"], d["w"]]
+            ours = FS.fused_add_rms_norm(x, d["r"], n, d["w"], 1e-6, backend="triton")
+            ref_args = [f32(t) for t in args]
+            s_ref = (ref_args[0] + ref_args[1]).to(self.dtype).float()   # the rounded stream
+            ref = (s_ref, FS.rms_norm(s_ref, n, ref_args[2], 1e-6, backend="torch"))
+            self._record(op, shape, "s", ours[0], ref[0])
+            self._record(op, shape, "y", ours[1], ref[1])
+            g_ours = torch.autograd.grad(ours, args, [d["ds"], dy])
+            s_leaf = s_ref.detach().requires_grad_()
+            y_ref = FS.rms_norm(s_leaf, n, ref_args[2], 1e-6, backend="torch")
+            ds_ref, dw_ref = torch.autograd.grad(y_ref, [s_leaf, ref_args[2]], [dy.float()])
+            self._record(op, shape, "d(sum)", g_ours[0], ds_ref + d["ds"].float())
+            self._record(op, shape, "dresidual", g_ours[1], ds_ref + d["ds"].float())
+            self._record(op, shape, "dweight", g_ours[2], dw_ref, reduced=True)
+        elif op == "dropout":
+            from fromscratch.kernels import dropout as KD
+            seed = 1234
+            y = KD.apply(x.detach(), DROP_P, seed)
+            keep = y != 0
+            u = KD.uniforms(x.numel(), seed, device=x.device).view(x.shape)
+            nonzero = x.detach() != 0
+            ok_mask = bool(torch.all((keep == (u >= DROP_P)) | ~nonzero))
+            rate = float(keep.float().mean())
+            sd = math.sqrt(DROP_P * (1 - DROP_P) / x.numel())
+            self.checks.append({"op": op, "shape": list(shape), "what": "mask == (u >= p)",
+                                "ok": ok_mask, "max_err": 0.0, "kind": "exact"})
+            self.checks.append({"op": op, "shape": list(shape), "what": "keep rate",
+                                "ok": abs(rate - (1 - DROP_P)) < 6 * sd + 1e-3,
+                                "max_err": abs(rate - (1 - DROP_P)), "kind": "abs"})
+            self._record(op, shape, "y", y, x.detach().float() * keep / (1 - DROP_P))
+            del u
+            torch.manual_seed(5)
+            y = FS.dropout(x, DROP_P, backend="triton")
+            (dx,) = torch.autograd.grad(y, [x], [dy])
+            self._record(op, shape, "dx (regenerated mask)", dx,
+                         dy.float() * (y != 0) / (1 - DROP_P))
+        elif op == "batch_norm":
+            args = [x, d["w"], d["b"]]
+            rm, rv = d["rm"].clone(), d["rv"].clone()
+            ours = FS.batch_norm(x, rm, rv, d["w"], d["b"], True, 0.1, 1e-5, backend="triton")
+            ref_args = [f32(t) for t in args]
+            rm2, rv2 = d["rm"].clone(), d["rv"].clone()
+            ref = FS.batch_norm(ref_args[0], rm2, rv2, ref_args[1], ref_args[2], True, 0.1, 1e-5,
+                                backend="torch")
+            self._compare_grads(op, shape, ours, ref, args, ref_args, [dy], ("x", "w", "b"))
+            self._record(op, shape, "running_mean", rm, rm2)
+            self._record(op, shape, "running_var", rv, rv2)
+
+    def _compare_grads(self, op, shape, ours, ref, args, ref_args, grads, names) -> None:
+        torch = self.torch
+        self._record(op, shape, "y", ours, ref)
+        g_ours = torch.autograd.grad(ours, args, grads)
+        g_ref = torch.autograd.grad(ref, ref_args, [g.float() for g in grads])
+        for name, a, b in zip(names, g_ours, g_ref):
+            self._record(op, shape, f"d{name}", a, b, reduced=(name != "x"))
+
+    def check_int64(self) -> None:
+        """LayerNorm, Dropout and BatchNorm on a tensor of more than 2**31 elements.
+
+        References are computed in chunks, so the check needs ~6 such tensors of memory."""
+        torch, FS = self.torch, self.FS
+        from fromscratch.kernels import dropout as KD
+        n = 1024
+        m = 2**31 // n + 64
+        shape = (m, n)
+        chunk = 2**17                                        # rows per reference chunk
+        log(f"int64 check on {m}x{n} = {m * n} elements (> 2**31)")
+        x = torch.randn(m, n, device=self.device, dtype=self.dtype)
+        x.requires_grad_(True)
+        w = torch.ones(n, device=self.device, dtype=self.dtype, requires_grad=True)
+        y = FS.layer_norm(x, n, w, None, backend="triton")
+        dy = torch.randn_like(y)
+        dx, dw = torch.autograd.grad(y, [x, w], [dy])
+        for rows in (slice(0, 64), slice(m - 64, m)):
+            xs = x.detach()[rows].float().requires_grad_()
+            ws = w.detach().float().requires_grad_()
+            yr = FS.layer_norm(xs, n, ws, None, backend="torch")
+            (dxr,) = torch.autograd.grad(yr, [xs], [dy[rows].float()])
+            self._record("layer_norm", shape, f"int64 y rows {rows.start}:", y[rows], yr)
+            self._record("layer_norm", shape, f"int64 dx rows {rows.start}:", dx[rows], dxr)
+        dw_t = torch.zeros(n, device=self.device, dtype=torch.float64)
+        for r0 in range(0, m, chunk):
+            xh = torch.nn.functional.layer_norm(x.detach()[r0:r0 + chunk].float(), (n,))
+            dw_t += (dy[r0:r0 + chunk].float() * xh).sum(0).double()
+        self._record("layer_norm", shape, "int64 dweight", dw, dw_t, reduced=True)
+        del y, dy, dx, dw, dw_t
+        xf = x.detach()
+        seed, tail = 77, 4096
+        yd = KD.apply(xf, DROP_P, seed)
+        start = xf.numel() - tail
+        u = KD.uniforms(tail, seed, offset=start // 4, device=self.device)
+        ok = bool(torch.all(((yd.view(-1)[start:] != 0) == (u >= DROP_P))
+                            | (xf.view(-1)[start:] == 0)))
+        self.checks.append({"op": "dropout", "shape": list(shape), "what": "int64 tail mask",
+                            "ok": ok, "max_err": 0.0, "kind": "exact"})
+        del yd
+        rm, rv = torch.zeros(n, device=self.device), torch.ones(n, device=self.device)
+        yb = FS.batch_norm(xf, rm, rv, None, None, True, 1.0, 1e-5, backend="triton")
+        s1 = torch.zeros(n, device=self.device, dtype=torch.float64)
+        s2 = torch.zeros_like(s1)
+        for r0 in range(0, m, chunk):
+            xc = xf[r0:r0 + chunk].double()
+            s1 += xc.sum(0)
+            s2 += (xc * xc).sum(0)
+        mean = s1 / m
+        var = (s2 - m * mean * mean) / (m - 1)               # x ~ N(0, 1): no cancellation
+        self._record("batch_norm", shape, "int64 running_mean (batch mean)", rm, mean)
+        self._record("batch_norm", shape, "int64 running_var (unbiased)", rv, var)
+        ref_tail = (xf[-64:].double() - mean) / torch.sqrt(var * (m - 1) / m + 1e-5)
+        self._record("batch_norm", shape, "int64 y last rows", yb[-64:], ref_tail)
+        del x, xf, yb, w
+
+
+def fmt_cell(res: dict[str, Any] | None) -> str:
+    if res is None:
+        return "-"
+    if "error" in res:
+        return "error"
+    pcts = res["pct_runs"]
+    med = statistics.median(pcts)
+    spread = f" ({min(pcts):.0f}-{max(pcts):.0f})" if len(pcts) > 1 else ""
+    return f"{res['GBps']:.0f} GB/s, **{med:.0f}%**{spread}"
+
+
+def report(meta: dict[str, Any], results: dict[str, Any], checks: list[dict[str, Any]],
+           shapes: list[tuple[int, int]], ops: list[str], chosen: dict) -> str:
+    lines = ["# GPU kernels: fromscratch vs peers", "",
+             f"- card: {meta['device']}; torch {meta['torch']}, triton {meta['triton']}, "
+             f"CUDA {meta['cuda']}, Python {meta['python']}",
+             f"- date: {meta['date']}; wall time {meta['wall_s']:.0f} s; runs per configuration: "
+             f"{meta['runs']} (median run; spread min-max across runs)",
+             f"- copy bandwidth (y.copy_(x), {meta['copy_numel']} bf16 elements): "
+             f"**{meta['copy_GBps']:.0f} GB/s** "
+             f"(runs: {', '.join(f'{v:.0f}' for v in meta['copy_runs'])})",
+             "- bf16 activations; byte model of DESIGN.md (see benchmarks/gpu_kernels.py); "
+             "timing: triton.testing.do_bench, median, L2 flushed",
+             f"- Liger-Kernel: {'installed' if meta['liger'] else 'not installed'}; "
+             f"torch.compile: {meta['compile']}", ""]
+    bad = [c for c in checks if not c["ok"]]
+    lines.append(f"Correctness against the ops reference: {len(checks) - len(bad)} of "
+                 f"{len(checks)} checks pass" + ("" if not bad else ", FAILED: " + "; ".join(
+                     f"{c['op']} {tuple(c['shape'])} {c['what']} (err {c['max_err']:.3g})"
+                     for c in bad)))
+    lines.append("")
+    head = "| op | impl | " + " | ".join(f"{m}x{n}" for m, n in shapes) + " |"
+    sep = "|---|---|" + "---|" * len(shapes)
+    for mode in ("fwd+bwd", "fwd"):
+        lines += [f"## {mode}: GB/s and % of copy bandwidth (median run, spread)", "", head, sep]
+        for op in ops:
+            impls = sorted({k[1] for k in results if k[0] == op and k[2] == mode},
+                           key=lambda s: ["ours", "torch", "torch.compile", "liger",
+                                          "seed"].index(s))
+            for impl in impls:
+                cells = [fmt_cell(results.get((op, impl, mode, m, n))) for m, n in shapes]
+                name = f"**{impl}**" if impl == "ours" else impl
+                lines.append(f"| {op} | {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## Targets (ours, % of copy bandwidth, median run)", "",
+              "| op | mode | target | " + " | ".join(f"{m}x{n}" for m, n in shapes) + " | met |",
+              "|---|---|---|" + "---|" * len(shapes) + "---|"]
+    for (op, mode), target in TARGETS.items():
+        if op not in ops:
+            continue
+        vals = []
+        for m, n in shapes:
+            r = results.get((op, "ours", mode, m, n))
+            vals.append(None if r is None or "error" in r else statistics.median(r["pct_runs"]))
+        met = all(v is not None and v >= target for v in vals)
+        lines.append(f"| {op} | {mode} | >= {target} | " + " | ".join(
+            "-" if v is None else f"{v:.0f}" for v in vals) + f" | {'yes' if met else 'NO'} |")
+    lines += ["", "Launch configurations chosen by the tuner (first call per size):", ""]
+    for key, cfg in chosen.items():
+        lines.append(f"- {key}: {cfg}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if args.smoke:
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    import torch
+    import triton
+    if not args.smoke and not torch.cuda.is_available():
+        print("no CUDA device: run with --smoke for the CPU interpreter check", file=sys.stderr)
+        return 2
+    bench = Bench(args)
+    shapes = SMOKE_SHAPES if args.smoke else (SHAPES[::2] if args.quick else SHAPES)
+    runs = args.runs or (1 if args.smoke else 3 if args.quick else 5)
+    ops = [o.strip() for o in args.ops.split(",") if o.strip()]
+    dev_name = "CPU (Triton interpreter)" if args.smoke else torch.cuda.get_device_name()
+    log(f"{dev_name}; torch {torch.__version__}, triton {triton.__version__}; "
+        f"shapes {shapes}; runs {runs}; ops {ops}")
+    log(f"Liger-Kernel: {'installed' if bench.liger else 'not installed'}")
+
+    copy = bench.copy_bandwidth()
+    log(f"copy bandwidth {copy['GBps']:.0f} GB/s")
+
+    # inputs per (op, shape) stay allocated for the whole run
+    problems: dict[tuple[str, int, int], dict[str, Any]] = {}
+    for m, n in shapes:
+        for op in ops:
+            d = bench.inputs(op, m, n)
+            problems[(op, m, n)] = d
+            log(f"check {op} {m}x{n}")
+            bench.check(op, m, n, d)
+    n_bad = sum(not c["ok"] for c in bench.checks)
+    log(f"correctness: {len(bench.checks) - n_bad}/{len(bench.checks)} checks pass")
+
+    results: dict[tuple, dict[str, Any]] = {}
+    warm: set[tuple] = set()
+    deadline = bench.t0 + args.budget_s
+    done_runs = 0
+    stop = False
+    for run in range(runs):
+        for m, n in shapes:
+            if run > 0 and time.time() > deadline:
+                log(f"time budget (--budget-s {args.budget_s:.0f}) reached in run {run + 1}; "
+                    "reporting the runs made")
+                stop = True
+                break
+            for op in ops:
+                d = problems[(op, m, n)]
+                for impl, (fwd, params, grads) in bench.impls(op, m, n, d).items():
+                    for mode in ("fwd", "fwd+bwd"):
+                        key = (op, impl, mode, m, n)
+                        if key in results and "error" in results[key]:
+                            continue
+                        if mode == "fwd":
+                            fn = fwd
+                        else:
+                            def fn(fwd=fwd, params=params, grads=grads):
+                                out = fwd()
+                                outs = out if isinstance(out, tuple) else (out,)
+                                return torch.autograd.grad(outs, params, grads)
+                        try:
+                            if key not in warm:              # compile, tune, warm
+                                t = time.time()
+                                fn()
+                                bench.sync()
+                                warm.add(key)
+                                if time.time() - t > 2:
+                                    log(f"  warm-up {op} {impl} {mode} {m}x{n}: "
+                                        f"{time.time() - t:.1f} s")
+                            ms = bench.time_ms(fn)
+                        except Exception as e:              # noqa: BLE001 - report, go on
+                            results[key] = {"error": f"{type(e).__name__}: {e}"[:300]}
+                            log(f"  {op} {impl} {mode} {m}x{n}: {results[key]['error']}")
+                            continue
+                        gbps = bench.bytes_moved(op, mode, m, n, 2) / (ms * 1e-3) / 1e9
+                        r = results.setdefault(key, {"ms_runs": [], "pct_runs": []})
+                        r["ms_runs"].append(ms)
+                        r["pct_runs"].append(100 * gbps / copy["GBps"])
+        if stop:
+            break
+        done_runs = run + 1
+        log(f"run {run + 1}/{runs} done ({time.time() - bench.t0:.0f} s)")
+    for key, r in results.items():
+        if "ms_runs" in r:
+            r["ms"] = statistics.median(r["ms_runs"])
+            r["GBps"] = bench.bytes_moved(key[0], key[2], key[3], key[4], 2) / r["ms"] * 1e-6
+
+    problems.clear()
+    if not (args.smoke or args.quick or args.no_int64):
+        if bench.device.type == "cuda":
+            torch.cuda.empty_cache()
+        try:
+            bench.check_int64()
+        except Exception as e:                          # noqa: BLE001 - report, keep results
+            bench.checks.append({"op": "int64", "shape": [], "what": f"{type(e).__name__}: "
+                                 f"{str(e)[:200]}", "ok": isinstance(
+                                     e, torch.cuda.OutOfMemoryError), "max_err": 0.0,
+                                 "kind": "skipped (out of memory)" if isinstance(
+                                     e, torch.cuda.OutOfMemoryError) else "error"})
+            log(f"int64 check: {type(e).__name__}: {str(e)[:200]}")
+    n_bad = sum(not c["ok"] for c in bench.checks)
+
+    from fromscratch.kernels import _common, _tune
+    meta = {"device": dev_name, "torch": torch.__version__, "triton": triton.__version__,
+            "cuda": torch.version.cuda, "python": platform.python_version(),
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "wall_s": time.time() - bench.t0, "runs": done_runs,
+            "copy_GBps": copy["GBps"], "copy_runs": copy["runs"], "copy_numel": copy["numel"],
+            "liger": bench.liger is not None,
+            "compile": "off" if (args.no_compile or args.quick or args.smoke)
+            else "dynamic=False, per shape, LayerNorm and RMSNorm"}
+    chosen = {str(k): v for k, v in _tune.chosen().items()}
+    chosen.update({f"programs per SM {k}": v for k, v in _common._resident.items()})
+    text = report(meta, results, bench.checks, shapes, ops, chosen)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    raw = {"meta": meta, "checks": bench.checks, "tuned": chosen,
+           "results": [{"op": k[0], "impl": k[1], "mode": k[2], "M": k[3], "N": k[4], **v}
+                       for k, v in results.items()]}
+    out.with_suffix(".json").write_text(json.dumps(raw, indent=1))
+    print(text, flush=True)
+    log(f"wrote {out} and {out.with_suffix('.json')}")
+    return 0 if n_bad == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,563 @@
+"""The battery shared by LayerNorm, RMSNorm and BatchNorm.
+
+1. Forward on ordinary inputs (rows with their own mean and spread, several shapes, hidden
+   sizes that are not powers of two), in float64, against ``fromscratch.ops`` with the
+   person's own eps. On a difference, the mistake is named by the model in ``normmodel``
+   that reproduces the output (with weight 1 and bias 0), and the affine part is checked
+   separately (output with a random weight and bias against weight * xhat + bias).
+2. Edges, against the model found in 1 (so a known mistake is not counted twice): rows whose
+   variance is comparable to eps (where eps is placed), constant rows, a mean of 1e4 in
+   float32 (one-pass variance), float16 input in the hundreds (overflow), output dtype,
+   another device (the meta device stands in for a GPU).
+3. Gradients in float64 with a random upstream gradient: against ``ops`` backward when the
+   forward is right, else against finite differences of the layer's own forward; a
+   difference is explained by the detached-statistics models.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import torch
+
+from . import source
+from .findings import Report, finding
+from .normmodel import (NormModel, agree, estimate_eps, eps_variants, normalise, search,
+                        space)
+from .probes import (Subject, call, close, diff, directional, generator, grads,
+                     modifies_input, randn, resolve_eps, shape_str)
+
+Reference = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor | None, float],
+                     tuple[torch.Tensor, Callable]]
+
+
+@dataclass
+class NormSpec:
+    kind: str
+    name: str                                   # "LayerNorm"
+    roles: tuple[str, ...]
+    centre: bool                                # does the reference subtract the mean?
+    ref_dims: Callable[[int], tuple[int, ...]]  # ndim -> dims the reference reduces over
+    reference: Reference                        # (x, w, b, eps) -> (y, dy -> (dx, dw, db))
+    probes: list[tuple[int, tuple[int, ...]]]   # (size, input shape); the first is primary
+    ordinary: Callable[[tuple[int, ...], torch.Generator], torch.Tensor]
+    # edge inputs of the primary shape, so the model found on it applies as is
+    small_variance: Callable[[tuple[int, ...], float, torch.Generator], torch.Tensor]
+    constant: Callable[[tuple[int, ...]], torch.Tensor]
+    large_mean: Callable[[tuple[int, ...], torch.Generator], torch.Tensor] | None
+    titles: dict[str, str] = field(default_factory=dict)
+    terms: dict[frozenset, str] = field(default_factory=dict)  # detached stats -> missing term
+
+    def ref_model(self, ndim: int) -> NormModel:
+        return NormModel(self.ref_dims(ndim), centre=self.centre)
+
+
+def formula(m: NormModel, ref: NormModel) -> str:
+    """The model as a formula a person recognises in their own code."""
+    sq = "(x - mean)^2" if m.centre else "x^2"
+    agg = (f"sum({sq})" if m.total else f"sum({sq}) / (n - 1)" if m.ddof else f"mean({sq})")
+    if m.root:
+        den = {"inside": f"sqrt({agg} + eps)", "outside": f"(sqrt({agg}) + eps)",
+               "none": f"sqrt({agg})"}[m.eps]
+    else:
+        den = f"({agg} + eps)" if m.eps != "none" else f"{agg}"
+    text = f"{'(x - mean)' if m.centre else 'x'} {'//' if m.floor else '/'} {den}"
+    if m.dims != ref.dims:
+        text += f", statistics over dims {m.dims}"
+    if not m.keepdim:
+        text += ", statistics without keepdim"
+    if m.eps_value is not None:
+        text += f", eps = {m.eps_value:.3g}"
+    return text
+
+
+class NormBattery:
+    def __init__(self, subject: Subject, spec: NormSpec, report: Report):
+        self.s, self.spec, self.r = subject, spec, report
+        self.eps = subject.settings.get("eps")
+        self.gen = generator(0)
+        self.m0: NormModel | None = None      # the person's forward on ordinary inputs
+        self.m_eps: NormModel | None = None   # ... with eps placed as they place it
+        self.size, self.shape = spec.probes[0]
+        self.custom_backward = source.has_autograd_function(subject.module)
+        self.affine_ok = True                 # weight * xhat + bias, as the reference
+
+    # -- helpers ------------------------------------------------------------------------
+    def e(self, dtype: torch.dtype) -> float:
+        return resolve_eps(self.eps, dtype)
+
+    def make(self, size: int, w=None, b=None, dtype=torch.float64, train=True):
+        n = size
+        ones = torch.ones(n, dtype=torch.float64)
+        return self.s.make(size, dtype, ones if w is None else w,
+                           torch.zeros(n, dtype=torch.float64) if b is None else b, train)
+
+    def value(self, inst, role: str) -> torch.Tensor | None:
+        t = self.s.tensor(inst, role)
+        return None if t is None else t.detach().double().reshape(-1)
+
+    def reference(self, x: torch.Tensor, inst, eps: float | None = None):
+        eps = self.e(x.dtype) if eps is None else eps
+        return self.spec.reference(x.double(), self.value(inst, "weight"),
+                                   self.value(inst, "bias"), eps)
+
+    def expected(self, x: torch.Tensor, m: NormModel, eps: float) -> torch.Tensor | None:
+        """xhat under model m; the reference itself comes from ops."""
+        if m == self.spec.ref_model(x.dim()):
+            return self.spec.reference(x.double(), None, None, eps)[0]
+        return normalise(x.double(), m, eps)
+
+    def affine(self, g: torch.Tensor, w: torch.Tensor | None, b: torch.Tensor | None):
+        y = g.double()
+        if w is not None:
+            y = y * w
+        return y + b if b is not None else y
+
+    def title(self, id: str, default: str | None = None) -> str | None:
+        return self.spec.titles.get(id, default)
+
+    def deviation_findings(self, m: NormModel, x: torch.Tensor, y_dev: str) -> None:
+        ref = self.spec.ref_model(x.dim())
+        ev = f"on {shape_str(x)} input the output is {formula(m, ref)} (times weight, plus bias); "
+        for id in m.deviations(ref):
+            if self.r.has(id) and id != "wrong-dims":
+                self.r.get(id).evidence.append(f"the same on {shape_str(x)} input")
+                continue
+            title = self.title(id)
+            if id == "wrong-dims":
+                title = (f"normalises over dims {m.dims} of a {tuple(x.shape)} input; "
+                         f"{self.spec.name} normalises over dims {ref.dims}")
+            extra = ("every normalised value is an integer; " if id == "floor-division" else "")
+            self.r.add(finding(id, ev + extra + y_dev, title=title))
+
+    # -- 1. ordinary forward ------------------------------------------------------------
+    def forward(self) -> None:
+        errors: list[str] = []
+        for size, shape in self.spec.probes:
+            x = self.spec.ordinary(shape, self.gen)
+            name = f"forward {shape_str(x)}"
+            w, b = 1.0 + 0.5 * randn((size,), self.gen), 0.5 * randn((size,), self.gen)
+            plain, scaled = self.make(size), self.make(size, w, b)
+            o1, o2 = call(plain, x), call(scaled, x)
+            if not (o1.ok and o2.ok):
+                why = (o1 if not o1.ok else o2).why()
+                errors.append(f"{shape_str(x)}: {why}")
+                self.r.check(name, False, why)
+                continue
+            if o1.y.shape != x.shape:
+                self.r.add(finding("shape-changed", f"input {tuple(x.shape)} gives output "
+                                   f"{tuple(o1.y.shape)}"))
+                self.r.check(name, False, "shape")
+                continue
+            if modifies_input(self.make(size), x):
+                self.r.add(finding("input-modified", f"after a call on {shape_str(x)} input "
+                                   f"the input itself has changed"))
+            y_ref, _ = self.reference(x, scaled)
+            w_, b_ = self.value(scaled, "weight"), self.value(scaled, "bias")
+            if close(o2.y, y_ref):
+                model = self.spec.ref_model(x.dim())
+                self.r.check(name, True)
+            elif self.swapped(x, o2.y, w_, b_):
+                model = self.spec.ref_model(x.dim())
+                self.r.check(name, False, "weight and bias swapped")
+            else:
+                self.r.check(name, False, diff(o2.y, y_ref))
+                model = search(o1.y.double(), x, self.e(x.dtype),
+                               space(self.spec.ref_model(x.dim()), x.dim()))
+                if not agree(o2.y.double(), self.affine(o1.y, w_, b_),
+                             model is not None and model.floor):
+                    self.affine_finding(o1.y, o2.y, w_, b_, x)
+                if model is None:
+                    self.r.add(finding("forward-mismatch", f"on {shape_str(x)} input: "
+                                       f"{diff(o2.y, y_ref)}; no known mistake reproduces it"))
+                else:
+                    self.deviation_findings(model, x, diff(o2.y, y_ref))
+            if self.m0 is None and model is not None:          # the first that ran
+                self.m0, self.size, self.shape = model, size, shape
+        if len(errors) == len(self.spec.probes):
+            self.all_failed(errors)
+        elif errors:
+            for e in errors:
+                cause = None
+                if "running_mean should contain" in e:
+                    cause = ("the layer is channels-first (torch.nn.BatchNorm1d expects (N, C, "
+                             "L)); BatchNorm here is channels-last, (N, ..., C), as in the seed")
+                self.r.add(finding("forward-error", e, title=f"forward raises an error on "
+                                   f"{e.split(':')[0]} input", cause=cause))
+
+    def all_failed(self, errors: list[str]) -> None:
+        """Every ordinary input raised. A square input shows a keepdim mistake: statistics
+        of shape (N,) broadcast against (N, n) only when N == n."""
+        n = self.spec.probes[0][0]
+        x = self.spec.ordinary((n, n), self.gen)
+        o = call(self.make(n), x)
+        if o.ok and o.y.shape == x.shape:
+            m = search(o.y.double(), x, self.e(x.dtype), space(self.spec.ref_model(2), 2))
+            if m is not None and not m.keepdim:
+                ref = self.spec.ref_model(2)
+                self.r.add(finding("missing-keepdim", [errors[0], f"on a square {tuple(x.shape)} "
+                                   f"input it runs, and its output is {formula(m, ref)}"]))
+                return
+        self.r.add(finding("forward-error", errors, title="forward raises an error on every "
+                           "input shape tried"))
+
+    def swapped(self, x, y, w, b) -> bool:
+        """y = bias * xhat + weight: the two are used the wrong way round. The mapping is
+        swapped from here on, so the other checks see the layer as it works."""
+        if w is None or b is None or not close(y, self.affine(
+                self.expected(x, self.spec.ref_model(x.dim()), self.e(x.dtype)), b, w)):
+            return False
+        m = self.s.mapping.slots
+        m["weight"], m["bias"] = m["bias"], m["weight"]
+        self.r.add(finding("affine-wrong", f"on {shape_str(x)} input with a random weight and "
+                           f"bias the output is {m['weight'].path} * xhat + {m['bias'].path}",
+                           title=f"{m['bias'].path} and {m['weight'].path} are swapped: "
+                           f"y = {m['weight'].path} * xhat + {m['bias'].path}",
+                           cause=f"{m['bias'].path} (initialised as the scale) is used as the "
+                           f"shift and {m['weight'].path} as the scale",
+                           fix=f"y = {m['bias'].path} * xhat + {m['weight'].path}"))
+        self.r.notes.append(f"{m['weight'].path} is checked as the weight and "
+                            f"{m['bias'].path} as the bias from here on")
+        self.affine_ok = True
+        return True
+
+    def affine_finding(self, g, y, w, b, x) -> None:
+        self.affine_ok = False
+        tests = []
+        if w is not None and b is not None:
+            tests = [(self.affine(g, None, b), "the weight is not applied: y = xhat + bias"),
+                     (self.affine(g, w, None), "the bias is not added: y = weight * xhat"),
+                     (self.affine(g.double() + b, w, None), "the bias is added before scaling: "
+                      "y = weight * (xhat + bias)"),
+                     (g.double(), "neither weight nor bias is applied")]
+        elif w is not None:
+            tests = [(g.double(), "the weight is not applied")]
+        cause = next((why for want, why in tests if close(y, want)), None)
+        self.r.add(finding("affine-wrong", f"on {shape_str(x)} input with a random weight and "
+                           f"bias: {diff(y, self.affine(g, w, b))}",
+                           cause=cause or "the output with a random weight and bias is not "
+                           "weight * (output with weight 1, bias 0) + bias"))
+
+    # -- registration -------------------------------------------------------------------
+    def registration(self) -> None:
+        inst = self.make(self.size, dtype=None)
+        params = [n for n, _ in inst.named_parameters()]
+        plain = [s.path for r, s in (self.s.mapping.slots.items() if self.s.mapping else ())
+                 if r in ("weight", "bias") and s.kind == "plain"]
+        self.r.check("parameters registered", not plain)
+        if plain:
+            names = " and ".join(plain)
+            what = "is a plain tensor, not an nn.Parameter" if len(plain) == 1 else \
+                "are plain tensors, not nn.Parameters"
+            self.r.add(finding(
+                "param-not-registered", f"parameters() = {params}, state_dict() keys = "
+                f"{list(inst.state_dict())}", title=f"{names} {what}",
+                fix="; ".join(f"self.{p} = nn.Parameter(...)" for p in plain)))
+
+    def modes(self) -> None:
+        """LayerNorm and RMSNorm behave the same in train and eval."""
+        x = self.spec.ordinary(self.shape, self.gen)
+        a, b = call(self.make(self.size), x), call(self.make(self.size, train=False), x)
+        if a.ok and b.ok:
+            same = close(a.y, b.y, rtol=1e-12, atol=1e-12)
+            self.r.check("train() vs eval()", same)
+            if not same:
+                self.r.add(finding("eval-differs", f"on {shape_str(x)}: {diff(b.y, a.y)}"))
+
+    # -- 2. edges -----------------------------------------------------------------------
+    def edges(self) -> None:
+        self.eps_placement()
+        self.constant_rows()
+        self.large_mean()
+        self.float16()
+        self.device()
+
+    def eps_placement(self) -> None:
+        e = self.e(torch.float64)
+        x = self.spec.small_variance(self.shape, e, self.gen)
+        o = call(self.make(self.size), x)
+        name = "eps placement (variance near eps)"
+        if not o.ok:
+            self.r.check(name, False, o.why())
+            self.m_eps = self.m0
+            return
+        got = o.y.double()
+        for m in eps_variants(self.m0):
+            want = self.expected(x, m, e)
+            if want is not None and agree(got, want, m.floor):
+                self.m_eps = m
+                break
+        else:
+            est = estimate_eps(got, x, self.m0)
+            m = replace(self.m0, eps_value=est) if est is not None and est > 0 else None
+            if m is not None and agree(got, normalise(x, m, e), m.floor):
+                self.m_eps = m
+            else:
+                self.m_eps = self.m0
+                self.r.check(name, False, diff(got, self.expected(x, self.m0, e)))
+                self.r.add(finding("small-variance", f"on rows with variance 0.01, 1 and 100 "
+                                   f"times eps = {e:.3g}: "
+                                   f"{diff(got, self.expected(x, self.m0, e))}"))
+                return
+        m = self.m_eps
+        ok = m.eps == "inside" and m.eps_value is None
+        self.r.check(name, ok, "" if ok else formula(m, self.spec.ref_model(x.dim())))
+        ev = (f"on rows whose variance is 0.01, 1 and 100 times eps = {e:.3g}: the output is "
+              f"{formula(m, self.spec.ref_model(x.dim()))}; "
+              f"{diff(got, self.expected(x, replace(m, eps='inside', eps_value=None), e))}")
+        if m.eps == "outside":
+            self.r.add(finding("eps-outside-sqrt", ev))
+        elif m.eps == "none":
+            self.r.add(finding("no-eps", ev))
+        elif m.eps_value is not None:
+            if self.s.sources.get("eps", "").startswith("not found"):
+                self.r.notes.append(f"eps is not an attribute or argument; measured eps = "
+                                    f"{m.eps_value:.3g}, used from here on")
+                self.eps = m.eps_value
+                self.s.settings["eps"] = m.eps_value
+                self.m_eps = replace(m, eps_value=None)
+            else:
+                self.r.add(finding("eps-ignored", ev, title=f"normalises with eps = "
+                                   f"{m.eps_value:.3g}, not the layer's eps = {e:.3g}"))
+
+    def constant_rows(self) -> None:
+        e = self.e(torch.float64)
+        x = self.spec.constant(self.shape)
+        o = call(self.make(self.size), x)
+        name = "constant input"
+        if not o.ok:
+            self.r.check(name, False, o.why())
+            return
+        got = o.y.double()
+        if self.m_eps.eps == "none":
+            bad = ~torch.isfinite(got) | (got.abs() > 1e-3)
+            if bool(bad.any()):
+                self.r.add(finding("no-eps", f"a constant input gives "
+                                   f"{'NaN' if bool(torch.isnan(got).any()) else 'noise'}: "
+                                   f"{diff(got, torch.zeros_like(got))}"))
+            self.r.check(name, not bool(bad.any()))
+            return
+        want = self.expected(x, self.m_eps, e)
+        ok = want is not None and agree(got, want, self.m_eps.floor, atol=1e-6)
+        self.r.check(name, ok)
+        if not ok:
+            self.r.add(finding("constant-row", f"on a constant input: {diff(got, want)}"))
+
+    def large_mean(self) -> None:
+        name = "mean 1e4, std 1 in float32"
+        if self.spec.large_mean is None or self.m_eps.floor:
+            self.r.check(name, None, "not applicable" if self.spec.large_mean is None else
+                         "skipped: floor-divided output")
+            return
+        x = self.spec.large_mean(self.shape, self.gen)
+        o = call(self.make(self.size, dtype=torch.float32), x)
+        if not o.ok:
+            self.r.check(name, False, o.why())
+            return
+        xd = x.double()
+        want = self.expected(xd, self.m_eps, self.e(torch.float32))
+        dims = self.m_eps.dims
+        # condition-aware tolerance (DESIGN.md): 1e-5 + c eps32 max|x| / std per row
+        std = xd.std(dims, keepdim=True)
+        tol = 1e-5 + 8 * torch.finfo(torch.float32).eps * xd.abs().amax(dims, keepdim=True) / std
+        err = (o.y.double() - want).abs()
+        ok = bool((err <= tol).all())
+        self.r.check(name, ok, "" if ok else f"error {float(err.max()):.3g}, tolerance "
+                     f"{float(tol.max()):.2g}")
+        if not ok:
+            self.r.add(finding("one-pass-variance", f"on {shape_str(x)} input with mean 1e4 "
+                               f"and std 1: error {float(err.max()):.3g} against float64, "
+                               f"while two-pass float32 statistics stay within "
+                               f"{float(tol.max()):.2g}"))
+
+    def float16(self) -> None:
+        e = self.e(torch.float16)
+        inst = self.make(self.size, dtype=torch.float16)
+        results = {}
+        for label, scale in (("std 1", 1.0), ("std 400", 400.0)):
+            x = (self.spec.ordinary(self.shape, self.gen) * scale).half()
+            o = call(inst, x)
+            name = f"float16 input, {label}"
+            if not o.ok:
+                self.r.check(name, False, o.why())
+                results[label] = (False, o.why(), x)
+                continue
+            if label == "std 1" and o.y.dtype != x.dtype:
+                ev = f"float16 input gives {o.y.dtype} output"
+                if self.r.has("param-not-registered"):     # a plain tensor stayed float32
+                    self.r.get("param-not-registered").evidence.append(
+                        f"{ev}: .half() does not convert plain tensors")
+                else:
+                    self.r.add(finding("dtype-changed", ev, title=f"returns "
+                                       f"{str(o.y.dtype).replace('torch.', '')} for float16 input"))
+            xd = x.double()
+            want = self.expected(xd, self.m_eps, e)
+            if want is None:
+                continue
+            want = want.half().double()
+            got = o.y.double()
+            # condition-aware: float16 statistics of values far from their mean lose digits
+            dims = self.m_eps.dims
+            spread = xd.std(dims, keepdim=True) if self.m_eps.centre else \
+                xd.abs().amax(dims, keepdim=True)
+            tol = 1e-2 + 4 * torch.finfo(torch.float16).eps * xd.abs().amax(dims, keepdim=True) \
+                / spread
+            ok = agree(got, want, self.m_eps.floor) if self.m_eps.floor else \
+                bool(torch.isfinite(got).all()) and bool(((got - want).abs() <= tol).all())
+            self.r.check(name, ok, "" if ok else diff(got, want))
+            how = diff(got, want)
+            bad = ~torch.isfinite(got)
+            if bool(bad.any()):
+                how += f"; {int(bad.sum())} of {got.numel()} outputs are inf or NaN"
+            elif not ok and not self.m_eps.floor and bool((got == 0).double().mean() > 0.5):
+                how += (f"; {float((got == 0).double().mean()):.0%} of the outputs are exactly "
+                        f"0 (x / inf)")
+            results[label] = (ok, how, x)
+        small, large = results.get("std 1"), results.get("std 400")
+        if small and not small[0]:
+            self.r.add(finding("fp16-precision", f"on {shape_str(small[2])} input with std 1: "
+                               f"{small[1]}"))
+        elif large and not large[0]:
+            self.r.add(finding("fp16-overflow", f"on {shape_str(large[2])} input with std 400 "
+                               f"(x^2 up to ~1e6 > 65504): {large[1]}"))
+
+    def device(self) -> None:
+        name = "another device (meta)"
+        try:
+            inst = self.make(self.size, dtype=torch.float32)
+            inst.to("meta")
+        except Exception as e:
+            self.r.check(name, None, f"cannot move to meta: {e}")
+            return
+        o = call(inst, torch.empty(self.shape, device="meta"))
+        if o.ok:
+            self.r.check(name, o.y.device.type == "meta")
+            return
+        msg = o.why()
+        if "device" not in msg:
+            self.r.check(name, None, f"inconclusive: {msg}")
+            return
+        self.r.check(name, False, msg)
+        if self.r.has("running-not-buffer") or self.r.has("param-not-registered"):
+            f = self.r.get("running-not-buffer") or self.r.get("param-not-registered")
+            f.evidence.append(f"after .to('meta') forward fails: {msg}")
+        else:
+            self.r.add(finding("device-mismatch", f"with the module and input on the meta "
+                               f"device: {msg}"))
+
+    # -- 3. gradients -------------------------------------------------------------------
+    def gradients(self) -> None:
+        n = self.size
+        x = self.spec.ordinary(self.shape, self.gen)
+        w, b = 1.0 + 0.5 * randn((n,), self.gen), 0.5 * randn((n,), self.gen)
+        dy = randn(self.shape, self.gen)
+        inst = self.make(n, w, b)
+        roles = {r: self.s.tensor(inst, r) for r in ("weight", "bias") if r in self.spec.roles}
+        out, g = grads(inst, x, dy, roles)
+        name = "gradients (random upstream)"
+        if self.m0.floor:
+            dx = g["input"]
+            self.r.check(name, None, "skipped: floor-divided output")
+            if not out.ok:
+                self.r.get("floor-division").evidence.append(
+                    f"backward raises ({out.why()}): the layer cannot be trained")
+            elif dx is None or bool((dx == 0).all()):
+                self.r.get("floor-division").evidence.append(
+                    "the gradient with respect to the input is exactly 0")
+            return
+        if not out.ok:
+            self.r.check(name, False, out.why())
+            self.r.add(finding("grad-mismatch", f"backward raises: {out.why()}"))
+            return
+        w_, b_ = self.value(inst, "weight"), self.value(inst, "bias")
+        dx = g["input"] if g["input"] is not None else torch.zeros_like(x)
+        if self.m0 == self.spec.ref_model(x.dim()) and self.affine_ok:
+            _, backward = self.reference(x, inst)
+            rdx, rdw, rdb = backward(dy)
+            ok_x = close(dx, rdx, 1e-4, 1e-6)
+            if not ok_x:
+                self.explain_dx(x, dy, dx, w_, b_, f"input gradient on {shape_str(x)} input with "
+                                f"a random upstream gradient: {diff(dx, rdx)}")
+            ok_p = self.param_grads(g, {"weight": rdw, "bias": rdb})
+            self.r.check(name, ok_x and ok_p)
+        else:                               # forward differs: test backward against it
+            def f(xv):
+                return (call(inst, xv).y.double() * dy).sum()
+            # a layer that computes in float32 whatever it is given (x.float()) needs a
+            # larger step: its rounding noise / h must stay below the tolerance
+            m_out = normalise(x.double(), self.m0, self.e(torch.float64))
+            low = m_out is not None and not close(call(self.make(n), x).y, m_out, 1e-10, 1e-10)
+            h, tol = (1e-3, 1e-2) if low else (1e-6, 1e-5)
+            worst = 0.0
+            for _ in range(3):
+                v = randn(self.shape, self.gen)
+                fd, an = directional(f, x.double(), v, h), float((dx.double() * v).sum())
+                worst = max(worst, abs(fd - an) / max(abs(fd), abs(an), 1e-8))
+            ok = worst < tol
+            self.r.check(name + " vs finite differences", ok, "" if ok else
+                         f"relative error {worst:.2g}")
+            if not ok:
+                self.explain_dx(x, dy, dx, w_, b_, f"directional derivative off by "
+                                f"{worst:.2g} (relative) from finite differences of its own "
+                                f"forward")
+
+    def explain_dx(self, x, dy, dx, w, b, evidence: str) -> None:
+        """Which detached-statistics model reproduces dx?"""
+        e = self.e(torch.float64)
+        for detach, term in self.spec.terms.items():
+            xr = x.double().clone().requires_grad_(True)
+            y = self.affine(normalise(xr, self.m0, e, detach), w, b)
+            (hx,) = torch.autograd.grad((y * dy).sum(), xr)
+            if close(dx, hx, 1e-4, 1e-6):
+                ev = [evidence, f"dx equals the gradient in which {term}"]
+                if self.custom_backward:
+                    self.r.add(finding("wrong-backward", ev, title=f"the hand-written backward "
+                                       f"is wrong: {term}"))
+                else:
+                    self.r.add(finding("stats-detached", ev, title=f"the gradient ignores that "
+                                       f"the statistics depend on x: {term}"))
+                return
+        xr = x.double().clone().requires_grad_(True)
+        y = normalise(xr, self.m0, e)
+        (hx,) = torch.autograd.grad((y * dy).sum(), xr)
+        if w is not None and close(dx, hx, 1e-4, 1e-6):
+            self.r.add(finding("wrong-backward" if self.custom_backward else "grad-mismatch",
+                               [evidence, "dx equals the gradient with weight = 1: the weight "
+                                "is left out of dx (dy is used where dy * weight belongs)"],
+                               title="dx leaves out the weight"))
+            return
+        self.r.add(finding("wrong-backward" if self.custom_backward else "grad-mismatch",
+                           f"input gradient: {evidence}"))
+
+    def param_grads(self, g, want) -> bool:
+        ok = True
+        for role in ("weight", "bias"):
+            slot = self.s.mapping.get(role) if self.s.mapping else None
+            if slot is None or want.get(role) is None or slot.kind == "plain":
+                continue
+            got = g.get(role)
+            if got is None:
+                ok = False
+                self.r.add(finding("param-grad-missing", f"{slot.path}.grad is None after "
+                                   f"backward", title=f"{slot.path} receives no gradient"))
+            elif not close(got.reshape(-1), want[role], 1e-4, 1e-6):
+                ok = False
+                self.r.add(finding("wrong-backward" if self.custom_backward else "grad-mismatch",
+                                   f"gradient of {slot.path} ({role}): "
+                                   f"{diff(got.reshape(-1), want[role])}"))
+        return ok
+
+    def run(self) -> None:
+        self.forward()
+        if self.m0 is None:
+            self.r.notes.append("no ordinary input gave a recognisable output: edge and "
+                                "gradient checks skipped")
+            return
+        self.registration()
+        self.extra()
+        self.edges()
+        self.gradients()
+
+    def extra(self) -> None:
+        """Kind-specific checks: train/eval here, running statistics for BatchNorm."""
+        self.modes()

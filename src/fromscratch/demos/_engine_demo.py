@@ -1,0 +1,70 @@
+"""What the NumPy-engine demos (sine, moons) share: a progress bar, the output folder,
+metrics.json, an animated GIF, and the closing list of files."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from typing import Any, Callable, Iterator
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import animation  # noqa: E402
+
+
+@contextlib.contextmanager
+def progress(description: str, total: int) -> Iterator[Callable[[int, float], None]]:
+    """Yields ``update(epoch, loss)``; shows a rich progress bar when stdout is a terminal."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("loss {task.fields[loss]:.5g}"), TimeElapsedColumn(),
+                   disable=not sys.stdout.isatty())
+    with bar:
+        task = bar.add_task(description, total=total, loss=float("nan"))
+        yield lambda done, loss: bar.update(task, completed=done, loss=loss)
+
+
+def out_dir(path: str) -> str:
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def write_json(path: str, data: dict[str, Any]) -> str:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    return path
+
+
+def save_figure(fig: plt.Figure, path: str, dpi: int = 100) -> str:
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def save_gif(fig: plt.Figure, draw: Callable[[int], Any], frames: int, path: str,
+             fps: int = 5, dpi: int = 60) -> str:
+    """Render ``draw(i)`` for i in range(frames) into an animated GIF (Pillow)."""
+    anim = animation.FuncAnimation(fig, draw, frames=frames, blit=False)
+    anim.save(path, writer=animation.PillowWriter(fps=fps), dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def snapshot_epochs(epochs: int, frames: int) -> list[int]:
+    """About ``frames`` epochs to photograph, denser at the start where the fit moves most:
+    0, then geometrically spaced up to ``epochs``."""
+    import numpy as np
+    pts = np.unique(np.round(np.geomspace(1, epochs, frames - 1)).astype(int))
+    return [0, *(int(p) for p in pts)]
+
+
+def print_files(title: str, files: dict[str, str]) -> None:
+    print(title)
+    width = max(len(k) for k in files)
+    for what, path in files.items():
+        print(f"  {what:<{width}}  {path}")

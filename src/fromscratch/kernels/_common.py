@@ -1,0 +1,174 @@
+"""Small helpers every kernel file shares: launch geometry, layout, devices.
+
+Nothing here knows any formula. The conventions the kernels rely on:
+
+* a 2-D tensor handed to a kernel has a unit stride along its last dimension; its row
+  stride is passed to the kernel, so row slices of wider tensors need no copy;
+* row indices are cast to int64 inside the kernels before they multiply a stride, so
+  tensors past 2**31 elements address correctly;
+* maths is float32 whatever the storage dtype; outputs are cast once on store.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+
+#: dtypes the kernels accept for activations (weights may be any of these too).
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its NumPy interpreter (``TRITON_INTERPRET=1``).
+
+    Triton reads the variable when a kernel is decorated, i.e. when this package is
+    first imported, so it must be set before that."""
+    return _INTERPRET
+
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+def next_pow2(n: int) -> int:
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def num_sms(device: torch.device) -> int:
+    """Multiprocessors on ``device``; a small stand-in under the interpreter (CPU)."""
+    if device.type == "cuda":
+        return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return 4
+
+
+def unit_last_stride(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when its last stride is 1 (rows may still be strided), else a copy.
+
+    The kernels read rows as contiguous runs of memory; a tensor whose columns are strided
+    (a transpose, ``x[:, ::2]``, an expanded gradient) is copied, never read wrongly.
+    Inputs are only read, so a row stride of 0 (a broadcast row) is fine as it is."""
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
+def flat_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous version of ``t`` (a no-op when it already is)."""
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def same_device(op: str, *tensors: torch.Tensor | None) -> torch.device:
+    """The one device all given tensors live on; ``ValueError`` naming them otherwise."""
+    devices = {t.device for t in tensors if t is not None}
+    if len(devices) > 1:
+        names = ", ".join(sorted(str(d) for d in devices))
+        raise ValueError(f"{op}: tensors are on different devices ({names}); move them to one")
+    return devices.pop()
+
+
+def check_dtype(op: str, t: torch.Tensor, name: str = "input") -> None:
+    if t.dtype not in DTYPES:
+        raise TypeError(f"{op}: the Triton kernels take float32, float16 or bfloat16 {name}, "
+                        f"got {t.dtype}; use backend='torch' for it")
+
+
+class on_device:
+    """Make ``t``'s CUDA device current while launching (Triton launches on the current one)."""
+
+    def __init__(self, t: torch.Tensor):
+        self.index = t.device.index if t.device.type == "cuda" else None
+        self.prev: int | None = None
+
+    def __enter__(self) -> None:
+        if self.index is not None:
+            cur = torch.cuda.current_device()
+            if cur != self.index:
+                self.prev = cur
+                torch.cuda.set_device(self.index)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.prev is not None:
+            torch.cuda.set_device(self.prev)
+
+
+# ---------------------------------------------------------------------------------------
+# Launch configurations for the row-wise kernels (LayerNorm, RMSNorm). The first entry is
+# the heuristic default; the others are what the tuner (``_tune``) may pick on a GPU.
+# ---------------------------------------------------------------------------------------
+
+def _warps(elements: int, per_thread: int) -> int:
+    return max(1, min(16, elements // (32 * per_thread)))
+
+
+def row_fwd_configs(block_n: int) -> list[tuple[int, int]]:
+    """(rows per program, num_warps) for a forward that keeps each row in registers.
+
+    A program handles ~4096 values (short rows are grouped), ~32 per thread: compiled for
+    sm_90 these take 30-130 registers, so 2-9 programs share a multiprocessor and keep
+    48-80 KiB of loads in flight on it."""
+    bm = max(1, min(16, 4096 // block_n))
+    w = max(4, min(16, bm * block_n // 1024))
+    cands = [(bm, w), (2 * bm, min(16, 2 * w)), (bm, min(16, 2 * w))]
+    if bm * block_n // (32 * (w // 2)) <= 64 and w >= 8:
+        cands.append((bm, w // 2))
+    return list(dict.fromkeys(cands))
+
+
+def row_bwd_configs(block_n: int) -> list[tuple[int, int, int, bool]]:
+    """(rows per iteration, num_warps, waves, prefetch) for the persistent backward.
+
+    Each program walks a contiguous block of rows, BLOCK_M at a time, and keeps dweight
+    (and dbias) partials of length N in float32 registers: at most ~16 per thread, hence
+    num_warps >= N / 512. Those registers cap the programs a multiprocessor holds at once
+    (compiled for sm_90: 3-6 for N = 1024, 2 for N = 4096, 1 for N = 8192); the grid is
+    ``waves`` times that many per multiprocessor, measured from the compiled kernel, so
+    every program runs at the same time and none is left for a tail. ``prefetch`` loads the
+    next tile of rows while the current one is computed, to keep memory busy in so few
+    programs."""
+    bm = max(1, min(16, 4096 // block_n))
+    w = max(4, min(16, max(bm * block_n // 1024, block_n // 512)))
+    cands = [(bm, w, 1, True), (bm, w, 1, False), (bm, min(16, 2 * w), 1, True)]
+    cands.append((max(1, bm // 2), w, 1, False) if bm > 1 else (bm, max(4, w // 2), 1, True))
+    cands.append((bm, w, 2, True))
+    return list(dict.fromkeys(cands))
+
+
+_resident: dict[tuple, int] = {}
+
+
+def resident_programs(key: tuple, device: torch.device, default: int = 2) -> int:
+    """How many programs of the kernel variant ``key`` fit on one multiprocessor at once,
+    as measured by ``note_resident`` after its first launch (``default`` before that)."""
+    return _resident.get(key, default)
+
+
+def note_resident(key: tuple, compiled: object, num_warps: int, device: torch.device) -> None:
+    """Record the occupancy of a just-launched kernel from its compiled register and shared
+    memory use, as the CUDA occupancy calculator does (a persistent grid of exactly that many
+    programs per multiprocessor runs in one wave, with no tail)."""
+    if key in _resident or device.type != "cuda":
+        return
+    regs = getattr(compiled, "n_regs", None)
+    if not regs:
+        return
+    props = torch.cuda.get_device_properties(device)
+    reg_file = getattr(props, "regs_per_multiprocessor", 65536)
+    max_threads = getattr(props, "max_threads_per_multi_processor", 2048)
+    smem = getattr(props, "shared_memory_per_multiprocessor", 228 * 1024)
+    per_warp = -(-int(regs) * 32 // 256) * 256           # registers are granted per warp
+    by_regs = (reg_file // per_warp) // num_warps
+    by_threads = max_threads // (32 * num_warps)
+    shared = int(getattr(getattr(compiled, "metadata", None), "shared", 0) or 0)
+    by_smem = smem // (shared + 1024) if shared else 32
+    _resident[key] = max(1, min(by_regs, by_threads, by_smem, 32))
+
+
+def persistent_grid(m: int, block_m: int, programs: int) -> tuple[int, int]:
+    """(grid size G, rows per program): contiguous row blocks, a multiple of ``block_m`` each."""
+    programs = max(1, min(programs, triton.cdiv(m, block_m)))
+    rows = triton.cdiv(triton.cdiv(m, programs), block_m) * block_m
+    return triton.cdiv(m, rows), rows

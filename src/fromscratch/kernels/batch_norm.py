@@ -1,0 +1,337 @@
+r"""BatchNorm, channels-last, in Triton: x is (M, C), statistics per column. The maths is
+``ops.batch_norm``'s:
+
+    mu = mean(x)    var = mean((x - mu)^2)  (biased)    r = 1 / sqrt(var + eps)
+    xhat = (x - mu) r       y = w xhat + b
+    running <- (1 - momentum) running + momentum (mu, var * M / (M - 1))
+
+    dx = w r (dy - sum(dy)/M - xhat sum(dy xhat)/M)     dw = sum(dy xhat)    db = sum(dy)
+
+Statistics are a column reduction, the same shape of work as LayerNorm's dweight: a grid
+of (row blocks) x (column blocks) programs; each walks its rows BLOCK_M at a time and keeps,
+per register lane, a Welford running (count, mean, M2), which never subtracts two large
+sums. At the end the BLOCK_M lanes are merged with Chan's formula
+
+    n = sum n_i     mu = sum n_i mu_i / n     M2 = sum M2_i + sum n_i (mu_i - mu)^2
+
+into one partial per (row block, column); ``_combine_kernel`` merges the row blocks the
+same way, writes mu and r, and updates the running statistics in place. A third kernel
+normalises. The backward is two passes too: the column sums sum(dy) and sum(dy xhat)
+(partials, then ``_reduce.sum_rows``), then dx.
+
+Memory traffic is therefore 3 MN elements forward (x twice, y once) and 5 MN backward,
+8 MN in all, against 5 MN for a row norm: statistics over a batch larger than the cache
+need a full pass before the first output can be written.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _tune
+from ._common import (next_pow2, note_resident, num_sms, on_device, resident_programs,
+                      unit_last_stride)
+from ._reduce import sum_rows
+
+
+@triton.jit
+def _tile(X, r0, end, cols, cmask, stride, BLOCK_M: tl.constexpr):
+    """Rows r0 .. r0 + BLOCK_M (those below ``end``) of one column block, storage dtype."""
+    rows = r0 + tl.arange(0, BLOCK_M)
+    mask = (rows < end)[:, None] & cmask[None, :]
+    return tl.load(X + rows[:, None] * stride + cols[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def _stats_kernel(X, MEAN_P, M2_P, M, C, stride_x, rows_per_program,
+                  PREFETCH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    pid_m = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    start = pid_m * rows_per_program
+    end = tl.minimum(start + rows_per_program, M)
+    cnt = tl.zeros([BLOCK_M], dtype=tl.float32)
+    mean = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    m2 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    if PREFETCH:
+        x_next = _tile(X, start, end, cols, cmask, stride_x, BLOCK_M)
+    for r0 in range(start, end, BLOCK_M):
+        rows = r0 + tl.arange(0, BLOCK_M)
+        rmask = rows < end
+        mask = rmask[:, None] & cmask[None, :]
+        if PREFETCH:                     # the next tile's loads overlap this tile's update
+            x = x_next
+            x_next = _tile(X, r0 + BLOCK_M, end, cols, cmask, stride_x, BLOCK_M)
+        else:
+            x = _tile(X, r0, end, cols, cmask, stride_x, BLOCK_M)
+        x = x.to(tl.float32)
+        cnt += rmask.to(tl.float32)
+        inv = 1.0 / tl.maximum(cnt, 1.0)
+        d = tl.where(mask, x - mean, 0.0)                # Welford: mean += d/n, M2 += d (x - mean')
+        mean += d * inv[:, None]
+        m2 += d * (x - mean)                             # d = 0 on padding: adds nothing
+    n = tl.sum(cnt, axis=0)                              # Chan: merge the BLOCK_M lanes
+    mu = tl.sum(cnt[:, None] * mean, axis=0) / n
+    dm = mean - mu[None, :]
+    m2_all = tl.sum(m2, axis=0) + tl.sum(cnt[:, None] * dm * dm, axis=0)
+    tl.store(MEAN_P + pid_m * C + cols, mu, mask=cmask)
+    tl.store(M2_P + pid_m * C + cols, m2_all, mask=cmask)
+
+
+@triton.jit
+def _combine_kernel(MEAN_P, M2_P, P, M, rows_per_program, MEAN, VAR, RSTD, RUN_MEAN, RUN_VAR,
+                    C, inv_m, unbias, momentum, eps, HAS_RUNNING: tl.constexpr,
+                    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
+    for p0 in range(0, P, BLOCK_P):
+        ps = p0 + tl.arange(0, BLOCK_P)
+        mask = (ps < P)[:, None] & cmask[None, :]
+        n_i = tl.minimum(tl.maximum(M - ps.to(tl.int64) * rows_per_program, 0), rows_per_program)
+        mean_i = tl.load(MEAN_P + ps[:, None].to(tl.int64) * C + cols[None, :], mask=mask, other=0.0)
+        acc += n_i.to(tl.float32)[:, None] * mean_i
+    mu = tl.sum(acc, axis=0) * inv_m
+    acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
+    for p0 in range(0, P, BLOCK_P):
+        ps = p0 + tl.arange(0, BLOCK_P)
+        mask = (ps < P)[:, None] & cmask[None, :]
+        n_i = tl.minimum(tl.maximum(M - ps.to(tl.int64) * rows_per_program, 0), rows_per_program)
+        offs = ps[:, None].to(tl.int64) * C + cols[None, :]
+        d = tl.load(MEAN_P + offs, mask=mask, other=0.0) - mu[None, :]
+        acc += tl.load(M2_P + offs, mask=mask, other=0.0) + n_i.to(tl.float32)[:, None] * d * d
+    var = tl.sum(acc, axis=0) * inv_m
+    tl.store(MEAN + cols, mu, mask=cmask)
+    tl.store(VAR + cols, var, mask=cmask)
+    tl.store(RSTD + cols, 1.0 / tl.sqrt(var + eps), mask=cmask)
+    if HAS_RUNNING:
+        rm = tl.load(RUN_MEAN + cols, mask=cmask, other=0.0).to(tl.float32)
+        rv = tl.load(RUN_VAR + cols, mask=cmask, other=0.0).to(tl.float32)
+        rm = (1.0 - momentum) * rm + momentum * mu
+        rv = (1.0 - momentum) * rv + momentum * (var * unbias)   # stored variance is unbiased
+        tl.store(RUN_MEAN + cols, rm.to(RUN_MEAN.dtype.element_ty), mask=cmask)
+        tl.store(RUN_VAR + cols, rv.to(RUN_VAR.dtype.element_ty), mask=cmask)
+
+
+@triton.jit
+def _normalize_kernel(X, Y, MEAN, RSTD, W, B, M, C, stride_x, stride_y,
+                      HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    mask = (rows < M)[:, None] & cmask[None, :]
+    x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
+    mean = tl.load(MEAN + cols, mask=cmask, other=0.0)
+    scale = tl.load(RSTD + cols, mask=cmask, other=0.0)
+    if HAS_W:
+        scale = scale * tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
+    # (x - mu) * (r w), not x * (r w) - mu r w: the latter cancels on mean-shifted columns
+    y = (x.to(tl.float32) - mean[None, :]) * scale[None, :]
+    if HAS_B:
+        y = y + tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    tl.store(Y + rows[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _bwd_sums_kernel(X, DY, MEAN, RSTD, SDY_P, SDYX_P, M, C, stride_x, stride_dy,
+                     rows_per_program, PREFETCH: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    pid_m = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    mean = tl.load(MEAN + cols, mask=cmask, other=0.0)
+    rstd = tl.load(RSTD + cols, mask=cmask, other=0.0)
+    start = pid_m * rows_per_program
+    end = tl.minimum(start + rows_per_program, M)
+    sdy = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    sdyx = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    if PREFETCH:
+        x_next = _tile(X, start, end, cols, cmask, stride_x, BLOCK_M)
+        dy_next = _tile(DY, start, end, cols, cmask, stride_dy, BLOCK_M)
+    for r0 in range(start, end, BLOCK_M):
+        if PREFETCH:
+            x, dy = x_next, dy_next
+            x_next = _tile(X, r0 + BLOCK_M, end, cols, cmask, stride_x, BLOCK_M)
+            dy_next = _tile(DY, r0 + BLOCK_M, end, cols, cmask, stride_dy, BLOCK_M)
+        else:
+            x = _tile(X, r0, end, cols, cmask, stride_x, BLOCK_M)
+            dy = _tile(DY, r0, end, cols, cmask, stride_dy, BLOCK_M)
+        dy = dy.to(tl.float32)
+        xhat = (x.to(tl.float32) - mean[None, :]) * rstd[None, :]
+        sdy += dy
+        sdyx += dy * xhat                                # masked dy is 0: padding adds nothing
+    tl.store(SDY_P + pid_m * C + cols, tl.sum(sdy, axis=0), mask=cmask)
+    tl.store(SDYX_P + pid_m * C + cols, tl.sum(sdyx, axis=0), mask=cmask)
+
+
+@triton.jit
+def _dx_kernel(X, DY, DX, MEAN, RSTD, W, SDY, SDYX, M, C, stride_x, stride_dy, stride_dx, inv_m,
+               HAS_W: tl.constexpr, BATCH_STATS: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    mask = (rows < M)[:, None] & cmask[None, :]
+    dy = tl.load(DY + rows[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0)
+    dy = dy.to(tl.float32)
+    scale = tl.load(RSTD + cols, mask=cmask, other=0.0)
+    if HAS_W:
+        scale = scale * tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
+    if BATCH_STATS:
+        x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
+        mean = tl.load(MEAN + cols, mask=cmask, other=0.0)
+        rstd = tl.load(RSTD + cols, mask=cmask, other=0.0)
+        xhat = (x.to(tl.float32) - mean[None, :]) * rstd[None, :]
+        a = tl.load(SDY + cols, mask=cmask, other=0.0) * inv_m
+        c = tl.load(SDYX + cols, mask=cmask, other=0.0) * inv_m
+        dx = (dy - a[None, :] - xhat * c[None, :]) * scale[None, :]
+    else:                                                # fixed statistics: dx = w r dy
+        dx = dy * scale[None, :]
+    tl.store(DX + rows[:, None] * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
+
+
+# Launch configurations; the first of each list is the default, the tuner may pick another.
+# (BLOCK_M, BLOCK_C, num_warps, waves, prefetch) for the column reductions: tiles of
+# 16 x 256 with 8 warps compile (sm_90) to 60-100 registers, 2-4 programs per
+# multiprocessor; the grid holds ``waves`` times as many programs as fit at once
+# (measured from the compiled kernel, see _common.note_resident).
+def _reduce_configs(c: int) -> list[tuple[int, int, int, int, bool]]:
+    bc = min(256, next_pow2(c))
+    bm = max(1, 4096 // bc)
+    cands = [(bm, bc, 8, 1, True), (bm, bc, 8, 1, False), (bm, bc, 4, 1, False),
+             (bm, max(16, bc // 2), 4, 1, False), (bm, bc, 8, 2, True)]
+    return list(dict.fromkeys(cands))
+
+
+# (BLOCK_M, BLOCK_C, num_warps) for the element-wise normalise and dx kernels.
+def _elementwise_configs(c: int) -> list[tuple[int, int, int]]:
+    bc = min(256, next_pow2(c))
+    bm = max(1, 4096 // bc)
+    return list(dict.fromkeys([(bm, bc, 4), (bm, bc, 8), (2 * bm, bc, 8)]))
+
+
+def _row_split(m: int, c: int, cfg: tuple, programs: int) -> tuple[int, int]:
+    """(row blocks P, rows per block) so that P x column-blocks is at most ``programs``."""
+    bm, bc = cfg[:2]
+    col_blocks = triton.cdiv(c, bc)
+    p = max(1, min(triton.cdiv(m, bm), programs // col_blocks))
+    rows = triton.cdiv(triton.cdiv(m, p), bm) * bm
+    return triton.cdiv(m, rows), rows
+
+
+def _normalize(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
+               weight: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+    m, c = x.shape
+    y = torch.empty((m, c), dtype=x.dtype, device=x.device)
+
+    def launch(cfg: tuple[int, int, int]) -> None:
+        bm, bc, warps = cfg
+        _normalize_kernel[(triton.cdiv(m, bm), triton.cdiv(c, bc))](
+            x, y, mean, rstd, weight if weight is not None else x,
+            bias if bias is not None else x, m, c, x.stride(0), y.stride(0),
+            HAS_W=weight is not None, HAS_B=bias is not None, BLOCK_M=bm, BLOCK_C=bc,
+            num_warps=warps)
+
+    key = ("batch_norm_normalize", c, x.dtype, _tune.rows_bucket(m))
+    launch(_tune.choose(key, _elementwise_configs(c), launch, x.device))
+    return y
+
+
+def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+            eps: float, training: bool, running_mean: torch.Tensor | None = None,
+            running_var: torch.Tensor | None = None, momentum: float = 0.1
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x (M, C) -> (y, mean, var, rstd), statistics float32 (C,).
+
+    Training: batch statistics; the running buffers, when given, are updated in place.
+    Otherwise: the running statistics normalise (both must be given)."""
+    x = unit_last_stride(x)
+    m, c = x.shape
+    if m == 0 and training:                    # an empty batch: empty output, buffers unchanged
+        nan = torch.full((c,), float("nan"), dtype=torch.float32, device=x.device)
+        return torch.empty_like(x), nan, nan, nan
+    with on_device(x):
+        if not training:
+            mean = running_mean.float()
+            var = running_var.float()
+            rstd = torch.rsqrt(var + eps)
+            return _normalize(x, mean, rstd, weight, bias), mean, var, rstd
+        sms = num_sms(x.device)
+        parts: dict[str, object] = {}
+
+        def launch(cfg: tuple[int, int, int, int, bool]) -> None:
+            bm, bc, warps, waves, prefetch = cfg
+            variant = ("batch_norm_stats", cfg, x.dtype)
+            p, rows = _row_split(m, c, cfg, sms * waves * resident_programs(variant, x.device))
+            parts.update(p=p, rows=rows,
+                         mean=torch.empty((p, c), dtype=torch.float32, device=x.device),
+                         m2=torch.empty((p, c), dtype=torch.float32, device=x.device))
+            k = _stats_kernel[(p, triton.cdiv(c, bc))](x, parts["mean"], parts["m2"], m, c,
+                                                       x.stride(0), rows, PREFETCH=prefetch,
+                                                       BLOCK_M=bm, BLOCK_C=bc, num_warps=warps)
+            note_resident(variant, k, warps, x.device)
+
+        launch(_tune.choose(("batch_norm_stats", c, x.dtype, _tune.rows_bucket(m)),
+                            _reduce_configs(c), launch, x.device))
+        p, rows, mean_p, m2_p = parts["p"], parts["rows"], parts["mean"], parts["m2"]
+        mean = torch.empty(c, dtype=torch.float32, device=x.device)
+        var = torch.empty_like(mean)
+        rstd = torch.empty_like(mean)
+        has_running = running_mean is not None and running_var is not None
+        block_c = 64
+        _combine_kernel[(triton.cdiv(c, block_c),)](
+            mean_p, m2_p, p, m, rows, mean, var, rstd,
+            running_mean if has_running else mean, running_var if has_running else var,
+            c, 1.0 / m, m / (m - 1) if m > 1 else 1.0, float(momentum), float(eps),
+            HAS_RUNNING=has_running, BLOCK_P=32, BLOCK_C=block_c, num_warps=4)
+        return _normalize(x, mean, rstd, weight, bias), mean, var, rstd
+
+
+def backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, has_bias: bool,
+             mean: torch.Tensor, rstd: torch.Tensor, batch_stats: bool,
+             bias_dtype: torch.dtype | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(dx, dweight, dbias) for x (M, C); ``batch_stats`` False means mean/rstd were constants."""
+    x = unit_last_stride(x)
+    dy = unit_last_stride(dy)
+    m, c = x.shape
+    dx = torch.empty((m, c), dtype=x.dtype, device=x.device)
+    if m == 0:
+        zeros = torch.zeros(c, dtype=torch.float32, device=x.device)
+        return (dx, zeros.to(weight.dtype) if weight is not None else None,
+                zeros.to(bias_dtype or x.dtype) if has_bias else None)
+    sms = num_sms(x.device)
+    with on_device(x):
+        parts: dict[str, torch.Tensor] = {}
+
+        def launch_sums(cfg: tuple[int, int, int, int, bool]) -> None:
+            bm, bc, warps, waves, prefetch = cfg
+            variant = ("batch_norm_bwd_sums", cfg, x.dtype)
+            p, rows = _row_split(m, c, cfg, sms * waves * resident_programs(variant, x.device))
+            parts["sdy"] = torch.empty((p, c), dtype=torch.float32, device=x.device)
+            parts["sdyx"] = torch.empty((p, c), dtype=torch.float32, device=x.device)
+            k = _bwd_sums_kernel[(p, triton.cdiv(c, bc))](
+                x, dy, mean, rstd, parts["sdy"], parts["sdyx"], m, c, x.stride(0), dy.stride(0),
+                rows, PREFETCH=prefetch, BLOCK_M=bm, BLOCK_C=bc, num_warps=warps)
+            note_resident(variant, k, warps, x.device)
+
+        launch_sums(_tune.choose(("batch_norm_bwd_sums", c, x.dtype, _tune.rows_bucket(m)),
+                                 _reduce_configs(c), launch_sums, x.device))
+        sdy = sum_rows(parts["sdy"], torch.float32)
+        sdyx = sum_rows(parts["sdyx"], torch.float32)
+        w = weight if weight is not None else x
+
+        def launch_dx(cfg: tuple[int, int, int]) -> None:
+            bm, bc, warps = cfg
+            _dx_kernel[(triton.cdiv(m, bm), triton.cdiv(c, bc))](
+                x, dy, dx, mean, rstd, w, sdy, sdyx, m, c, x.stride(0), dy.stride(0),
+                dx.stride(0), 1.0 / m, HAS_W=weight is not None, BATCH_STATS=batch_stats,
+                BLOCK_M=bm, BLOCK_C=bc, num_warps=warps)
+
+        key = ("batch_norm_dx", batch_stats, c, x.dtype, _tune.rows_bucket(m))
+        launch_dx(_tune.choose(key, _elementwise_configs(c), launch_dx, x.device))
+    dw = sdyx.to(weight.dtype) if weight is not None else None
+    db = sdy.to(bias_dtype or x.dtype) if has_bias else None
+    return dx, dw, db

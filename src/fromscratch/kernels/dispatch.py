@@ -1,0 +1,61 @@
+"""Which implementation runs: the Triton kernels or the ``ops`` reference through torch.
+
+``backend="auto"`` takes the kernels for CUDA tensors of float32/float16/bfloat16 when
+triton imports, and the reference otherwise (CPU, float64, no triton). ``"triton"`` insists
+on the kernels: on CPU tensors they run in Triton's interpreter, which has to be switched
+on with ``TRITON_INTERPRET=1`` before the first import (that is how the tests run them).
+``"torch"`` always runs the reference. This module imports nothing heavy: triton is only
+imported once a kernel is actually wanted.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+BACKENDS = ("auto", "triton", "torch")
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, "
+                         f"got {backend!r}")
+    return backend
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def use_kernels(op: str, backend: str, input: torch.Tensor, **params: torch.Tensor | None) -> bool:
+    """True when ``op`` on ``input`` (with its named tensor ``params``) should run the kernels.
+
+    ``"triton"`` raises a clear error instead of returning False when it cannot run."""
+    check_backend(backend)
+    if backend == "torch":
+        return False
+    named = {"input": input, **{k: v for k, v in params.items() if v is not None}}
+    if backend == "auto":
+        return (input.is_cuda and triton_available()
+                and all(t.device == input.device and t.dtype in _DTYPES for t in named.values()))
+    if not triton_available():
+        raise RuntimeError(f"{op}: backend='triton' needs the triton package "
+                           "(pip install 'fromscratch[kernels]'); or use backend='torch'")
+    from ._common import check_dtype, interpreting, same_device
+    device = same_device(op, *named.values())
+    for name, t in named.items():
+        check_dtype(op, t, name)
+    if device.type == "cpu" and not interpreting():
+        raise RuntimeError(f"{op}: backend='triton' on CPU tensors runs Triton's interpreter, "
+                           "which must be switched on before triton is first imported: set "
+                           "TRITON_INTERPRET=1 in the environment")
+    if device.type not in ("cpu", "cuda"):
+        raise RuntimeError(f"{op}: backend='triton' runs on CUDA tensors (or CPU under "
+                           f"TRITON_INTERPRET=1), got a tensor on {device}")
+    return True

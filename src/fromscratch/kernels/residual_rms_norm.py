@@ -1,0 +1,33 @@
+r"""Fused residual add + RMSNorm, as a pre-norm transformer block uses it:
+
+    s = x + residual            (rounded to x's dtype: the new residual stream)
+    y = rms_norm(s) * w
+
+Returning both saves one full read of s: the unfused pair reads x and residual, writes s,
+then reads s again to normalise it. The kernels are ``rms_norm.py``'s with the residual
+flags on; this file only names the two directions.
+
+Backward, with ds_direct the gradient that reached s from later in the network:
+
+    ds = rms_norm_backward(dy, s) + ds_direct       dx = dresidual = ds
+"""
+from __future__ import annotations
+
+import torch
+
+from . import rms_norm
+
+
+def forward(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None,
+            eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x, residual (M, N) -> (s = x + residual, y = rms_norm(s) * weight, rstd (M,) float32)."""
+    y, rstd, s = rms_norm.forward(x, weight, eps, residual=residual)
+    assert s is not None
+    return s, y, rstd
+
+
+def backward(dy: torch.Tensor, ds: torch.Tensor | None, s: torch.Tensor,
+             weight: torch.Tensor | None, rstd: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(d(sum), dweight): d(sum) is the gradient of both x and residual."""
+    return rms_norm.backward(dy, s, weight, rstd, ds=ds)

@@ -1,0 +1,15 @@
+"""Training: ``fit`` with gradient accumulation that equals large-batch training, on one
+process or many (torch.distributed), with checkpoints that resume bit for bit.
+
+    accumulate.py   the window weighting rule (and why dividing by k is wrong)
+    distributed.py  round-robin dealing, DDP, all-reduce of item counts, launching processes
+    checkpoint.py   atomic save, random state
+    fit.py          the loop
+    tasks.py        the small built-in task behind ``fromscratch train`` and the cubic demo
+    cli.py          ``fromscratch train`` (torchrun-able)
+"""
+from .accumulate import sum_and_count
+from .checkpoint import atomic_save, load
+from .fit import History, fit
+
+__all__ = ["History", "atomic_save", "fit", "load", "sum_and_count"]

@@ -1,0 +1,245 @@
+"""``fit``: the training loop, with gradient accumulation that equals large-batch training.
+
+One optimizer step per *window* of micro-batches, on one process or many:
+
+    for each micro-batch j of the window (W*k of them, k on each of W processes):
+        forward; (s_j, n_j) = loss_fn(output, target)
+        backward s_j * W / N_hat           (no_sync on all but the last micro-batch)
+    N = sum of n_j over the window and every process (one all-reduce)
+    unscale (AMP) -> gradient *= N_hat / N -> clip the full gradient -> step -> scheduler -> zero
+
+so that after the step the parameters are those of one step on the whole window taken as
+one batch with loss sum_j s_j / N (accumulate.py has the derivation). Checkpoints are
+written between windows and hold everything needed to continue bit for bit.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from . import checkpoint as ckpt
+from . import distributed as dd
+from .accumulate import Window, sum_and_count
+from .progress import progress_bar
+
+_END = object()
+LossFn = Callable[[Any, Any], Any]   # (output, target) -> (sum, count) or a scalar mean
+Callback = Callable[[int, nn.Module, float], None]
+
+
+@dataclass
+class History:
+    """What ``fit`` logged, one entry per window (optimizer step)."""
+
+    loss: list[float] = field(default_factory=list)       # window's sum / N: same for any k, W
+    items: list[float] = field(default_factory=list)      # N, the window's item count
+    lr: list[float] = field(default_factory=list)         # first param group's lr at the step
+    grad_norm: list[float] = field(default_factory=list)  # before clipping (max_grad_norm set)
+    skipped: list[int] = field(default_factory=list)      # steps AMP skipped (inf/NaN gradient)
+    resumed_from: int | None = None                       # step of the checkpoint resumed
+
+    @property
+    def steps(self) -> int:
+        return len(self.loss)
+
+
+def fit(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn,
+        optimizer: torch.optim.Optimizer, *, epochs: int = 1, accumulation_steps: int = 1,
+        max_grad_norm: float | None = None, scaler: torch.amp.GradScaler | None = None,
+        scheduler: Any = None, checkpoint_dir: str | Path | None = None,
+        checkpoint_every: int = 50, resume: bool = False,
+        autocast_dtype: torch.dtype | None = None, callback: Callback | None = None,
+        progress: bool | None = None) -> History:
+    """Train ``model`` on ``loader``'s micro-batches ``(input, target)`` for ``epochs``.
+
+    ``loss_fn(output, target)`` returns ``(sum_of_item_losses, number_of_items)``, or a
+    plain mean over ``len(target)`` items. Every ``accumulation_steps`` micro-batches
+    (times the number of processes when torch.distributed is initialised) make one
+    optimizer step, equal to one step on those micro-batches taken as one batch; the
+    epoch's last window may be shorter. ``scheduler.step()`` follows every optimizer step
+    that was taken (not one that AMP's ``scaler`` skipped). ``max_grad_norm`` clips the
+    window's full gradient once, after unscaling.
+
+    Under torch.distributed the model is wrapped in DistributedDataParallel and micro-batch
+    i of the loader goes to rank i mod W; every rank must iterate the same loader in the
+    same order (seed its shuffle; ``set_epoch(epoch)`` is called on the loader, its sampler
+    and batch sampler when they have it).
+
+    With ``checkpoint_dir`` a checkpoint is written atomically every ``checkpoint_every``
+    steps, at the end of each epoch and at the end; ``resume=True`` continues from it.
+    ``callback(step, model, loss)`` runs after each step (before that step's checkpoint).
+    Returns the History.
+    """
+    if accumulation_steps < 1:
+        raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}")
+    if max_grad_norm is not None and max_grad_norm <= 0:
+        raise ValueError(f"max_grad_norm must be > 0, got {max_grad_norm}")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+
+    net = dd.unwrap(model)
+    rank, world = dd.rank_and_world()
+    k = accumulation_steps
+    device = next(net.parameters()).device
+    generator = getattr(loader, "generator", None)
+    generator = generator if isinstance(generator, torch.Generator) else None
+    path = Path(checkpoint_dir) / ckpt.CHECKPOINT if checkpoint_dir is not None else None
+    config = {"world_size": world, "accumulation_steps": k}
+
+    history, start_epoch, start_index, rng_epoch, rng_now = History(), 0, 0, None, None
+    if resume and path is not None and path.exists():
+        state = ckpt.load(path, map_location=device)
+        if state["config"] != config:
+            raise ValueError(f"checkpoint {path} was written with {state['config']}, "
+                             f"resuming with {config}")
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None:
+            scaler.load_state_dict(state["scaler"])
+        history = History(**state["history"])
+        history.resumed_from = history.steps
+        start_epoch, start_index = state["epoch"], state["micro_batch"]
+        rng_epoch, rng_now = state["rng_epoch_start"][rank], state["rng"][rank]
+
+    step_args = (net, loss_fn, optimizer, k, world, device, max_grad_norm, scaler, scheduler,
+                 autocast_dtype)
+    ddp = dd.wrap(model)     # a model already in DDP is kept as it is
+    ddp.train()
+    optimizer.zero_grad(set_to_none=True)
+
+    def save(epoch: int, index: int, epoch_rng: dict[str, Any]) -> None:
+        rngs = dd.all_gather_object(ckpt.rng_state(generator))   # every rank's own stream
+        epoch_rngs = dd.all_gather_object(epoch_rng)
+        if rank == 0 and path is not None:
+            ckpt.atomic_save({
+                "model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "rng": rngs, "rng_epoch_start": epoch_rngs,
+                "epoch": epoch, "micro_batch": index, "config": config,
+                "history": {k_: v for k_, v in asdict(history).items() if k_ != "resumed_from"},
+            }, path)
+
+    n = len(loader) if hasattr(loader, "__len__") else None   # type: ignore[arg-type]
+    total = epochs * math.ceil(n / (world * k)) if n is not None else None
+    show = progress if rank == 0 else False
+    with progress_bar(total, show, completed=history.steps) as update:
+        for epoch in range(start_epoch, epochs):
+            _set_epoch(loader, epoch)
+            resuming = epoch == start_epoch and rng_epoch is not None
+            if resuming:
+                ckpt.set_rng_state(rng_epoch, generator)
+            epoch_rng = ckpt.rng_state(generator)
+            it = iter(loader)
+            index = 0
+            if resuming and start_index > 0:
+                # The loader is replayed from the epoch's start, up to where the checkpoint
+                # was taken, then the random state of that moment is put back.
+                for index in range(1, start_index + 1):
+                    if next(it, _END) is _END:
+                        raise ValueError(f"the loader gave {index - 1} micro-batches in epoch "
+                                         f"{epoch}, the checkpoint was taken after "
+                                         f"{start_index}")
+                ckpt.set_rng_state(rng_now, generator)
+            while window := dd.read_window(it, world * k):
+                index += len(window)
+                if _window_step(ddp, dd.deal(window, rank, world), history, *step_args):
+                    update(history.loss[-1])
+                    if callback is not None:
+                        callback(history.steps, net, history.loss[-1])
+                    if path is not None and history.steps % checkpoint_every == 0:
+                        save(epoch, index, epoch_rng)
+            if path is not None:
+                save(epoch + 1, 0, ckpt.rng_state(generator))
+    return history
+
+
+def _window_step(ddp: nn.Module, batches: list[Any], history: History, net: nn.Module,
+                 loss_fn: LossFn, optimizer: torch.optim.Optimizer, k: int, world: int,
+                 device: torch.device, max_grad_norm: float | None,
+                 scaler: torch.amp.GradScaler | None, scheduler: Any,
+                 autocast_dtype: torch.dtype | None) -> bool:
+    """Forward and backward this rank's micro-batches of one window, then one step.
+
+    Returns False when the window had no items at all (nothing to step on).
+    """
+    window: Window | None = None
+    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                else nullcontext())
+    for j, batch in enumerate(batches):
+        inputs, target = _split(_to(batch, device))
+        with dd.no_sync(ddp, sync=j == len(batches) - 1):
+            with autocast:
+                total, count = sum_and_count(loss_fn(ddp(inputs), target), target)
+            if window is None:   # N_hat from the first micro-batch of every rank
+                window = Window.start(dd.all_reduce_sum([count], device)[0], k, world)
+            loss = window.loss_to_backward(total, count)
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+    assert window is not None
+    count, loss_sum = dd.all_reduce_sum([window.count, window.loss_sum], device)
+    if count == 0:
+        warnings.warn("a window had no items (every target ignored); no step taken",
+                      stacklevel=3)
+        optimizer.zero_grad(set_to_none=True)
+        return False
+
+    params = [p for p in net.parameters() if p.grad is not None]
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    correction = window.correction(count)
+    if correction != 1.0:
+        for p in params:
+            p.grad.mul_(correction)
+    if max_grad_norm is not None:
+        history.grad_norm.append(float(nn.utils.clip_grad_norm_(params, max_grad_norm)))
+    history.lr.append(float(optimizer.param_groups[0]["lr"]))
+    if scaler is not None:
+        scale = scaler.get_scale()
+        scaler.step(optimizer)
+        scaler.update()
+        stepped = not scaler.get_scale() < scale   # the scale backs off only on a skipped step
+    else:
+        optimizer.step()
+        stepped = True
+    if stepped and scheduler is not None:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    history.loss.append(loss_sum / count)
+    history.items.append(count)
+    if not stepped:
+        history.skipped.append(len(history.loss))
+    return True
+
+
+def _split(batch: Any) -> tuple[Any, Any]:
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    raise TypeError(f"fit expects each micro-batch to be (input, target), got "
+                    f"{type(batch).__name__}"
+                    f"{' of length ' + str(len(batch)) if hasattr(batch, '__len__') else ''}")
+
+
+def _to(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch if batch.device == device else batch.to(device, non_blocking=True)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_to(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _set_epoch(loader: Any, epoch: int) -> None:
+    """DistributedSampler's convention: reshuffle deterministically per epoch."""
+    for obj in (loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
+        if hasattr(obj, "set_epoch"):
+            obj.set_epoch(epoch)

@@ -1,0 +1,125 @@
+"""Every fixture in tests/fixtures/check is classified with exactly the right findings.
+
+Each row is (file, class, kind, {finding id: severity}): the right diagnoses and no false
+one. The seed notebook's four classes are copied verbatim; correct implementations
+(fromscratch's own, torch.nn wrapped in the notebook's constructor form, hand-written with
+gamma/beta names) must come out with no finding at all.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fromscratch.check import check_layer
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "check"
+W, F = "wrong", "fragile"
+KINDS = {"layernorm": "LayerNorm", "rmsnorm": "RMSNorm", "batchnorm": "BatchNorm",
+         "dropout": "Dropout"}
+
+SEED = [
+    # its LayerNorm is right for its eps of 1e-6; float16 overflows (x.var in float16)
+    ("seed_layernorm.py", "layernorm", {"fp16-overflow": F}),
+    ("seed_rmsnorm.py", "rmsnorm", {"floor-division": W, "fp16-overflow": F}),
+    ("seed_batchnorm.py", "batchnorm", {
+        "floor-division": W, "unbiased-variance": W, "eval-ignored": W,
+        "running-not-buffer": W, "running-graph": W, "running-shape": W,
+        "wrong-dims": W,            # dim=(0, 1) mixes the channels of (N, C) input
+        "fp16-overflow": F}),
+    ("seed_dropout.py", "dropout", {
+        "randn-mask": W, "eval-ignored": W, "p-not-validated": F, "p-one-nan": F,
+        "dtype-changed": F, "device-mismatch": F}),
+]
+
+CORRECT = [(f, kind, {}) for f in ("fromscratch_layers.py", "torch_wrapped.py",
+                                   "handwritten_correct.py") for kind in KINDS]
+
+BUGGY = [
+    ("ln_eps_outside.py", "layernorm", {"eps-outside-sqrt": F, "fp16-overflow": F}),
+    ("ln_wrong_dim.py", "layernorm", {"wrong-dims": W, "fp16-overflow": F}),
+    ("ln_unbiased.py", "layernorm", {"unbiased-variance": W, "fp16-overflow": F}),
+    ("ln_annotated_transformer.py", "layernorm", {"unbiased-variance": W,
+                                                  "eps-outside-sqrt": F}),
+    ("ln_no_keepdim.py", "layernorm", {"missing-keepdim": W}),
+    ("ln_detached_stats.py", "layernorm", {"stats-detached": W, "fp16-overflow": F}),
+    ("ln_custom_backward.py", "layernorm", {"wrong-backward": W, "fp16-overflow": F}),
+    ("ln_plain_gamma.py", "layernorm", {"param-not-registered": W, "fp16-overflow": F}),
+    ("ln_one_pass.py", "layernorm", {"one-pass-variance": F}),
+    ("ln_inplace.py", "layernorm", {"input-modified": W}),
+    ("ln_swapped_affine.py", "layernorm", {"affine-wrong": W}),
+    ("rms_sum_not_mean.py", "rmsnorm", {"sum-not-mean": W, "fp16-overflow": F}),
+    ("rms_subtracts_mean.py", "rmsnorm", {"subtracts-mean": W}),
+    ("rms_llama_no_upcast.py", "rmsnorm", {"fp16-overflow": F}),
+    ("rms_custom_backward.py", "rmsnorm", {"wrong-backward": W}),
+    ("bn_keras_momentum.py", "batchnorm", {"momentum-keras": W, "fp16-overflow": F}),
+    ("bn_batch_stats_in_eval.py", "batchnorm", {"eval-batch-stats": W, "fp16-overflow": F}),
+    ("bn_biased_running_var.py", "batchnorm", {"running-var-biased": W, "fp16-overflow": F}),
+    ("bn_no_detach.py", "batchnorm", {"running-graph": W, "fp16-overflow": F}),
+    ("bn_dim0.py", "batchnorm", {"wrong-dims": W, "running-shape": W, "fp16-overflow": F}),
+    ("bn_eval_updates.py", "batchnorm", {"eval-updates-running": W, "fp16-overflow": F}),
+    ("bn_one_pass.py", "batchnorm", {"one-pass-variance": F}),
+    ("dropout_keep_prob.py", "dropout", {"keep-drop-confused": W}),
+    ("dropout_no_rescale.py", "dropout", {"no-rescale": W}),
+    ("dropout_fixed_mask.py", "dropout", {"mask-not-fresh": W}),
+    ("dropout_classic.py", "dropout", {"non-inverted": W}),
+    ("dropout_shared_mask.py", "dropout", {"mask-shared": W}),
+]
+
+
+def show(report) -> str:
+    lines = [f"{report.kind} {report.target}"]
+    for f in report.findings:
+        lines.append(f"  {f.severity} {f.id}: {f.title}")
+        lines += [f"      - {e}" for e in f.evidence]
+    lines += [f"  check {c.status} {c.name} {c.note}" for c in report.checks
+              if c.status != "pass"]
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("file,kind,expected", SEED + CORRECT + BUGGY,
+                         ids=[f"{f}-{k}" for f, k, _ in SEED + CORRECT + BUGGY])
+def test_fixture_is_classified(file, kind, expected):
+    report = check_layer(kind, f"{FIXTURES / file}:{KINDS[kind]}")
+    assert report.ids() == expected, "\n" + show(report)
+
+
+def test_at_least_twelve_buggy_variants():
+    assert len(BUGGY) >= 12
+    assert all(expected for _, _, expected in BUGGY)
+    assert len({f for f, _, _ in BUGGY}) == len(BUGGY)
+
+
+def test_the_issue_examples_are_worded_as_promised():
+    def titles(file, kind):
+        return {f.id: f.title for f in check_layer(kind, f"{FIXTURES / file}:{KINDS[kind]}")
+                .findings}
+    rms = titles("seed_rmsnorm.py", "rmsnorm")
+    assert rms["floor-division"] == "output is floor-divided: `//` where `/` was meant"
+    bn = titles("seed_batchnorm.py", "batchnorm")
+    assert bn["eval-ignored"] == ("eval() changes nothing: `self.train` is a method and always "
+                                  "true; test `self.training`")
+    assert bn["unbiased-variance"] == ("normalises with the unbiased variance; BatchNorm "
+                                       "normalises with the biased one and stores the "
+                                       "unbiased one")
+    assert bn["running-not-buffer"] == ("running_mean and running_var are not buffers: missing "
+                                        "from state_dict and left behind by .to()")
+    dropout = titles("seed_dropout.py", "dropout")
+    assert dropout["randn-mask"] == ("keeps 46% of units at p=0.1, expected 90%: the mask is "
+                                     "drawn from randn, not rand")
+
+
+def test_the_reference_uses_the_layers_own_eps():
+    """The notebook's LayerNorm uses eps=1e-6, not torch's 1e-5: not a finding, and the
+    report says where the value came from."""
+    report = check_layer("layernorm", f"{FIXTURES / 'seed_layernorm.py'}:LayerNorm")
+    assert report.settings["eps"] == 1e-6
+    assert report.settings["eps from"] == "the constructor's default"
+    assert "gamma -> weight" in report.mapping and "beta -> bias" in report.mapping
+
+
+def test_evidence_is_measured_not_canned():
+    report = check_layer("batchnorm", f"{FIXTURES / 'bn_keras_momentum.py'}:BatchNorm")
+    f = report.get("momentum-keras")
+    assert "momentum=0.1" in f.title
+    assert "after 3 training steps" in f.evidence[0] and "running_mean[0] =" in f.evidence[0]

@@ -1,0 +1,128 @@
+"""Dropout kernel: the mask comes from Philox(seed, offset) and is regenerated, not stored."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fromscratch import functional as F
+from fromscratch.ops import dropout as dr
+from tests.kernels._helpers import close, f64, rows
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def kernels():
+    from fromscratch.kernels import dropout as K
+    return K
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matches_ops_with_the_kernel_uniforms(device, dtype):
+    """y equals ops.dropout.forward fed with the very uniforms the kernel compared with p."""
+    K = kernels()
+    x = rows(7, 130, dtype, device, shifted=False)
+    p, seed = 0.3, 1234
+    y = K.apply(x, p, seed)
+    u = K.uniforms(x.numel(), seed, device=device).reshape(x.shape)
+    p32 = float(torch.tensor(p, dtype=torch.float32))    # the kernel compares in float32
+    ref, cache = dr.forward(f64(x), p32, f64(u))
+    close(y, ref * (1 - p32) / (1 - p), "y", dtype)      # ops scales by 1/(1-p32)
+    assert torch.equal((y != 0).cpu(), cache.keep), "kept elements differ from u >= p"
+
+
+def philox4x32_10(counter: np.ndarray, seed: int) -> np.ndarray:
+    """Salmon et al.'s Philox4x32-10 in NumPy: counter (c0, c1) = (low, high) 32-bit words of
+    ``counter``, c2 = c3 = 0, key = (seed low, seed high). Returns (len, 4) uint32 words."""
+    m32 = np.uint64(0xFFFFFFFF)
+    c = [counter.astype(np.uint64) & m32, counter.astype(np.uint64) >> np.uint64(32),
+         np.zeros_like(counter, dtype=np.uint64), np.zeros_like(counter, dtype=np.uint64)]
+    k0, k1 = np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32)
+    a, b = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
+    for _ in range(10):
+        p0, p2 = a * c[0], b * c[2]                      # 64-bit products of 32-bit words
+        c = [(p2 >> np.uint64(32)) ^ c[1] ^ k0, p2 & m32, (p0 >> np.uint64(32)) ^ c[3] ^ k1,
+             p0 & m32]
+        k0, k1 = (k0 + np.uint64(0x9E3779B9)) & m32, (k1 + np.uint64(0xBB67AE85)) & m32
+    return np.stack(c, axis=-1).astype(np.uint32)
+
+
+@pytest.mark.parametrize("offset", [0, 2**32 - 3])
+def test_uniforms_are_the_documented_philox_stream(device, offset):
+    """u_e = word (e mod 4) of Philox4x32-10(seed, offset + e div 4), top 24 bits / 2^24."""
+    K = kernels()
+    n, seed = 37, 987654
+    u = K.uniforms(n, seed, offset=offset, device=device).cpu().numpy()
+    e = np.arange(n)
+    words = philox4x32_10(offset + e // 4, seed)[e, e % 4]
+    np.testing.assert_array_equal(u, (words >> 8).astype(np.float32) / np.float32(2**24))
+
+
+def test_keep_rate_and_mean(device):
+    K = kernels()
+    n, p = 40_000, 0.1
+    y = K.apply(torch.ones(n, device=device), p, seed=7)
+    keep = (y != 0).double().mean().item()
+    sd = math.sqrt(p * (1 - p) / n)
+    assert abs(keep - (1 - p)) < 5 * sd, f"keeps {keep:.4f} of units, expected {1 - p}"
+    assert torch.all((y == 0) | ((y - 1 / (1 - p)).abs() < 1e-6)), "kept units scale by 1/(1-p)"
+    mean_sd = math.sqrt(p / (1 - p) / n)                 # sd of mean(y) for x = 1
+    assert abs(y.double().mean().item() - 1.0) < 5 * mean_sd, "E[y] must be x"
+
+
+def test_backward_regenerates_the_mask(device):
+    x = rows(9, 37, torch.float32, device, shifted=False).requires_grad_(True)
+    torch.manual_seed(3)
+    y = F.dropout(x, 0.4, backend="triton")
+    g = rows(9, 37, torch.float32, device, seed=2, shifted=False)
+    y.backward(g)
+    keep = y.detach() != 0                               # x has no zeros
+    close(x.grad, f64(g * keep / 0.6), "dx = dy * keep / (1 - p)", torch.float32)
+    close(y, f64(x.detach() * keep / 0.6), "y = x * keep / (1 - p)", torch.float32)
+
+
+def test_same_seed_same_mask_whatever_the_launch(device, monkeypatch):
+    K = kernels()
+    x = rows(5, 130, torch.float32, device, shifted=False)
+    monkeypatch.setattr(K, "_CONFIGS", [(256, 2)])
+    a = K.apply(x, 0.5, seed=11)
+    monkeypatch.setattr(K, "_CONFIGS", [(2048, 4)])
+    b = K.apply(x, 0.5, seed=11)
+    c = K.apply(x, 0.5, seed=12)
+    assert torch.equal(a, b), "the mask must not depend on the block size"
+    assert not torch.equal(a != 0, c != 0), "another seed must give another mask"
+
+
+def test_counters_are_64_bit(device):
+    """Element e uses counter offset + e // 4: a run crossing 2^32 continues the same stream
+    (the high word carries), and offset 2^32 is not offset 0 again."""
+    K = kernels()
+    a = K.uniforms(16, 5, offset=2**32 - 2, device=device)
+    b = K.uniforms(8, 5, offset=2**32, device=device)
+    assert torch.equal(a[8:], b)
+    assert not torch.equal(b, K.uniforms(8, 5, offset=0, device=device))
+    assert 0.0 <= a.min() and a.max() < 1.0
+
+
+def test_edges(device):
+    x = rows(4, 37, torch.bfloat16, device, shifted=False).requires_grad_(True)
+    y = F.dropout(x, 1.0, backend="triton")
+    y.backward(torch.ones_like(y))
+    assert torch.equal(y, torch.zeros_like(y)) and torch.equal(x.grad, torch.zeros_like(x))
+    assert F.dropout(x, 0.0, backend="triton") is x
+    assert F.dropout(x, 0.5, training=False, backend="triton") is x
+    from fromscratch.nn import Dropout
+    mod = Dropout(0.5, backend="triton").eval()
+    assert mod(x) is x
+    assert F.dropout(x[:0], 0.5, backend="triton").shape == (0, 37)
+
+
+def test_non_contiguous_input(device):
+    xt = rows(37, 6, torch.float16, device, shifted=False).t()
+    torch.manual_seed(0)
+    a = F.dropout(xt, 0.3, backend="triton")
+    torch.manual_seed(0)
+    b = F.dropout(xt.contiguous(), 0.3, backend="triton")
+    assert a.shape == xt.shape and torch.equal(a, b)
