@@ -33,6 +33,9 @@ import fromscratch
 from fromscratch import nn as ours
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
+# issue 2's targets for ours / torch.nn: torch's CPU RMSNorm and Dropout are slow paths, its
+# LayerNorm and BatchNorm fused kernels that an array-at-a-time formula cannot match
+TARGET = {"LayerNorm": 2.0, "RMSNorm": 1.0, "BatchNorm": 2.0, "Dropout(p=0.1)": 1.0}
 BEGIN, END = "<!-- cpu_layers:begin -->", "<!-- cpu_layers:end -->"
 
 
@@ -158,22 +161,26 @@ def machine() -> str:
 
 def table(results: dict[str, dict[str, float]]) -> list[str]:
     lines = ["| layer, fwd+bwd | ours (ms) | torch.nn (ms) | notebook (ms) | ours / torch "
-             "| notebook / torch |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| target | notebook / torch |",
+             "|---|---:|---:|---:|---:|---|---:|"]
     for layer, t in results.items():
+        ratio = t["ours"] / t["torch"]
+        met = "met" if ratio <= TARGET[layer] else "**missed**"
         lines.append(f"| {layer} | {t['ours'] * 1e3:.1f} | {t['torch'] * 1e3:.1f} "
-                     f"| {t['notebook'] * 1e3:.1f} | {t['ours'] / t['torch']:.2f}x "
-                     f"| {t['notebook'] / t['torch']:.2f}x |")
+                     f"| {t['notebook'] * 1e3:.1f} | {ratio:.2f}x "
+                     f"| <= {TARGET[layer]:.1f}x: {met} | {t['notebook'] / t['torch']:.2f}x |")
     return lines
 
 
-def write_results(lines: list[str], command: str) -> None:
+def write_results(lines: list[str], command: str, path: Path) -> None:
     section = "\n".join([
         BEGIN,
         "## CPU layers (benchmarks/cpu_layers.py)",
         "",
         f"Forward + backward, float32, {ARGS.rows}x{ARGS.cols}, random upstream gradient, "
-        f"median of {ARGS.repeats} interleaved repeats after {ARGS.warmup} warm-up steps.",
+        f"median of {ARGS.repeats} interleaved repeats after {ARGS.warmup} warm-up steps. "
+        "ours: fromscratch.nn; notebook: the seed notebook's formulas with their typos fixed, "
+        "differentiated by autograd; BatchNorm is channels-last, torch's peer BatchNorm1d.",
         "",
         f"- machine: {machine()}",
         f"- torch {torch.__version__} ({torch.get_num_threads()} threads), "
@@ -184,13 +191,13 @@ def write_results(lines: list[str], command: str) -> None:
         *lines,
         END,
     ])
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
         text = head + section + rest.split(END, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
-    RESULTS.write_text(text)
+    path.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="*", help="layer names to run (default: all)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--write", action="store_true", help=f"update {RESULTS.name}")
+    p.add_argument("--results", type=Path, default=RESULTS, help="the file --write updates")
     ARGS = p.parse_args(argv)
     if ARGS.threads:
         torch.set_num_threads(ARGS.threads)
@@ -214,13 +222,13 @@ def main(argv: list[str] | None = None) -> int:
         if ARGS.only and not any(o.lower() in layer.lower() for o in ARGS.only):
             continue
         results[layer] = measure(contenders, x, dy, ARGS.repeats, ARGS.warmup)
-        print(table({layer: results[layer]})[-1], flush=True)
+        print(f"{layer}: done", file=sys.stderr, flush=True)
     lines = table(results)
     print("\n".join(lines))
     if ARGS.write:
         argv_text = " ".join(sys.argv[1:] if argv is None else argv)
-        write_results(lines, f"python benchmarks/cpu_layers.py {argv_text}".strip())
-        print(f"wrote {RESULTS}")
+        write_results(lines, f"python benchmarks/cpu_layers.py {argv_text}".strip(), ARGS.results)
+        print(f"wrote {ARGS.results}")
     return 0
 
 

@@ -2,7 +2,7 @@
 """GPU benchmark of fromscratch's Triton kernels against the peers, in one process on one card.
 
     PYTHONPATH=src python3 benchmarks/gpu_kernels.py --out results/gpu_results.md
-    PYTHONPATH=src python3 benchmarks/gpu_kernels.py --quick --out /tmp/gpu.md   # ~1.5 min
+    PYTHONPATH=src python3 benchmarks/gpu_kernels.py --quick --out /tmp/gpu.md   # shorter
     PYTHONPATH=src python3 benchmarks/gpu_kernels.py --smoke                      # CPU, interpreter
 
 1. Checks ours against the ``ops`` reference (float32, same GPU) at every benchmark shape,

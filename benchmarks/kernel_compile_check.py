@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     seen: set[tuple] = set()
     failures = 0
     print(f"triton {triton.__version__}, sm_{args.arch}")
-    print(f"{'kernel':22} {'warps':>5} {'regs':>5} {'spill':>6} {'prog/SM':>7}  config")
+    print(f"{'kernel':22} {'warps':>5} {'regs':>5} {'spill':>6} {'smem':>6} {'prog/SM':>7}  config")
     for shape in args.shapes.split(","):
         m, n = (int(v) for v in shape.lower().split("x"))
         for fn, a, kw in launches_for((m, n), args.all_configs, args.sms):
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{fn.__name__:22} FAILED to compile: {type(e).__name__}: {e}")
                 continue
             print(f"{r['kernel']:22} {r['warps']:5d} {r['regs']:5d} {r['spill']:6d} "
-                  f"{r['blocks']:7d}  {r['config']}", flush=True)
+                  f"{r['shared']:6d} {r['blocks']:7d}  {r['config']}", flush=True)
     print(f"{len(seen)} kernel variants, {failures} failed to compile")
     return 1 if failures else 0
 

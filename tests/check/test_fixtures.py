@@ -123,3 +123,23 @@ def test_evidence_is_measured_not_canned():
     f = report.get("momentum-keras")
     assert "momentum=0.1" in f.title
     assert "after 3 training steps" in f.evidence[0] and "running_mean[0] =" in f.evidence[0]
+
+
+def test_eps_given_is_passed_to_the_constructor():
+    report = check_layer("layernorm", f"{FIXTURES / 'seed_layernorm.py'}:LayerNorm", eps=1e-3)
+    assert report.settings["eps"] == 1e-3
+    assert report.settings["eps from"] == "given on the command line"
+    assert report.ids() == {"fp16-overflow": F}      # the layer used it: no eps finding
+
+
+@pytest.mark.parametrize("eps,severity", [(1e-5, F), (1e-2, W)])
+def test_hard_coded_eps_is_measured(tmp_path, eps, severity):
+    """A layer that ignores self.eps (1e-6) is caught and the eps it uses is measured:
+    fragile when it shows only near constant rows, wrong when on ordinary rows too."""
+    f = tmp_path / "hard.py"
+    f.write_text((FIXTURES / "handwritten_correct.py").read_text().replace(
+        "torch.sqrt(var + self.eps)", f"torch.sqrt(var + {eps})"))
+    report = check_layer("layernorm", f"{f}:LayerNorm")
+    assert report.ids() == {"eps-ignored": severity}, show(report)
+    assert report.get("eps-ignored").title == (f"normalises with eps = {eps:.3g}, not the "
+                                               f"layer's eps = 1e-06")

@@ -116,7 +116,10 @@ def fit_worker(rank: int, cfgs: dict[str, dict[str, Any]], out: str) -> None:
     results = {}
     for name, cfg in cfgs.items():
         norm = {"sync": SyncBatchNorm, "bn": BatchNorm, None: None}[cfg.get("norm")]
-        model = token_model(norm=norm)
+        device = torch.device(cfg.get("device", "cpu"))
+        if device.type == "cuda":
+            torch.cuda.set_device(0)
+        model = token_model(norm=norm).to(device)
         optimizer, scheduler = make_optimizer(cfg["optimizer"], model)
         syncs = {"n": 0}
         net: nn.Module = model
@@ -132,7 +135,8 @@ def fit_worker(rank: int, cfgs: dict[str, dict[str, Any]], out: str) -> None:
         history = fit(net, token_batches(cfg["n_batches"]), loss_fn, optimizer,
                       scheduler=scheduler, epochs=cfg["epochs"], accumulation_steps=cfg["k"],
                       max_grad_norm=cfg.get("max_grad_norm"), progress=False)
-        results[name] = {"params": params(model), "loss": history.loss,
+        results[name] = {"params": {k: v.cpu() for k, v in params(model).items()},
+                         "loss": history.loss,
                          "items": history.items, "lr": history.lr, "syncs": syncs["n"]}
     if rank == 0:
         torch.save(results, Path(out) / "fit.pt")

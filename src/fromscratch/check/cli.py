@@ -21,7 +21,8 @@ def parser() -> argparse.ArgumentParser:
         description="Run a hand-written layer against fromscratch's reference and explain "
                     "each difference. KIND gradient checks a NumPy network's backward "
                     "against finite differences of its own loss.")
-    p.add_argument("kind", choices=[*KINDS, "gradient"])
+    p.add_argument("kind", choices=[*KINDS, "gradient"], metavar="KIND",
+                   help=f"one of {', '.join(KINDS)}, gradient")
     p.add_argument("target", metavar="FILE.py:ClassName")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--strict", action="store_true",

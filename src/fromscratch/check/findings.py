@@ -41,11 +41,14 @@ class Finding:
 
 
 def finding(id: str, evidence: str | list[str] = (), title: str | None = None,
-            cause: str | None = None, fix: str | None = None) -> Finding:
-    """A finding of kind ``id`` with catalog defaults for what is not given."""
+            cause: str | None = None, fix: str | None = None,
+            severity: Severity | None = None) -> Finding:
+    """A finding of kind ``id`` with catalog defaults for what is not given. ``severity``
+    overrides the catalog's where an edge mistake already shows on ordinary inputs."""
     e = CATALOG[id]
     ev = [evidence] if isinstance(evidence, str) else list(evidence)
-    return Finding(id, e.severity, title or e.title, ev, cause or e.cause, fix or e.fix)
+    return Finding(id, severity or e.severity, title or e.title, ev, cause or e.cause,
+                   fix or e.fix)
 
 
 @dataclass

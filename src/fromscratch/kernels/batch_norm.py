@@ -319,8 +319,7 @@ def backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, has
 
         launch_sums(_tune.choose(("batch_norm_bwd_sums", c, x.dtype, _tune.rows_bucket(m)),
                                  _reduce_configs(c), launch_sums, x.device))
-        sdy = sum_rows(parts["sdy"], torch.float32)
-        sdyx = sum_rows(parts["sdyx"], torch.float32)
+        sdy, sdyx = sum_rows(parts["sdy"], torch.float32, parts["sdyx"])
         w = weight if weight is not None else x
 
         def launch_dx(cfg: tuple[int, int, int]) -> None:

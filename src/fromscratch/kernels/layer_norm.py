@@ -277,6 +277,9 @@ def backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None,
             key = ("layer_norm_bwd", n, x.dtype, w.dtype, _tune.rows_bucket(m))
             launch(_tune.choose(key, row_bwd_configs(block_n), launch, x.device))
             dw_p, db_p = parts["dw"], parts["db"]
-    dw = sum_rows(dw_p, weight.dtype) if has_w else None
-    db = sum_rows(db_p, bias_dtype or x.dtype) if has_bias else None
+    if has_w and has_bias:
+        dw, db = sum_rows(dw_p, weight.dtype, db_p, bias_dtype or x.dtype)
+    else:
+        dw = sum_rows(dw_p, weight.dtype)[0] if has_w else None
+        db = sum_rows(db_p, bias_dtype or x.dtype)[0] if has_bias else None
     return dx, dw, db

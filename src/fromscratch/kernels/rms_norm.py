@@ -246,4 +246,4 @@ def backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, rst
             key = ("rms_norm_bwd", has_ds, n, x.dtype, w.dtype, _tune.rows_bucket(m))
             launch(_tune.choose(key, row_bwd_configs(block_n), launch, x.device))
             dw_p = parts["dw"]
-    return dx, sum_rows(dw_p, weight.dtype) if has_w else None
+    return dx, sum_rows(dw_p, weight.dtype)[0] if has_w else None

@@ -49,7 +49,8 @@ class LayerNormFn(torch.autograd.Function):
         if torch.is_grad_enabled():
             _, cache = ln.forward(up(x), up(weight), up(bias), ctx.eps)
         else:
-            cache = ln.Cache(xhat, rstd, up(weight), bias is not None)
+            # no dbias where nobody asked for it (a frozen bias): one reduction less
+            cache = ln.Cache(xhat, rstd, up(weight), bias is not None and ctx.needs_input_grad[2])
         dx, dw, db = ln.backward(up(dy), cache)
         return dx.to(x.dtype), down(dw, weight), down(db, bias), None
 
@@ -97,7 +98,8 @@ class BatchNormFn(torch.autograd.Function):
                                         None if ctx.batch else mean, None if ctx.batch else var,
                                         batch_stats=ctx.batch)
         else:
-            cache = bn.Cache(xhat, rstd, up(weight), bias is not None, ctx.batch)
+            cache = bn.Cache(xhat, rstd, up(weight), bias is not None and ctx.needs_input_grad[2],
+                             ctx.batch)
         dx, dw, db = bn.backward(up(dy), cache)
         return dx.to(x.dtype), down(dw, weight), down(db, bias), None, None, None
 

@@ -1,11 +1,11 @@
 r"""Inverted dropout. Derivation: docs/derivations/dropout.md.
 
-Given p (probability to drop) and u ~ U[0, 1) of x's shape:
+Given p (probability to drop) and u ~ U[0, 1) of x's shape (derivation eqs. 1-3):
 
     keep = u >= p   (P(keep) = 1 - p)       y = x * keep / (1 - p)       E[y] = x
 
-Backward: dx = dy * keep / (1 - p). With p = 1 everything is dropped: y = 0 * x, dx = 0 * dy
-(zeros, except that NaN / Inf in x give NaN, as in torch).
+Backward (eq. 4): dx = dy * keep / (1 - p). With p = 1 everything is dropped: y = 0 * x,
+dx = 0 * dy (zeros, except that NaN / Inf in x give NaN, as in torch).
 Randomness comes from the caller (NumPy Generator, torch generator), so the op is pure.
 """
 from __future__ import annotations

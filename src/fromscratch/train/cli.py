@@ -60,7 +60,7 @@ def main(argv: list[str]) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     rank, world = dd.rank_and_world()
-    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    cuda = args.device == "cuda" or (args.device == "auto" and dd.uses_gpu())
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
 
     model, x, y = cubic(args.seed, n=args.points, dtype=DTYPES[args.dtype])

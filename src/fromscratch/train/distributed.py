@@ -34,6 +34,14 @@ def rank_and_world(group: Any = None) -> tuple[int, int]:
     return dist.get_rank(group), dist.get_world_size(group)
 
 
+def uses_gpu() -> bool:
+    """Should this process put its model on its GPU? Not when the group is gloo on a
+    machine with fewer GPUs than processes."""
+    if not torch.cuda.is_available():
+        return False
+    return not is_initialized() or dist.get_backend() == "nccl"
+
+
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     """Sum a few numbers over every process (float64, so counts stay exact)."""
     if not is_initialized():
@@ -108,16 +116,18 @@ def read_window(it: Iterator[Any], size: int) -> list[Any]:
 def init_from_env(timeout_s: float = 300.0) -> bool:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR, ...).
 
-    NCCL when CUDA is there (one GPU per LOCAL_RANK), gloo on CPU. Returns False, and
-    does nothing, outside torchrun.
+    NCCL when every local process has a GPU of its own (GPU number LOCAL_RANK), gloo on
+    the CPU otherwise. Returns False, and does nothing, outside torchrun.
     """
     if is_initialized():
         return True
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
         return False
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(local_rank + 1)))
+    backend = "nccl" if torch.cuda.device_count() >= local_world else "gloo"
     if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(local_rank)
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     return True
 

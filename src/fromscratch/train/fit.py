@@ -95,7 +95,7 @@ def fit(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn,
 
     history, start_epoch, start_index, rng_epoch, rng_now = History(), 0, 0, None, None
     if resume and path is not None and path.exists():
-        state = ckpt.load(path, map_location=device)
+        state = ckpt.load(path)      # on the CPU: load_state_dict moves what it must
         if state["config"] != config:
             raise ValueError(f"checkpoint {path} was written with {state['config']}, "
                              f"resuming with {config}")
