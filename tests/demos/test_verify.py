@@ -14,7 +14,8 @@ def test_main_passes_and_writes_the_json(tmp_path, capsys):
     report = json.loads((tmp_path / "verify.json").read_text())
     assert report["passed"] is True
     rows = {(r["layer"], r["dtype"]): r for r in report["rows"]}
-    assert set(rows) == {(layer, dtype) for layer in ("LayerNorm", "RMSNorm", "BatchNorm", "Dropout")
+    layers = ("LayerNorm", "RMSNorm", "BatchNorm", "Dropout")
+    assert set(rows) == {(layer, dtype) for layer in layers
                          for dtype in ("float64", "float32", "float16", "bfloat16")}
     for (layer, dtype), r in rows.items():
         assert r["passed"], f"{layer} {dtype} failed: {r}"

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from fromscratch.train import fit, sum_and_count
 
-from .helpers import (ce_mean, ce_sum, divide_by_k, large_batch, make_optimizer, max_diff,
+from .helpers import (ce_sum, divide_by_k, large_batch, make_optimizer, max_diff,
                       params, token_batches, token_model, windows)
 
 N_BATCHES = 11   # with k = 3: windows of 3, 3, 3 and a short last one of 2

@@ -7,7 +7,6 @@ import random
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -43,7 +42,6 @@ checkpoint.atomic_save({"step": torch.tensor(1)}, path)
 def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 if sys.argv[2] == "write":           # killed half-way through writing the new file
-    real = torch.save
     def save(obj, f):
         f.write(b"PK\\x03\\x04 partial")
         f.flush()

@@ -82,7 +82,7 @@ def test_nccl_one_process_and_gloo_two_processes_on_one_gpu(tmp_path):
     cfg = dict(n_batches=11, k=2, epochs=2, optimizer="sgd", max_grad_norm=0.5, device="cuda")
     launch(fit_worker, 1, {"nccl": cfg}, str(tmp_path), backend="nccl", timeout_s=180)
     got = torch.load(tmp_path / "fit.pt")["nccl"]
-    model, history, _ = run(CUDA, k=2)
+    model, history, _ = run(CUDA, k=2, max_grad_norm=0.5)
     assert max_diff(got["params"], {k: v.cpu() for k, v in params(model).items()}) < 1e-12
     assert got["loss"] == history.loss
 

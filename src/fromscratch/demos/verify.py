@@ -23,7 +23,6 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn

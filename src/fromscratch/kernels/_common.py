@@ -100,10 +100,6 @@ class on_device:
 # the heuristic default; the others are what the tuner (``_tune``) may pick on a GPU.
 # ---------------------------------------------------------------------------------------
 
-def _warps(elements: int, per_thread: int) -> int:
-    return max(1, min(16, elements // (32 * per_thread)))
-
-
 def row_fwd_configs(block_n: int) -> list[tuple[int, int]]:
     """(rows per program, num_warps) for a forward that keeps each row in registers.
 
@@ -140,7 +136,7 @@ def row_bwd_configs(block_n: int) -> list[tuple[int, int, int, bool]]:
 _resident: dict[tuple, int] = {}
 
 
-def resident_programs(key: tuple, device: torch.device, default: int = 2) -> int:
+def resident_programs(key: tuple, default: int = 2) -> int:
     """How many programs of the kernel variant ``key`` fit on one multiprocessor at once,
     as measured by ``note_resident`` after its first launch (``default`` before that)."""
     return _resident.get(key, default)

@@ -51,26 +51,33 @@ def _stats_kernel(X, MEAN_P, M2_P, M, C, stride_x, rows_per_program,
     cmask = cols < C
     start = pid_m * rows_per_program
     end = tl.minimum(start + rows_per_program, M)
-    cnt = tl.zeros([BLOCK_M], dtype=tl.float32)
+    n_full = (end - start) // BLOCK_M
     mean = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
     m2 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    # Full tiles: every lane has seen the same number k of rows, so 1/k is one scalar and no
+    # lane needs masking. (Columns past C compute garbage that is never stored.)
     if PREFETCH:
         x_next = _tile(X, start, end, cols, cmask, stride_x, BLOCK_M)
-    for r0 in range(start, end, BLOCK_M):
-        rows = r0 + tl.arange(0, BLOCK_M)
-        rmask = rows < end
-        mask = rmask[:, None] & cmask[None, :]
+    for i in range(0, n_full):
         if PREFETCH:                     # the next tile's loads overlap this tile's update
             x = x_next
-            x_next = _tile(X, r0 + BLOCK_M, end, cols, cmask, stride_x, BLOCK_M)
+            x_next = _tile(X, start + (i + 1) * BLOCK_M, end, cols, cmask, stride_x, BLOCK_M)
         else:
-            x = _tile(X, r0, end, cols, cmask, stride_x, BLOCK_M)
+            x = _tile(X, start + i * BLOCK_M, end, cols, cmask, stride_x, BLOCK_M)
         x = x.to(tl.float32)
-        cnt += rmask.to(tl.float32)
-        inv = 1.0 / tl.maximum(cnt, 1.0)
-        d = tl.where(mask, x - mean, 0.0)                # Welford: mean += d/n, M2 += d (x - mean')
-        mean += d * inv[:, None]
-        m2 += d * (x - mean)                             # d = 0 on padding: adds nothing
+        inv = 1.0 / (i + 1.0)
+        d = x - mean                     # Welford: mean += d/k, M2 += d (x - mean_new)
+        mean += d * inv
+        m2 += d * (x - mean)
+    # The last, partial tile: lanes past `end` keep their k rows.
+    rows = start + n_full * BLOCK_M + tl.arange(0, BLOCK_M)
+    valid = rows < end
+    x = tl.load(X + rows[:, None] * stride_x + cols[None, :],
+                mask=valid[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+    cnt = n_full + valid.to(tl.float32)
+    d = tl.where(valid[:, None], x - mean, 0.0)
+    mean += d / tl.maximum(cnt, 1.0)[:, None]
+    m2 += d * (x - mean)
     n = tl.sum(cnt, axis=0)                              # Chan: merge the BLOCK_M lanes
     mu = tl.sum(cnt[:, None] * mean, axis=0) / n
     dm = mean - mu[None, :]
@@ -264,7 +271,7 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
         def launch(cfg: tuple[int, int, int, int, bool]) -> None:
             bm, bc, warps, waves, prefetch = cfg
             variant = ("batch_norm_stats", cfg, x.dtype)
-            p, rows = _row_split(m, c, cfg, sms * waves * resident_programs(variant, x.device))
+            p, rows = _row_split(m, c, cfg, sms * waves * resident_programs(variant))
             parts.update(p=p, rows=rows,
                          mean=torch.empty((p, c), dtype=torch.float32, device=x.device),
                          m2=torch.empty((p, c), dtype=torch.float32, device=x.device))
@@ -309,7 +316,7 @@ def backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, has
         def launch_sums(cfg: tuple[int, int, int, int, bool]) -> None:
             bm, bc, warps, waves, prefetch = cfg
             variant = ("batch_norm_bwd_sums", cfg, x.dtype)
-            p, rows = _row_split(m, c, cfg, sms * waves * resident_programs(variant, x.device))
+            p, rows = _row_split(m, c, cfg, sms * waves * resident_programs(variant))
             parts["sdy"] = torch.empty((p, c), dtype=torch.float32, device=x.device)
             parts["sdyx"] = torch.empty((p, c), dtype=torch.float32, device=x.device)
             k = _bwd_sums_kernel[(p, triton.cdiv(c, bc))](

@@ -2,19 +2,29 @@ r"""Inverted dropout in Triton with a counter-based generator: no mask is stored
 
 The keep decision of element e (its index in the contiguous tensor) is
 
-    u_e = lane (e mod 4) of Philox4x32-10(key = seed, counter = offset + e div 4), top 24 bits / 2^24
+    w = word ((e mod 8) div 2) of Philox4x32-10(key = seed, counter = offset + e div 8)
+    u_e = (low 16 bits of w if e is even, high 16 bits if odd) / 2^16
     keep_e = u_e >= p          y_e = x_e * keep_e / (1 - p)          (``ops.dropout``'s rule)
 
 Philox is a pure function of (seed, counter), so the backward recomputes exactly the same
 mask from the seed and offset saved by the forward, and moves only dy and dx: no 1-byte
-mask is written in the forward nor read in the backward. One Philox call yields four
-32-bit words, used by four neighbouring elements. The decisions do not depend on the block
-size, the number of programs or the GPU, only on (seed, offset, e).
+mask is written in the forward nor read in the backward. The decisions do not depend on
+the block size, the number of programs or the GPU, only on (seed, offset, e).
+
+Why 16-bit uniforms: at copy bandwidth an H100/H200 streams about 10^12 bf16 elements a
+second through this kernel, and Philox4x32-10 costs ~40 integer multiply-adds per call.
+With one call per 4 elements (32-bit uniforms) the kernel compiles to 27.5 instructions per
+element, by estimate ~85 % of the instruction issue at that rate; with one per 8, to 19
+(~60 %). See docs/kernels.md. The cost is resolution: the keep probability is a multiple
+of 2^-16, 1 - ceil(p 2^16) / 2^16, at most 1.5e-5 from 1 - p (torch's float32 uniforms have
+2^-24; FlashAttention's dropout uses 8 bits). The scale stays 1 / (1 - p).
 
 This generator is not torch's: for the same ``torch.manual_seed`` the triton backend drops
-other elements than the torch backend. Both keep each element with probability 1 - p.
+other elements than the torch backend. Both keep each element with probability ~1 - p.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import triton
@@ -25,35 +35,41 @@ from ._common import flat_contiguous, on_device
 
 
 @triton.jit
-def _uniforms(seed, offset, pid, BLOCK: tl.constexpr):
-    """u in [0, 1) for the BLOCK elements pid*BLOCK ... (see the module docstring)."""
-    Q: tl.constexpr = BLOCK // 4
-    counter = offset + pid * Q + tl.arange(0, Q)          # int64: no wrap past 2^32 elements
+def _uniforms16(seed, offset, pid, BLOCK: tl.constexpr):
+    """The 16-bit uniforms (as integers 0 .. 65535) of elements pid*BLOCK ... + BLOCK."""
+    Q: tl.constexpr = BLOCK // 8
+    counter = offset + pid * Q + tl.arange(0, Q)          # int64: no wrap past 2^32 calls
     lo = counter.to(tl.uint32)
     hi = (counter >> 32).to(tl.uint32)
     zero = lo * 0
     r0, r1, r2, r3 = tl.philox(seed, lo, hi, zero, zero)
-    # interleave so that element 4c + k takes word k of counter c
-    r = tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), [BLOCK])
-    return (r >> 8).to(tl.float32) * (1.0 / 16777216.0)
+    # element 8c + 2k + h takes half h (0: low, 1: high) of word k of counter c
+    low = tl.join(tl.join(r0 & 0xFFFF, r2 & 0xFFFF), tl.join(r1 & 0xFFFF, r3 & 0xFFFF))
+    high = tl.join(tl.join(r0 >> 16, r2 >> 16), tl.join(r1 >> 16, r3 >> 16))
+    return tl.reshape(tl.join(low, high), [BLOCK])
 
 
 @triton.jit
-def _dropout_kernel(X, Y, n, p, scale, seed, offset, BLOCK: tl.constexpr):
+def _dropout_kernel(X, Y, n, threshold, scale, seed, offset, BLOCK: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
-    u = _uniforms(seed, offset, pid, BLOCK)
+    keep = _uniforms16(seed, offset, pid, BLOCK) >= threshold     # unsigned compare
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
-    y = tl.where(u >= p, x * scale, 0.0)
-    tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
+    tl.store(Y + offs, tl.where(keep, x * scale, 0.0).to(Y.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _uniform_kernel(U, n, seed, offset, BLOCK: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
-    tl.store(U + offs, _uniforms(seed, offset, pid, BLOCK), mask=offs < n)
+    u = _uniforms16(seed, offset, pid, BLOCK).to(tl.float32) * (1.0 / 65536.0)
+    tl.store(U + offs, u, mask=offs < n)
+
+
+def threshold16(p: float) -> int:
+    """The integer t with u >= p  <=>  65536 u >= t for every u in {0, 1/65536, ...}."""
+    return min(65536, math.ceil(p * 65536))
 
 
 _CONFIGS = [(4096, 8), (2048, 4), (8192, 16), (4096, 4)]   # (elements per program, num_warps)
@@ -68,10 +84,11 @@ def apply(x: torch.Tensor, p: float, seed: int, offset: int = 0) -> torch.Tensor
     if n == 0:
         return y
     scale = 1.0 / (1.0 - p) if p < 1.0 else 0.0
+    t = threshold16(p)
 
     def launch(cfg: tuple[int, int]) -> None:
         block, warps = cfg
-        _dropout_kernel[(triton.cdiv(n, block),)](x, y, n, p, scale, seed, offset, BLOCK=block,
+        _dropout_kernel[(triton.cdiv(n, block),)](x, y, n, t, scale, seed, offset, BLOCK=block,
                                                   num_warps=warps)
 
     with on_device(x):
@@ -82,7 +99,7 @@ def apply(x: torch.Tensor, p: float, seed: int, offset: int = 0) -> torch.Tensor
 
 def uniforms(n: int, seed: int, offset: int = 0, device: torch.device | str = "cpu"
              ) -> torch.Tensor:
-    """The n uniforms ``apply`` compares with p, as a float32 tensor (for tests and docs)."""
+    """The n uniforms ``apply`` compares with p (multiples of 2^-16), as float32."""
     u = torch.empty(n, dtype=torch.float32, device=device)
     if n:
         with on_device(u):

@@ -11,13 +11,13 @@ variance, so mean-shifted rows keep their digits). It saves mean and r, 8 bytes 
 the backward. Rows longer than ``MAX_FUSED_FWD`` go to a looped kernel that walks the row
 in chunks three times (sum, squared deviations, output).
 
-Backward: a persistent grid of a few programs per multiprocessor. Program p owns a
+Backward: a persistent grid, as many programs as fit on the GPU at once. Program p owns a
 contiguous block of rows; for each it recomputes xhat from x, mu and r, writes dx, and
 adds dy*xhat and dy into float32 accumulators of length N. The accumulators take many
 registers, so few programs fit on a multiprocessor; with ``PREFETCH`` each program loads
-the next BLOCK_M rows before working on the current ones, to keep memory busy anyway. At the end each program writes
-its partial dw/db row, and ``_reduce.sum_rows`` adds the G partial rows. Traffic: read x
-and dy, write dx, the minimum.
+the next BLOCK_M rows before working on the current ones, to keep memory busy anyway. At
+the end each program writes its partial dw/db row, and ``_reduce.sum_rows`` adds the G
+partial rows. Traffic: read x and dy, write dx, the minimum.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ LOOP_BLOCK = 4096
 
 @triton.jit
 def _fwd_kernel(X, Y, W, B, MEAN, RSTD, M, N, stride_x, stride_y, eps,
-                HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+                HAS_W: tl.constexpr, HAS_B: tl.constexpr, EVEN_N: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
@@ -48,7 +48,9 @@ def _fwd_kernel(X, Y, W, B, MEAN, RSTD, M, N, stride_x, stride_y, eps,
     mask = rmask[:, None] & cmask[None, :]
     x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     mean = tl.sum(x, axis=1) / N
-    xc = tl.where(mask, x - mean[:, None], 0.0)         # padding must not count in var
+    xc = x - mean[:, None]
+    if not EVEN_N:                                       # padding must not count in var
+        xc = tl.where(cmask[None, :], xc, 0.0)
     var = tl.sum(xc * xc, axis=1) / N
     rstd = 1.0 / tl.sqrt(var + eps)
     y = xc * rstd[:, None]
@@ -133,7 +135,8 @@ def _bwd_kernel(X, DY, DX, W, MEAN, RSTD, DW_PART, DB_PART, M, N, stride_x, stri
         dy = dy.to(tl.float32)
         mean = tl.load(MEAN + rows, mask=rmask, other=0.0)
         rstd = tl.load(RSTD + rows, mask=rmask, other=0.0)
-        xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+        # padding holds x = dy = w = 0, so its xhat (finite) meets g = 0 and dy = 0 below
+        xhat = (x - mean[:, None]) * rstd[:, None]
         if HAS_W:
             g = dy * w[None, :]
         else:
@@ -223,8 +226,9 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
         def launch(cfg: tuple[int, int]) -> None:
             bm, warps = cfg
             _fwd_kernel[(triton.cdiv(m, bm),)](x, y, w, b, mean, rstd, m, n, x.stride(0),
-                                               y.stride(0), eps, BLOCK_M=bm, BLOCK_N=block_n,
-                                               num_warps=warps, **flags)
+                                               y.stride(0), eps, EVEN_N=n == block_n,
+                                               BLOCK_M=bm, BLOCK_N=block_n, num_warps=warps,
+                                               **flags)
 
         key = ("layer_norm_fwd", n, x.dtype, w.dtype, _tune.rows_bucket(m))
         launch(_tune.choose(key, row_fwd_configs(block_n), launch, x.device))
@@ -263,7 +267,7 @@ def backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None,
             def launch(cfg: tuple[int, int, int, bool]) -> None:
                 bm, warps, waves, prefetch = cfg
                 variant = ("layer_norm_bwd", block_n, cfg, x.dtype, w.dtype, has_w, has_bias)
-                g, rows = persistent_grid(m, bm, sms * waves * resident_programs(variant, x.device))
+                g, rows = persistent_grid(m, bm, sms * waves * resident_programs(variant))
                 parts["dw"] = torch.empty((g, n) if has_w else (1,), dtype=torch.float32,
                                           device=x.device)
                 parts["db"] = torch.empty((g, n) if has_bias else (1,), dtype=torch.float32,

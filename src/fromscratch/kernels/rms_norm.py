@@ -235,7 +235,7 @@ def backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, rst
             def launch(cfg: tuple[int, int, int, bool]) -> None:
                 bm, warps, waves, prefetch = cfg
                 variant = ("rms_norm_bwd", block_n, cfg, x.dtype, w.dtype, has_w, has_ds)
-                g, rows = persistent_grid(m, bm, sms * waves * resident_programs(variant, x.device))
+                g, rows = persistent_grid(m, bm, sms * waves * resident_programs(variant))
                 parts["dw"] = torch.empty((g, n) if has_w else (1,), dtype=torch.float32,
                                           device=x.device)
                 k = _bwd_kernel[(g,)](x, dy, ds, dx, w, rstd, parts["dw"], m, n, *strides, rows,

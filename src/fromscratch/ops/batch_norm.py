@@ -33,15 +33,17 @@ class Cache(NamedTuple):
 
 def moments(x: Array) -> tuple[Array, Array]:
     """Per-channel mean and M2 = sum((x - mean)^2) of x (M, C), two-pass."""
-    mean, _, m2 = _centred(x)
+    mean, _, m2, _ = _centred(x)
     return mean, m2
 
 
-def _centred(x: Array) -> tuple[Array, Array, Array]:
-    """(mean, x - mean, M2) per channel: the two passes, keeping the centred x."""
+def _centred(x: Array) -> tuple[Array, Array, Array, Array]:
+    """(mean, x - mean, M2, spare) per channel: the two passes, keeping the centred x and
+    the buffer that held its squares, free for the caller to reuse."""
     mean = sum_rows(x) / x.shape[0]                                        # (1)
     xc = x - mean
-    return mean, xc, sum_rows(xc * xc)                                     # (2) times m
+    sq = xc * xc
+    return mean, xc, sum_rows(sq), sq                                      # (2) times m
 
 
 def combine_moments(counts: Array, means: Array, m2s: Array) -> tuple[Array, Array, Array]:
@@ -70,14 +72,15 @@ def forward(x: Array, weight: Array | None = None, bias: Array | None = None,
     Returns (y, cache, mean, var): the statistics used, for the running-average update.
     """
     xp = namespace(x)
+    spare = None
     if mean is None:
-        mean, xhat, m2 = _centred(x)
+        mean, xhat, m2, spare = _centred(x)
         var = m2 / x.shape[0]                      # biased: the batch's own spread   (2)
     else:
         xhat = x - mean
     rstd = 1.0 / xp.sqrt(var + eps)
     xhat = imul(xhat, rstd)                                                # (3)
-    y = affine(xhat, weight, bias)                                         # (4)
+    y = affine(xhat, weight, bias, out=spare)                              # (4)
     return y, Cache(xhat, rstd, weight, bias is not None, batch_stats), mean, var
 
 

@@ -39,11 +39,13 @@ def forward(x: Array, weight: Array | None = None, bias: Array | None = None,
     return affine(xhat, weight, bias), Cache(xhat, rstd, weight, bias is not None)
 
 
-def affine(xhat: Array, weight: Array | None, bias: Array | None) -> Array:
-    """y = w * xhat + b (eq. 4) in one pass; xhat itself when there is neither."""
+def affine(xhat: Array, weight: Array | None, bias: Array | None,
+           out: Array | None = None) -> Array:
+    """y = w * xhat + b (eq. 4) in one pass, into ``out`` (a spare buffer of the op's) where
+    given and allowed; xhat itself when there is neither weight nor bias."""
     if weight is None:
         return xhat if bias is None else xhat + bias
-    return xhat * weight if bias is None else addcmul(bias, xhat, weight)
+    return mul(xhat, weight, out=out) if bias is None else addcmul(bias, xhat, weight, out=out)
 
 
 def backward(dy: Array, cache: Cache) -> tuple[Array, Array | None, Array | None]:
@@ -53,13 +55,12 @@ def backward(dy: Array, cache: Cache) -> tuple[Array, Array | None, Array | None
     dbias = sum_rows(dy) if has_bias else None                             # (5)
     t = dy * xhat                                  # the one new array; it becomes dx
     dweight = sum_rows(t) if weight is not None else None                  # (5)
-    # the two row means of eq. 8, g = dy * w (eq. 9): mean(g) and mean(g * xhat)
+    # the two row means of eq. 8 (eq. 9): mean(g) = dy.w / n, mean(g xhat) = (dy xhat).w / n
     if weight is not None:
-        mean_g = (dy @ weight)[..., None] / xhat.shape[-1]
-        t = imul(t, weight)                        # g * xhat
+        n = xhat.shape[-1]
+        mean_g, mean_gx = (dy @ weight)[..., None] / n, (t @ weight)[..., None] / n
     else:
-        mean_g = xp.mean(dy, axis=-1, keepdims=True)
-    mean_gx = xp.mean(t, axis=-1, keepdims=True)
+        mean_g, mean_gx = xp.mean(dy, axis=-1, keepdims=True), xp.mean(t, axis=-1, keepdims=True)
     dx = isub(mul(xhat, -mean_gx, out=t), mean_g)  # -xhat mean(g xhat) - mean(g)
     dx = addcmul(dx, dy, weight, out=dx) if weight is not None else iadd(dx, dy)   # + g
     return imul(dx, rstd), dweight, dbias                                  # (8)

@@ -37,11 +37,11 @@ def backward(dy: Array, cache: Cache) -> tuple[Array, Array | None]:
     xp = namespace(dy)
     xhat, rstd, weight = cache
     t = dy * xhat                                  # the one new array; it becomes dx
-    dweight = None
-    if weight is not None:
-        dweight = sum_rows(t)                                              # (4)
-        t = imul(t, weight)                        # g * xhat, g = dy * w     (5)
-    mean_gx = xp.mean(t, axis=-1, keepdims=True)
+    dweight = sum_rows(t) if weight is not None else None                  # (4)
+    if weight is not None:                         # mean(g xhat) = (dy xhat).w / n, g = dy w (5)
+        mean_gx = (t @ weight)[..., None] / xhat.shape[-1]
+    else:
+        mean_gx = xp.mean(t, axis=-1, keepdims=True)
     dx = mul(xhat, -mean_gx, out=t)                # -xhat mean(g xhat)
     dx = addcmul(dx, dy, weight, out=dx) if weight is not None else iadd(dx, dy)   # + g
     return imul(dx, rstd), dweight                                         # (7)

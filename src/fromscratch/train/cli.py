@@ -90,7 +90,7 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), out / "model.pt")
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, out / "model.pt")
     metrics = {
         "task": "cubic", "final_loss": history.loss[-1] if history.loss else None,
         "steps": history.steps, "epochs": args.epochs, "world_size": world,

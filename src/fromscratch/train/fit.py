@@ -18,6 +18,7 @@ import math
 import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -75,6 +76,9 @@ def fit(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn,
     With ``checkpoint_dir`` a checkpoint is written atomically every ``checkpoint_every``
     steps, at the end of each epoch and at the end; ``resume=True`` continues from it.
     ``callback(step, model, loss)`` runs after each step (before that step's checkpoint).
+    ``autocast_dtype`` (e.g. torch.float16, with a ``scaler``) runs the forward under
+    ``torch.autocast``. ``progress`` shows a bar (None: when stdout is a terminal).
+    ``loader`` must be re-iterable (a DataLoader, a list), once per epoch.
     Returns the History.
     """
     if accumulation_steps < 1:
@@ -110,8 +114,9 @@ def fit(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn,
         start_epoch, start_index = state["epoch"], state["micro_batch"]
         rng_epoch, rng_now = state["rng_epoch_start"][rank], state["rng"][rank]
 
-    step_args = (net, loss_fn, optimizer, k, world, device, max_grad_norm, scaler, scheduler,
-                 autocast_dtype)
+    step = partial(_window_step, net=net, loss_fn=loss_fn, optimizer=optimizer, k=k,
+                   world=world, device=device, max_grad_norm=max_grad_norm, scaler=scaler,
+                   scheduler=scheduler, autocast_dtype=autocast_dtype)
     ddp = dd.wrap(model)     # a model already in DDP is kept as it is
     ddp.train()
     optimizer.zero_grad(set_to_none=True)
@@ -129,8 +134,8 @@ def fit(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn,
                 "history": {k_: v for k_, v in asdict(history).items() if k_ != "resumed_from"},
             }, path)
 
-    n = len(loader) if hasattr(loader, "__len__") else None   # type: ignore[arg-type]
-    total = epochs * math.ceil(n / (world * k)) if n is not None else None
+    per_epoch = len(loader) if hasattr(loader, "__len__") else None   # type: ignore[arg-type]
+    total = epochs * math.ceil(per_epoch / (world * k)) if per_epoch is not None else None
     show = progress if rank == 0 else False
     with progress_bar(total, show, completed=history.steps) as update:
         for epoch in range(start_epoch, epochs):
@@ -152,7 +157,7 @@ def fit(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn,
                 ckpt.set_rng_state(rng_now, generator)
             while window := dd.read_window(it, world * k):
                 index += len(window)
-                if _window_step(ddp, dd.deal(window, rank, world), history, *step_args):
+                if step(ddp, dd.deal(window, rank, world), history):
                     update(history.loss[-1])
                     if callback is not None:
                         callback(history.steps, net, history.loss[-1])
@@ -163,7 +168,7 @@ def fit(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn,
     return history
 
 
-def _window_step(ddp: nn.Module, batches: list[Any], history: History, net: nn.Module,
+def _window_step(ddp: nn.Module, batches: list[Any], history: History, *, net: nn.Module,
                  loss_fn: LossFn, optimizer: torch.optim.Optimizer, k: int, world: int,
                  device: torch.device, max_grad_norm: float | None,
                  scaler: torch.amp.GradScaler | None, scheduler: Any,
