@@ -97,7 +97,8 @@ def _combine_kernel(MEAN_P, M2_P, P, M, rows_per_program, MEAN, VAR, RSTD, RUN_M
         ps = p0 + tl.arange(0, BLOCK_P)
         mask = (ps < P)[:, None] & cmask[None, :]
         n_i = tl.minimum(tl.maximum(M - ps.to(tl.int64) * rows_per_program, 0), rows_per_program)
-        mean_i = tl.load(MEAN_P + ps[:, None].to(tl.int64) * C + cols[None, :], mask=mask, other=0.0)
+        offs = ps[:, None].to(tl.int64) * C + cols[None, :]
+        mean_i = tl.load(MEAN_P + offs, mask=mask, other=0.0)
         acc += n_i.to(tl.float32)[:, None] * mean_i
     mu = tl.sum(acc, axis=0) * inv_m
     acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
