@@ -322,11 +322,22 @@ class Bench:
                                 "max_err": abs(rate - (1 - DROP_P)), "kind": "abs"})
             self._record(op, shape, "y", y, x.detach().float() * keep / (1 - DROP_P))
             del u
-            torch.manual_seed(5)
-            y = FS.dropout(x, DROP_P, backend="triton")
-            (dx,) = torch.autograd.grad(y, [x], [dy])
+            # The backward through autograd must regenerate the forward's mask. The reference
+            # mask is u >= p from the uniforms themselves, never y != 0: x has exact zeros
+            # (kept zeros give y == 0; the input below plants some, as a ReLU output would).
+            from fromscratch.kernels.autograd import DropoutFn as KDropoutFn
+            seed2, offset2 = 4321, 2**32 - 2**12           # counters run across 2**32
+            xz = x.detach().clone()
+            xz.view(-1)[::997] = 0
+            xz.requires_grad_(True)
+            y = KDropoutFn.apply(xz, DROP_P, seed2, offset2)
+            (dx,) = torch.autograd.grad(y, [xz], [dy])
+            keep = KD.uniforms(x.numel(), seed2, offset2, device=x.device).view(x.shape) >= DROP_P
             self._record(op, shape, "dx (regenerated mask)", dx,
-                         dy.float() * (y != 0) / (1 - DROP_P))
+                         dy.float() * keep / (1 - DROP_P))
+            self._record(op, shape, "y (offset past 2**32 counters)", y,
+                         xz.detach().float() * keep / (1 - DROP_P))
+            del keep, xz
         elif op == "batch_norm":
             args = [x, d["w"], d["b"]]
             rm, rv = d["rm"].clone(), d["rv"].clone()
@@ -677,6 +688,8 @@ def main(argv: list[str] | None = None) -> int:
             else "dynamic=False, per shape, LayerNorm and RMSNorm"}
     chosen = {str(k): v for k, v in _tune.chosen().items()}
     chosen.update({f"programs per SM {k}": v for k, v in _common._resident.items()})
+    chosen.update({f"tuner median ms per candidate {k}": [round(v, 4) for v in ms]
+                   for k, ms in _tune.timings().items()})
     text = report(meta, results, bench.checks, shapes, ops, chosen)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -104,13 +104,21 @@ def compile_one(fn: JITFunction, args: tuple, kwargs: dict, arch: int) -> dict[s
     from triton.compiler import ASTSource
     sig, consts, attrs, warps = specialise(fn, args, kwargs)
     src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
-    k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
+    options = {"num_warps": warps}
+    if "num_stages" in kwargs:
+        options["num_stages"] = int(kwargs["num_stages"])
+    k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
     res = resources(k.asm["cubin"])
     threads = 32 * warps
     regs = max(res["REG"], 1)
     per_warp = -(-regs * 32 // 256) * 256                 # registers are given per warp
-    blocks = min(65536 // (per_warp * warps), 2048 // threads, 32)
+    shared = int(res.get("SHARED", 0))
+    blocks = min(65536 // (per_warp * warps), 2048 // threads, 32,
+                 (228 * 1024) // (shared + 1024) if shared else 32)
     shown = {k: v for k, v in consts.items() if k.isupper()}
+    if "num_stages" in kwargs:
+        shown["num_stages"] = int(kwargs["num_stages"])
+    shown["async_copy"] = "async_copy" in k.asm.get("ttgir", "")
     return {"kernel": fn.__name__, "config": shown, "warps": warps, "regs": res["REG"],
             "spill": res["LOCAL"] + res["STACK"], "shared": res["SHARED"], "blocks": blocks}
 

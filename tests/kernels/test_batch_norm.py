@@ -55,7 +55,7 @@ def small_blocks(monkeypatch, prefetch=True):
     """Tiny tiles, so that several programs split the rows and the columns, each walking
     several tiles: the Chan merge of partial statistics and every mask are exercised."""
     from fromscratch.kernels import batch_norm as K
-    monkeypatch.setattr(K, "_reduce_configs", lambda c: [(2, 16, 2, 1, prefetch)])
+    monkeypatch.setattr(K, "_reduce_configs", lambda c: [(2, 16, 2, 1, prefetch, 1)])
     monkeypatch.setattr(K, "_elementwise_configs", lambda c: [(4, 16, 2)])
 
 

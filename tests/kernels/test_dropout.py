@@ -80,9 +80,37 @@ def test_backward_regenerates_the_mask(device):
     y = F.dropout(x, 0.4, backend="triton")
     g = rows(9, 37, torch.float32, device, seed=2, shifted=False)
     y.backward(g)
-    keep = y.detach() != 0                               # x has no zeros
+    keep = y.detach() != 0            # valid only because x has no zeros: see the test below
     close(x.grad, f64(g * keep / 0.6), "dx = dy * keep / (1 - p)", torch.float32)
     close(y, f64(x.detach() * keep / 0.6), "y = x * keep / (1 - p)", torch.float32)
+
+
+@pytest.mark.parametrize("offset", [0, 2**31 - 3, 2**32 - 5])
+def test_backward_mask_with_zeros_in_x_other_launch_and_large_offsets(device, monkeypatch,
+                                                                      offset):
+    """dx = dy * (u >= p) / (1 - p) with u the kernel's uniforms, also where x == 0 (a kept
+    zero has y == 0, so ``y != 0`` is no reference for the mask: the GPU benchmark's check
+    once failed for that reason), when the backward launches with another block size and
+    num_warps than the forward, and for counters past 2^31 and across 2^32."""
+    K = kernels()
+    from fromscratch.kernels.autograd import DropoutFn
+    x = rows(9, 130, torch.bfloat16, device, shifted=False)
+    x.view(-1)[::7] = 0                                   # a ReLU output has exact zeros
+    x.requires_grad_(True)
+    p, seed = 0.3, 2024
+    monkeypatch.setattr(K, "_CONFIGS", [(256, 2)])
+    y = DropoutFn.apply(x, p, seed, offset)
+    monkeypatch.setattr(K, "_CONFIGS", [(2048, 4)])
+    g = rows(9, 130, torch.bfloat16, device, seed=2, shifted=False)
+    (dx,) = torch.autograd.grad(y, [x], [g])
+    keep = (K.uniforms(x.numel(), seed, offset, device=device) >= p).view(x.shape)
+    assert bool(((x == 0) & keep).any()), "the test needs kept zeros"
+    close(dx, f64(g) * f64(keep) / (1 - p), "dx = dy * keep / (1 - p)", torch.bfloat16)
+    close(y, f64(x) * f64(keep) / (1 - p), "y = x * keep / (1 - p)", torch.bfloat16)
+    e = np.arange(x.numel())                              # and u is the documented stream
+    words = philox4x32_10(offset + e // 8, seed)[e, (e % 8) // 2]
+    halves = np.where(e % 2 == 0, words & 0xFFFF, words >> 16)
+    np.testing.assert_array_equal(keep.flatten().cpu().numpy(), halves >= K.threshold16(p))
 
 
 def test_same_seed_same_mask_whatever_the_launch(device, monkeypatch):

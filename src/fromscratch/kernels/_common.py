@@ -114,23 +114,41 @@ def row_fwd_configs(block_n: int) -> list[tuple[int, int]]:
     return list(dict.fromkeys(cands))
 
 
-def row_bwd_configs(block_n: int) -> list[tuple[int, int, int, bool]]:
-    """(rows per iteration, num_warps, waves, prefetch) for the persistent backward.
+def row_bwd_configs(block_n: int) -> list[tuple[int, int, int, bool, int]]:
+    """(rows per tile, num_warps, waves, prefetch, stages) for the persistent backward.
 
-    Each program walks a contiguous block of rows, BLOCK_M at a time, and keeps dweight
-    (and dbias) partials of length N in float32 registers: at most ~16 per thread, hence
+    Each program walks tiles of BLOCK_M rows, G apart, and keeps dweight (and dbias)
+    partials of length N in float32 registers: at most ~16 per thread, hence
     num_warps >= N / 512. Those registers cap the programs a multiprocessor holds at once
     (compiled for sm_90: 3-6 for N = 1024, 2 for N = 4096, 1 for N = 8192); the grid is
     ``waves`` times that many per multiprocessor, measured from the compiled kernel, so
-    every program runs at the same time and none is left for a tail. ``prefetch`` loads the
-    next tile of rows while the current one is computed, to keep memory busy in so few
-    programs."""
+    every program runs at the same time. So few programs keep too few loads in flight to
+    cover the memory latency on their own; two ways to keep more in flight, which the tuner
+    compares on the card: ``prefetch`` loads the next tile into registers before the current
+    one is computed, and ``stages`` > 1 lets Triton's software pipeliner stage the loads of
+    the next tiles through shared memory (registers stay free for the accumulators)."""
     bm = max(1, min(16, 4096 // block_n))
     w = max(4, min(16, max(bm * block_n // 1024, block_n // 512)))
-    cands = [(bm, w, 1, True), (bm, w, 1, False), (bm, min(16, 2 * w), 1, True)]
-    cands.append((max(1, bm // 2), w, 1, False) if bm > 1 else (bm, max(4, w // 2), 1, True))
-    cands.append((bm, w, 2, True))
+    cands = [(bm, w, 1, True, 1), (bm, w, 1, False, 3), (bm, w, 1, False, 4),
+             (bm, min(16, 2 * w), 1, True, 1), (bm, w, 2, True, 1)]
+    cands.append((max(1, bm // 2), w, 1, False, 3) if bm > 1
+                 else (bm, max(4, w // 2), 1, True, 1))
     return list(dict.fromkeys(cands))
+
+
+def interleaved_grid(m: int, block_m: int, programs: int) -> int:
+    """Programs of a persistent grid whose program p takes the row tiles p, p + G, p + 2G, ...:
+    ``programs`` (those that fit on the GPU at once), or fewer when there are fewer tiles."""
+    return max(1, min(programs, triton.cdiv(m, block_m)))
+
+
+def partials(prev: torch.Tensor | None, shape: tuple[int, ...], device: torch.device
+             ) -> torch.Tensor:
+    """An uninitialised float32 buffer of per-program partial sums (``prev`` when it fits:
+    the tuner launches several candidates in one call)."""
+    if prev is not None and tuple(prev.shape) == tuple(shape):
+        return prev
+    return torch.empty(shape, dtype=torch.float32, device=device)
 
 
 _resident: dict[tuple, int] = {}

@@ -45,7 +45,8 @@ def _tile(X, r0, end, cols, cmask, stride, BLOCK_M: tl.constexpr):
 
 @triton.jit
 def _stats_kernel(X, MEAN_P, M2_P, M, C, stride_x, rows_per_program,
-                  PREFETCH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+                  PREFETCH: tl.constexpr, STAGES: tl.constexpr, BLOCK_M: tl.constexpr,
+                  BLOCK_C: tl.constexpr):
     pid_m = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
@@ -58,7 +59,8 @@ def _stats_kernel(X, MEAN_P, M2_P, M, C, stride_x, rows_per_program,
     # lane needs masking. (Columns past C compute garbage that is never stored.)
     if PREFETCH:
         x_next = _tile(X, start, end, cols, cmask, stride_x, BLOCK_M)
-    for i in range(0, n_full):
+    # STAGES > 1: Triton's software pipeliner may stage later tiles through shared memory
+    for i in tl.range(0, n_full, num_stages=STAGES):
         if PREFETCH:                     # the next tile's loads overlap this tile's update
             x = x_next
             x_next = _tile(X, start + (i + 1) * BLOCK_M, end, cols, cmask, stride_x, BLOCK_M)
@@ -144,7 +146,7 @@ def _normalize_kernel(X, Y, MEAN, RSTD, W, B, M, C, stride_x, stride_y,
 
 @triton.jit
 def _bwd_sums_kernel(X, DY, MEAN, RSTD, SDY_P, SDYX_P, M, C, stride_x, stride_dy,
-                     rows_per_program, PREFETCH: tl.constexpr,
+                     rows_per_program, PREFETCH: tl.constexpr, STAGES: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     pid_m = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -158,7 +160,7 @@ def _bwd_sums_kernel(X, DY, MEAN, RSTD, SDY_P, SDYX_P, M, C, stride_x, stride_dy
     if PREFETCH:
         x_next = _tile(X, start, end, cols, cmask, stride_x, BLOCK_M)
         dy_next = _tile(DY, start, end, cols, cmask, stride_dy, BLOCK_M)
-    for r0 in range(start, end, BLOCK_M):
+    for r0 in tl.range(start, end, BLOCK_M, num_stages=STAGES):
         if PREFETCH:
             x, dy = x_next, dy_next
             x_next = _tile(X, r0 + BLOCK_M, end, cols, cmask, stride_x, BLOCK_M)
@@ -201,15 +203,18 @@ def _dx_kernel(X, DY, DX, MEAN, RSTD, W, SDY, SDYX, M, C, stride_x, stride_dy, s
 
 
 # Launch configurations; the first of each list is the default, the tuner may pick another.
-# (BLOCK_M, BLOCK_C, num_warps, waves, prefetch) for the column reductions: tiles of
-# 16 x 256 with 8 warps compile (sm_90) to 60-100 registers, 2-4 programs per
+# (BLOCK_M, BLOCK_C, num_warps, waves, prefetch, stages) for the column reductions: tiles
+# of 16 x 256 with 8 warps compile (sm_90) to 60-100 registers, 2-4 programs per
 # multiprocessor; the grid holds ``waves`` times as many programs as fit at once
-# (measured from the compiled kernel, see _common.note_resident).
-def _reduce_configs(c: int) -> list[tuple[int, int, int, int, bool]]:
+# (measured from the compiled kernel, see _common.note_resident). So few programs keep too
+# few loads in flight; ``prefetch`` (registers) or ``stages`` > 1 (the software pipeliner,
+# through shared memory) keep more, and the tuner compares them on the card.
+def _reduce_configs(c: int) -> list[tuple[int, int, int, int, bool, int]]:
     bc = min(256, next_pow2(c))
     bm = max(1, 4096 // bc)
-    cands = [(bm, bc, 8, 1, True), (bm, bc, 8, 1, False), (bm, bc, 4, 1, False),
-             (bm, max(16, bc // 2), 4, 1, False), (bm, bc, 8, 2, True)]
+    cands = [(bm, bc, 8, 1, True, 1), (bm, bc, 8, 1, False, 1), (bm, bc, 4, 1, False, 1),
+             (bm, max(16, bc // 2), 4, 1, False, 1), (bm, bc, 8, 2, True, 1),
+             (bm, bc, 8, 1, False, 3), (bm, bc, 4, 1, False, 3)]
     return list(dict.fromkeys(cands))
 
 
@@ -269,8 +274,8 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
         sms = num_sms(x.device)
         parts: dict[str, object] = {}
 
-        def launch(cfg: tuple[int, int, int, int, bool]) -> None:
-            bm, bc, warps, waves, prefetch = cfg
+        def launch(cfg: tuple[int, int, int, int, bool, int]) -> None:
+            bm, bc, warps, waves, prefetch, stages = cfg
             variant = ("batch_norm_stats", cfg, x.dtype)
             p, rows = _row_split(m, c, cfg, sms * waves * resident_programs(variant))
             parts.update(p=p, rows=rows,
@@ -278,7 +283,8 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
                          m2=torch.empty((p, c), dtype=torch.float32, device=x.device))
             k = _stats_kernel[(p, triton.cdiv(c, bc))](x, parts["mean"], parts["m2"], m, c,
                                                        x.stride(0), rows, PREFETCH=prefetch,
-                                                       BLOCK_M=bm, BLOCK_C=bc, num_warps=warps)
+                                                       STAGES=stages, BLOCK_M=bm, BLOCK_C=bc,
+                                                       num_warps=warps, num_stages=stages)
             note_resident(variant, k, warps, x.device)
 
         launch(_tune.choose(("batch_norm_stats", c, x.dtype, _tune.rows_bucket(m)),
@@ -314,15 +320,16 @@ def backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, has
     with on_device(x):
         parts: dict[str, torch.Tensor] = {}
 
-        def launch_sums(cfg: tuple[int, int, int, int, bool]) -> None:
-            bm, bc, warps, waves, prefetch = cfg
+        def launch_sums(cfg: tuple[int, int, int, int, bool, int]) -> None:
+            bm, bc, warps, waves, prefetch, stages = cfg
             variant = ("batch_norm_bwd_sums", cfg, x.dtype)
             p, rows = _row_split(m, c, cfg, sms * waves * resident_programs(variant))
             parts["sdy"] = torch.empty((p, c), dtype=torch.float32, device=x.device)
             parts["sdyx"] = torch.empty((p, c), dtype=torch.float32, device=x.device)
             k = _bwd_sums_kernel[(p, triton.cdiv(c, bc))](
                 x, dy, mean, rstd, parts["sdy"], parts["sdyx"], m, c, x.stride(0), dy.stride(0),
-                rows, PREFETCH=prefetch, BLOCK_M=bm, BLOCK_C=bc, num_warps=warps)
+                rows, PREFETCH=prefetch, STAGES=stages, BLOCK_M=bm, BLOCK_C=bc,
+                num_warps=warps, num_stages=stages)
             note_resident(variant, k, warps, x.device)
 
         launch_sums(_tune.choose(("batch_norm_bwd_sums", c, x.dtype, _tune.rows_bucket(m)),

@@ -11,11 +11,13 @@ variance, so mean-shifted rows keep their digits). It saves mean and r, 8 bytes 
 the backward. Rows longer than ``MAX_FUSED_FWD`` go to a looped kernel that walks the row
 in chunks three times (sum, squared deviations, output).
 
-Backward: a persistent grid, as many programs as fit on the GPU at once. Program p owns a
-contiguous block of rows; for each it recomputes xhat from x, mu and r, writes dx, and
-adds dy*xhat and dy into float32 accumulators of length N. The accumulators take many
-registers, so few programs fit on a multiprocessor; with ``PREFETCH`` each program loads
-the next BLOCK_M rows before working on the current ones, to keep memory busy anyway. At
+Backward: a persistent grid, as many programs as fit on the GPU at once. Program p of G
+takes the tiles of rows p, p + G, p + 2G, ...; for each it recomputes xhat from x, mu and
+r, writes dx, and adds dy*xhat and dy into float32 accumulators of length N. The
+accumulators take many registers, so few programs fit on a multiprocessor; to keep memory
+busy anyway, with ``PREFETCH`` each program loads the next tile into registers before
+working on the current one, and with ``STAGES`` > 1 the compiler's software pipeliner
+stages the next tiles through shared memory (the tuner picks one on the card). At
 the end each program writes its partial dw/db row, and ``_reduce.sum_rows`` adds the G
 partial rows. Traffic: read x and dy, write dx, the minimum.
 """
@@ -26,8 +28,9 @@ import triton
 import triton.language as tl
 
 from . import _tune
-from ._common import (next_pow2, note_resident, num_sms, on_device, persistent_grid,
-                      resident_programs, row_bwd_configs, row_fwd_configs, unit_last_stride)
+from ._common import (interleaved_grid, next_pow2, note_resident, num_sms, on_device,
+                      partials as _partials, persistent_grid, resident_programs,
+                      row_bwd_configs, row_fwd_configs, unit_last_stride)
 from ._reduce import sum_rows
 
 #: widest row kept whole in registers by the forward / backward kernels; wider rows loop.
@@ -97,40 +100,51 @@ def _fwd_looped_kernel(X, Y, W, B, MEAN, RSTD, N, stride_x, stride_y, eps,
 
 @triton.jit
 def _load_tile(X, DY, r0, end, cols, cmask, stride_x, stride_dy, BLOCK_M: tl.constexpr):
-    """Rows r0 .. r0 + BLOCK_M (those below ``end``) of x and dy, in storage dtype."""
-    rows = r0 + tl.arange(0, BLOCK_M)
+    """Rows r0 .. r0 + BLOCK_M (those below ``end``) of x and dy, in storage dtype. Both are
+    read exactly once in the whole backward: ``evict_first`` keeps them from pushing the
+    weights and the per-row statistics out of L2."""
+    rows = (r0 + tl.arange(0, BLOCK_M)).to(tl.int64)
     mask = (rows < end)[:, None] & cmask[None, :]
-    x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
-    dy = tl.load(DY + rows[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0)
+    x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0,
+                eviction_policy="evict_first")
+    dy = tl.load(DY + rows[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0,
+                 eviction_policy="evict_first")
     return x, dy
 
 
 @triton.jit
 def _bwd_kernel(X, DY, DX, W, MEAN, RSTD, DW_PART, DB_PART, M, N, stride_x, stride_dy,
-                stride_dx, rows_per_program,
+                stride_dx,
                 HAS_W: tl.constexpr, HAS_B: tl.constexpr, PREFETCH: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)
+                STAGES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # Program p of G takes the tiles of BLOCK_M rows p, p + G, p + 2G, ...: at any moment
+    # the G programs read one contiguous window of rows, as an ordinary grid would (the
+    # DRAM sees one stream, not G streams a fixed large stride apart).
+    pid = tl.program_id(0)
+    G = tl.num_programs(0)
+    num_tiles = tl.cdiv(M, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
     cmask = cols < N
     if HAS_W:
         w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
     dw_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
     db_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-    start = pid * rows_per_program
-    end = tl.minimum(start + rows_per_program, M)
     if PREFETCH:
-        x_next, dy_next = _load_tile(X, DY, start, end, cols, cmask, stride_x, stride_dy, BLOCK_M)
-    for r0 in range(start, end, BLOCK_M):
-        rows = r0 + tl.arange(0, BLOCK_M)
-        rmask = rows < end
+        x_next, dy_next = _load_tile(X, DY, pid * BLOCK_M, M, cols, cmask, stride_x,
+                                     stride_dy, BLOCK_M)
+    # STAGES > 1: the compiler's software pipeliner may stage the loads of later tiles
+    # through shared memory (more bytes in flight without more registers)
+    for t in tl.range(pid, num_tiles, G, num_stages=STAGES):
+        rows = (t * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)    # t * BLOCK_M < M + G
+        rmask = rows < M
         mask = rmask[:, None] & cmask[None, :]
         if PREFETCH:          # issue the next tile's loads before this tile's arithmetic
             x, dy = x_next, dy_next
-            x_next, dy_next = _load_tile(X, DY, r0 + BLOCK_M, end, cols, cmask, stride_x,
+            x_next, dy_next = _load_tile(X, DY, (t + G) * BLOCK_M, M, cols, cmask, stride_x,
                                          stride_dy, BLOCK_M)
         else:
-            x, dy = _load_tile(X, DY, r0, end, cols, cmask, stride_x, stride_dy, BLOCK_M)
+            x, dy = _load_tile(X, DY, t * BLOCK_M, M, cols, cmask, stride_x, stride_dy,
+                               BLOCK_M)
         x = x.to(tl.float32)
         dy = dy.to(tl.float32)
         mean = tl.load(MEAN + rows, mask=rmask, other=0.0)
@@ -145,15 +159,15 @@ def _bwd_kernel(X, DY, DX, W, MEAN, RSTD, DW_PART, DB_PART, M, N, stride_x, stri
         c2 = tl.sum(g, axis=1) / N                       # mean(g)
         dx = (g - c2[:, None] - xhat * c1[:, None]) * rstd[:, None]
         tl.store(DX + rows[:, None] * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty),
-                 mask=mask)
+                 mask=mask, eviction_policy="evict_first")
         if HAS_W:
             dw_acc += tl.sum(dy * xhat, axis=0)
         if HAS_B:
             db_acc += tl.sum(dy, axis=0)
     if HAS_W:
-        tl.store(DW_PART + pid * N + cols, dw_acc, mask=cmask)
+        tl.store(DW_PART + pid.to(tl.int64) * N + cols, dw_acc, mask=cmask)
     if HAS_B:
-        tl.store(DB_PART + pid * N + cols, db_acc, mask=cmask)
+        tl.store(DB_PART + pid.to(tl.int64) * N + cols, db_acc, mask=cmask)
 
 
 @triton.jit
@@ -264,18 +278,17 @@ def backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None,
             block_n = next_pow2(n)
             parts: dict[str, torch.Tensor] = {}
 
-            def launch(cfg: tuple[int, int, int, bool]) -> None:
-                bm, warps, waves, prefetch = cfg
+            def launch(cfg: tuple[int, int, int, bool, int]) -> None:
+                bm, warps, waves, prefetch, stages = cfg
                 variant = ("layer_norm_bwd", block_n, cfg, x.dtype, w.dtype, has_w, has_bias)
-                g, rows = persistent_grid(m, bm, sms * waves * resident_programs(variant))
-                parts["dw"] = torch.empty((g, n) if has_w else (1,), dtype=torch.float32,
-                                          device=x.device)
-                parts["db"] = torch.empty((g, n) if has_bias else (1,), dtype=torch.float32,
-                                          device=x.device)
+                g = interleaved_grid(m, bm, sms * waves * resident_programs(variant))
+                parts["dw"] = _partials(parts.get("dw"), (g, n) if has_w else (1,), x.device)
+                parts["db"] = _partials(parts.get("db"), (g, n) if has_bias else (1,), x.device)
                 k = _bwd_kernel[(g,)](x, dy, dx, w, mean, rstd, parts["dw"], parts["db"], m, n,
-                                      x.stride(0), dy.stride(0), dx.stride(0), rows,
-                                      PREFETCH=prefetch, BLOCK_M=bm, BLOCK_N=block_n,
-                                      num_warps=warps, **flags)
+                                      x.stride(0), dy.stride(0), dx.stride(0),
+                                      PREFETCH=prefetch, STAGES=stages, BLOCK_M=bm,
+                                      BLOCK_N=block_n, num_warps=warps, num_stages=stages,
+                                      **flags)
                 note_resident(variant, k, warps, x.device)
 
             key = ("layer_norm_bwd", n, x.dtype, w.dtype, _tune.rows_bucket(m))

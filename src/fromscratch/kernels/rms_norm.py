@@ -22,8 +22,9 @@ import triton
 import triton.language as tl
 
 from . import _tune
-from ._common import (next_pow2, note_resident, num_sms, on_device, persistent_grid,
-                      resident_programs, row_bwd_configs, row_fwd_configs, unit_last_stride)
+from ._common import (interleaved_grid, next_pow2, note_resident, num_sms, on_device,
+                      partials as _partials, persistent_grid, resident_programs,
+                      row_bwd_configs, row_fwd_configs, unit_last_stride)
 from ._reduce import sum_rows
 from .layer_norm import _load_tile
 
@@ -90,28 +91,34 @@ def _fwd_looped_kernel(X, R, S, Y, W, RSTD, N, stride_x, stride_r, stride_s, str
 
 @triton.jit
 def _bwd_kernel(X, DY, DS, DX, W, RSTD, DW_PART, M, N, stride_x, stride_dy, stride_ds, stride_dx,
-                rows_per_program, HAS_W: tl.constexpr, HAS_DRES: tl.constexpr,
-                PREFETCH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)
+                HAS_W: tl.constexpr, HAS_DRES: tl.constexpr, PREFETCH: tl.constexpr,
+                STAGES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # program p of G takes the tiles p, p + G, p + 2G, ... (see layer_norm._bwd_kernel)
+    pid = tl.program_id(0)
+    G = tl.num_programs(0)
+    num_tiles = tl.cdiv(M, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
     cmask = cols < N
     if HAS_W:
         w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
     dw_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-    start = pid * rows_per_program
-    end = tl.minimum(start + rows_per_program, M)
     if PREFETCH:
-        x_next, dy_next = _load_tile(X, DY, start, end, cols, cmask, stride_x, stride_dy, BLOCK_M)
-    for r0 in range(start, end, BLOCK_M):
-        rows = r0 + tl.arange(0, BLOCK_M)
-        rmask = rows < end
+        x_next, dy_next = _load_tile(X, DY, pid * BLOCK_M, M, cols, cmask, stride_x,
+                                     stride_dy, BLOCK_M)
+    for t in tl.range(pid, num_tiles, G, num_stages=STAGES):
+        rows = (t * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)    # t * BLOCK_M < M + G
+        rmask = rows < M
         mask = rmask[:, None] & cmask[None, :]
         if PREFETCH:          # issue the next tile's loads before this tile's arithmetic
             x, dy = x_next, dy_next
-            x_next, dy_next = _load_tile(X, DY, r0 + BLOCK_M, end, cols, cmask, stride_x,
+            x_next, dy_next = _load_tile(X, DY, (t + G) * BLOCK_M, M, cols, cmask, stride_x,
                                          stride_dy, BLOCK_M)
         else:
-            x, dy = _load_tile(X, DY, r0, end, cols, cmask, stride_x, stride_dy, BLOCK_M)
+            x, dy = _load_tile(X, DY, t * BLOCK_M, M, cols, cmask, stride_x, stride_dy,
+                               BLOCK_M)
+        if HAS_DRES:          # issued with x and dy, before the arithmetic that needs them
+            ds = tl.load(DS + rows[:, None] * stride_ds + cols[None, :], mask=mask, other=0.0,
+                         eviction_policy="evict_first")
         rstd = tl.load(RSTD + rows, mask=rmask, other=0.0)
         xhat = x.to(tl.float32) * rstd[:, None]
         dy = dy.to(tl.float32)
@@ -122,14 +129,13 @@ def _bwd_kernel(X, DY, DS, DX, W, RSTD, DW_PART, M, N, stride_x, stride_dy, stri
         c = tl.sum(xhat * g, axis=1) / N                 # mean(g * xhat)
         dx = (g - xhat * c[:, None]) * rstd[:, None]
         if HAS_DRES:
-            ds = tl.load(DS + rows[:, None] * stride_ds + cols[None, :], mask=mask, other=0.0)
             dx += ds.to(tl.float32)
         tl.store(DX + rows[:, None] * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty),
-                 mask=mask)
+                 mask=mask, eviction_policy="evict_first")
         if HAS_W:
             dw_acc += tl.sum(dy * xhat, axis=0)
     if HAS_W:
-        tl.store(DW_PART + pid * N + cols, dw_acc, mask=cmask)
+        tl.store(DW_PART + pid.to(tl.int64) * N + cols, dw_acc, mask=cmask)
 
 
 @triton.jit
@@ -232,15 +238,15 @@ def backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, rst
             block_n = next_pow2(n)
             parts: dict[str, torch.Tensor] = {}
 
-            def launch(cfg: tuple[int, int, int, bool]) -> None:
-                bm, warps, waves, prefetch = cfg
+            def launch(cfg: tuple[int, int, int, bool, int]) -> None:
+                bm, warps, waves, prefetch, stages = cfg
                 variant = ("rms_norm_bwd", block_n, cfg, x.dtype, w.dtype, has_w, has_ds)
-                g, rows = persistent_grid(m, bm, sms * waves * resident_programs(variant))
-                parts["dw"] = torch.empty((g, n) if has_w else (1,), dtype=torch.float32,
-                                          device=x.device)
-                k = _bwd_kernel[(g,)](x, dy, ds, dx, w, rstd, parts["dw"], m, n, *strides, rows,
-                                      PREFETCH=prefetch, BLOCK_M=bm, BLOCK_N=block_n,
-                                      num_warps=warps, **flags)
+                g = interleaved_grid(m, bm, sms * waves * resident_programs(variant))
+                parts["dw"] = _partials(parts.get("dw"), (g, n) if has_w else (1,), x.device)
+                k = _bwd_kernel[(g,)](x, dy, ds, dx, w, rstd, parts["dw"], m, n, *strides,
+                                      PREFETCH=prefetch, STAGES=stages, BLOCK_M=bm,
+                                      BLOCK_N=block_n, num_warps=warps, num_stages=stages,
+                                      **flags)
                 note_resident(variant, k, warps, x.device)
 
             key = ("rms_norm_bwd", has_ds, n, x.dtype, w.dtype, _tune.rows_bucket(m))
