@@ -39,18 +39,19 @@ class LayerNormFn(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
                 bias: torch.Tensor | None, eps: float) -> torch.Tensor:
         y, cache = ln.forward(up(x), up(weight), up(bias), eps)
-        ctx.save_for_backward(x, weight, bias, cache.xhat, cache.rstd)
+        ctx.save_for_backward(x, weight, bias, cache.mean, cache.rstd)
         ctx.eps = eps
-        return output(y, x, cache.xhat)
+        return output(y, x, x)
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor):
-        x, weight, bias, xhat, rstd = ctx.saved_tensors
+        x, weight, bias, mean, rstd = ctx.saved_tensors
         if torch.is_grad_enabled():
             _, cache = ln.forward(up(x), up(weight), up(bias), ctx.eps)
         else:
             # no dbias where nobody asked for it (a frozen bias): one reduction less
-            cache = ln.Cache(xhat, rstd, up(weight), bias is not None and ctx.needs_input_grad[2])
+            cache = ln.Cache(up(x), mean, rstd, up(weight),
+                             bias is not None and ctx.needs_input_grad[2])
         dx, dw, db = ln.backward(up(dy), cache)
         return dx.to(x.dtype), down(dw, weight), down(db, bias), None
 

@@ -85,6 +85,13 @@ def isub(a: Array, b: Array) -> Array:
     return a - b
 
 
+def sub(a: Array, b: Array, out: Array | None = None) -> Array:
+    """a - b, written into ``out`` (an op's own buffer) where allowed."""
+    if out is not None and may_overwrite(out):
+        return namespace(a).subtract(a, b, out=out)
+    return a - b
+
+
 def mul(a: Array, b: Array, out: Array | None = None) -> Array:
     """a * b, written into ``out`` (an op's own buffer) where allowed."""
     if out is not None and may_overwrite(out):
@@ -119,6 +126,19 @@ def sumsq(a: Array) -> Array:
     if is_torch(a) and not (torch.is_grad_enabled() and a.requires_grad):
         return torch.linalg.vector_norm(a, dim=-1, keepdim=True).square()
     return vecdot(a, a)[..., None]          # differentiable twice, also where a = 0
+
+
+def mean_var(x: Array, axis: int = -1, keepdims: bool = True) -> tuple[Array, Array]:
+    """The mean and the biased variance mean((x - mean)^2) along ``axis``, never as
+    E[x^2] - E[x]^2. torch reads x once (``var_mean``: Welford's update, as stable as two
+    passes); NumPy takes two passes."""
+    if is_torch(x):
+        var, mean = torch.var_mean(x, dim=axis, keepdim=keepdims, correction=0)
+        return mean, var
+    mean = np.mean(x, axis=axis, keepdims=True)
+    xc = x - mean
+    var = np.mean(xc * xc, axis=axis, keepdims=keepdims)
+    return (mean if keepdims else np.squeeze(mean, axis)), var
 
 
 def sum_rows(a: Array) -> Array:
