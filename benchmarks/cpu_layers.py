@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -30,13 +28,12 @@ import torch
 from torch import nn
 
 import fromscratch
+from _results import RESULTS, machine, write_section
 from fromscratch import nn as ours
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 # issue 2's targets for ours / torch.nn: torch's CPU RMSNorm and Dropout are slow paths, its
 # LayerNorm and BatchNorm fused kernels that an array-at-a-time formula cannot match
 TARGET = {"LayerNorm": 2.0, "RMSNorm": 1.0, "BatchNorm": 2.0, "Dropout(p=0.1)": 1.0}
-BEGIN, END = "<!-- cpu_layers:begin -->", "<!-- cpu_layers:end -->"
 
 
 # --- the notebook's formulas, typos fixed --------------------------------------------------
@@ -148,15 +145,6 @@ def measure(contenders: dict[str, nn.Module], x: torch.Tensor, dy: torch.Tensor,
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = re.search(r"model name\s*:\s*(.*)", f.read())
-        cpu = model.group(1).strip() if model else cpu
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
 
 
 def table(results: dict[str, dict[str, float]]) -> list[str]:
@@ -173,8 +161,7 @@ def table(results: dict[str, dict[str, float]]) -> list[str]:
 
 
 def write_results(lines: list[str], command: str, path: Path) -> None:
-    section = "\n".join([
-        BEGIN,
+    write_section("cpu_layers", [
         "## CPU layers (benchmarks/cpu_layers.py)",
         "",
         f"Forward + backward, float32, {ARGS.rows}x{ARGS.cols}, random upstream gradient, "
@@ -189,15 +176,7 @@ def write_results(lines: list[str], command: str, path: Path) -> None:
         f"- command: `{command}`",
         "",
         *lines,
-        END,
-    ])
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
+    ], path)
 
 
 def main(argv: list[str] | None = None) -> int:

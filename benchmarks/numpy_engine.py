@@ -27,7 +27,6 @@ import importlib.util
 import io
 import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -40,12 +39,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import fromscratch  # noqa: E402
+from _results import RESULTS, machine, write_section  # noqa: E402
 from fromscratch import numpy_nn as nn  # noqa: E402
 from fromscratch.demos import sine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).with_name("RESULTS.md")
-BEGIN, END = "<!-- numpy_engine:begin -->", "<!-- numpy_engine:end -->"
 
 
 def load_notebook():
@@ -158,15 +156,6 @@ def interleaved(runs: dict[str, Callable[[], tuple[float, float]]], repeats: int
     return {n: (statistics.median(times[n]), losses[n]) for n in names}
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = re.search(r"model name\s*:\s*(.*)", f.read())
-        cpu = model.group(1).strip() if model else cpu
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
 
 
 def blas() -> str:
@@ -205,8 +194,7 @@ def tables(s: dict[str, tuple[float, float]], m: dict[str, tuple[float, float]])
 
 
 def write_results(lines: list[str], command: str) -> None:
-    section = "\n".join([
-        BEGIN,
+    write_section("numpy_engine", [
         "## NumPy engine (benchmarks/numpy_engine.py)",
         "",
         f"- machine: {machine()}",
@@ -217,15 +205,7 @@ def write_results(lines: list[str], command: str) -> None:
         f"- command: `{command}`",
         "",
         *lines,
-        END,
     ])
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    RESULTS.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:
