@@ -86,21 +86,21 @@ class BatchNormFn(torch.autograd.Function):
         batch = mean is None
         y, cache, mean, var = bn.forward(up(x), up(weight), up(bias), eps, up(mean), up(var),
                                          batch_stats=batch)
-        ctx.save_for_backward(x, weight, bias, cache.xhat, cache.rstd, mean, var)
+        ctx.save_for_backward(x, weight, bias, cache.rstd, mean, var)
         ctx.eps, ctx.batch = eps, batch
         ctx.mark_non_differentiable(mean, var)
-        return output(y, x, cache.xhat), mean, var
+        return output(y, x, x), mean, var
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor, _dmean: Any, _dvar: Any):
-        x, weight, bias, xhat, rstd, mean, var = ctx.saved_tensors
+        x, weight, bias, rstd, mean, var = ctx.saved_tensors
         if torch.is_grad_enabled():
             _, cache, _, _ = bn.forward(up(x), up(weight), up(bias), ctx.eps,
                                         None if ctx.batch else mean, None if ctx.batch else var,
                                         batch_stats=ctx.batch)
         else:
-            cache = bn.Cache(xhat, rstd, up(weight), bias is not None and ctx.needs_input_grad[2],
-                             ctx.batch)
+            cache = bn.Cache(up(x), mean, rstd, up(weight),
+                             bias is not None and ctx.needs_input_grad[2], ctx.batch)
         dx, dw, db = bn.backward(up(dy), cache)
         return dx.to(x.dtype), down(dw, weight), down(db, bias), None, None, None
 

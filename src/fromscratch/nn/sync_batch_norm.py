@@ -66,7 +66,7 @@ class SyncBatchNormFn(torch.autograd.Function):
         var = m2 / count
         y, cache, _, _ = bn.forward(xc, up(weight), up(bias), eps, mean.to(xc.dtype),
                                     var.to(xc.dtype), batch_stats=True)
-        ctx.save_for_backward(weight, cache.xhat, cache.rstd)
+        ctx.save_for_backward(weight, cache.x, cache.mean, cache.rstd)
         ctx.has_bias, ctx.count, ctx.group, ctx.x_dtype = bias is not None, count, group, x.dtype
         ctx.mark_non_differentiable(mean, var, n)
         return y.to(x.dtype), mean, var, n
@@ -74,8 +74,8 @@ class SyncBatchNormFn(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, dy: torch.Tensor, *_unused: Any):
-        weight, xhat, rstd = ctx.saved_tensors
-        cache = bn.Cache(xhat, rstd, up(weight), ctx.has_bias, True)
+        weight, xc, mean, rstd = ctx.saved_tensors
+        cache = bn.Cache(xc, mean, rstd, up(weight), ctx.has_bias, True)
         dyc = up(dy)
         sum_dy, sum_dy_xhat = bn.sums(dyc, cache)
         both = torch.cat([sum_dy, sum_dy_xhat])

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ._xp import Array, addcmul, imul, namespace, sum_rows
+from ._xp import Array, addcmul, imul, mul, namespace, sub, sum_rows
 from .layer_norm import affine
 
 
 class Cache(NamedTuple):
-    xhat: Array
+    x: Array
+    mean: Array  # (C,)
     rstd: Array  # (C,)
     weight: Array | None
     has_bias: bool
@@ -33,17 +34,17 @@ class Cache(NamedTuple):
 
 def moments(x: Array) -> tuple[Array, Array]:
     """Per-channel mean and M2 = sum((x - mean)^2) of x (M, C), two-pass."""
-    mean, _, m2, _ = _centred(x)
+    mean, m2, _ = _moments(x)
     return mean, m2
 
 
-def _centred(x: Array) -> tuple[Array, Array, Array, Array]:
-    """(mean, x - mean, M2, spare) per channel: the two passes, keeping the centred x and
-    the buffer that held its squares, free for the caller to reuse."""
+def _moments(x: Array) -> tuple[Array, Array, Array]:
+    """(mean, M2, spare): the two passes, and the new array that held (x - mean)^2, free
+    for the caller to reuse."""
     mean = sum_rows(x) / x.shape[0]                                        # (1)
     xc = x - mean
-    sq = xc * xc
-    return mean, xc, sum_rows(sq), sq                                      # (2) times m
+    sq = imul(xc, xc)
+    return mean, sum_rows(sq), sq                                          # (2) times m
 
 
 def combine_moments(counts: Array, means: Array, m2s: Array) -> tuple[Array, Array, Array]:
@@ -70,41 +71,53 @@ def forward(x: Array, weight: Array | None = None, bias: Array | None = None,
     """Normalise x (M, C). Without ``mean``/``var`` they are the batch's own (biased).
 
     Returns (y, cache, mean, var): the statistics used, for the running-average update.
+    The cache keeps x, mu and r (not xhat): y is the one new full-size array.
     """
     xp = namespace(x)
     spare = None
     if mean is None:
-        mean, xhat, m2, spare = _centred(x)
+        mean, m2, spare = _moments(x)
         var = m2 / x.shape[0]                      # biased: the batch's own spread   (2)
-    else:
-        xhat = x - mean
     rstd = 1.0 / xp.sqrt(var + eps)
-    xhat = imul(xhat, rstd)                                                # (3)
-    y = affine(xhat, weight, bias, out=spare)                              # (4)
-    return y, Cache(xhat, rstd, weight, bias is not None, batch_stats), mean, var
+    scale = rstd * weight if weight is not None else rstd
+    xc = sub(x, mean, out=spare)                   # the one new array: x - mu, then y
+    y = affine(xc, scale, bias, out=xc)            # y = (x - mu) (w r) + b          (3, 4)
+    return y, Cache(x, mean, rstd, weight, bias is not None, batch_stats), mean, var
 
 
 def sums(dy: Array, cache: Cache) -> tuple[Array, Array]:
     """The backward's two column reductions: sum(dy) and sum(dy * xhat) (= db, dw, eq. 5)."""
-    return sum_rows(dy), sum_rows(dy * cache.xhat)
+    return _sums(dy, cache)[:2]
+
+
+def _sums(dy: Array, cache: Cache) -> tuple[Array, Array, Array]:
+    """(sum(dy), sum(dy xhat), spare): sum(dy xhat) = r sum(dy (x - mu)), and the new array
+    that held dy (x - mu), free for the caller to reuse."""
+    t = imul(cache.x - cache.mean, dy)
+    sum_dy_xc = sum_rows(t)            # an empty sum is 0, also where r is NaN (no rows)
+    return sum_rows(dy), (sum_dy_xc * cache.rstd if dy.shape[0] else sum_dy_xc), t
 
 
 def dx_from_sums(dy: Array, cache: Cache, sum_dy: Array, sum_dy_xhat: Array,
-                 count: float) -> Array:
-    """dx = w r (dy - sum(dy)/m - xhat sum(dy xhat)/m) (eq. 7), sums and m possibly global.
+                 count: float, out: Array | None = None) -> Array:
+    """dx = w r (dy - sum(dy)/m - xhat sum(dy xhat)/m) (eq. 7), sums and m possibly global,
+    written into ``out`` (a buffer of the caller's own) where given and allowed.
 
-    Per channel that is a dy + b xhat + c (eq. 11): two passes over the rows."""
+    Per channel that is a dy + b xhat + c (eq. 11) with xhat = (x - mu) r: three passes
+    over the rows."""
     scale = cache.rstd * cache.weight if cache.weight is not None else cache.rstd
     if not cache.batch_stats:
-        return dy * scale                              # d(mu)/dx = d(var)/dx = 0   (8)
-    dx = addcmul(-scale * (sum_dy / count), cache.xhat, -scale * (sum_dy_xhat / count))
+        return mul(dy, scale, out=out)                 # d(mu)/dx = d(var)/dx = 0   (8)
+    xc = sub(cache.x, cache.mean, out=out)
+    dx = addcmul(-scale * (sum_dy / count), xc, -scale * cache.rstd * (sum_dy_xhat / count),
+                 out=xc)
     return addcmul(dx, dy, scale, out=dx)
 
 
 def backward(dy: Array, cache: Cache) -> tuple[Array, Array | None, Array | None]:
     """Returns (dx, dweight, dbias) for one process."""
-    sum_dy, sum_dy_xhat = sums(dy, cache)
-    dx = dx_from_sums(dy, cache, sum_dy, sum_dy_xhat, dy.shape[0])
+    sum_dy, sum_dy_xhat, spare = _sums(dy, cache)
+    dx = dx_from_sums(dy, cache, sum_dy, sum_dy_xhat, dy.shape[0], out=spare)
     return (dx, sum_dy_xhat if cache.weight is not None else None,
             sum_dy if cache.has_bias else None)
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ._xp import Array, addcmul, iadd, imul, mean_var, mul, namespace, sub, sum_rows
+from ._xp import (Array, addcmul, concat, empty_like, iadd, imul, isub, mul, namespace, row_blocks,
+                  sub, sum_rows, sumsq)
 
 
 class Cache(NamedTuple):
@@ -33,11 +34,25 @@ class Cache(NamedTuple):
 
 def forward(x: Array, weight: Array | None = None, bias: Array | None = None,
             eps: float = 1e-5) -> tuple[Array, Cache]:
+    blocks = row_blocks(x)
+    if len(blocks) == 1:
+        y, mean, rstd = _forward_rows(x, weight, bias, eps)
+    else:                          # block by block into one y (see _xp.row_blocks)
+        y = empty_like(x)
+        stats = [_forward_rows(x[s], weight, bias, eps, out=y[s])[1:] for s in blocks]
+        mean, rstd = concat([m for m, _ in stats]), concat([r for _, r in stats])
+    return y, Cache(x, mean, rstd, weight, bias is not None)
+
+
+def _forward_rows(x: Array, weight: Array | None, bias: Array | None, eps: float,
+                  out: Array | None = None) -> tuple[Array, Array, Array]:
+    """(y, mu, r) of the rows x, y written into ``out`` where given and allowed."""
     xp = namespace(x)
-    mean, var = mean_var(x)                            # mu, mean(xc^2)              (1, 2)
-    rstd = 1.0 / xp.sqrt(var + eps)                    #                             (3)
-    xhat = imul(x - mean, rstd)                        # the one new array: xhat, then y (3)
-    return affine(xhat, weight, bias, out=xhat), Cache(x, mean, rstd, weight, bias is not None)
+    mean = xp.mean(x, axis=-1, keepdims=True)           # mu                          (1)
+    xhat = sub(x, mean, out=out)                        # the one new array: xc, xhat, y
+    rstd = 1.0 / xp.sqrt(sumsq(xhat) / x.shape[-1] + eps)  # two-pass var           (2, 3)
+    xhat = imul(xhat, rstd)                             # xhat = xc r                 (3)
+    return affine(xhat, weight, bias, out=xhat), mean, rstd
 
 
 def affine(xhat: Array, weight: Array | None, bias: Array | None,
@@ -45,24 +60,40 @@ def affine(xhat: Array, weight: Array | None, bias: Array | None,
     """y = w * xhat + b (eq. 4) in one pass, into ``out`` (a buffer of the op's, possibly
     xhat itself) where given and allowed; xhat itself when there is neither weight nor bias."""
     if weight is None:
-        return xhat if bias is None else xhat + bias
+        return xhat if bias is None else iadd(xhat, bias) if out is xhat else xhat + bias
     return mul(xhat, weight, out=out) if bias is None else addcmul(bias, xhat, weight, out=out)
 
 
 def backward(dy: Array, cache: Cache) -> tuple[Array, Array | None, Array | None]:
     """Returns (dx, dweight, dbias); dweight/dbias are None where there is no parameter."""
-    xp = namespace(dy)
     x, mean, rstd, weight, has_bias = cache
+    blocks = row_blocks(dy)
+    if len(blocks) == 1:
+        return _backward_rows(dy, x, mean, rstd, weight, has_bias)
+    dx = empty_like(dy)            # block by block into one dx (see _xp.row_blocks)
+    parts = [_backward_rows(dy[s], x[s], mean[s], rstd[s], weight, has_bias, out=dx[s])
+             for s in blocks]
+    dweight = sum(p[1] for p in parts) if weight is not None else None
+    dbias = sum(p[2] for p in parts) if has_bias else None
+    return dx, dweight, dbias
+
+
+def _backward_rows(dy: Array, x: Array, mean: Array, rstd: Array, weight: Array | None,
+                   has_bias: bool, out: Array | None = None
+                   ) -> tuple[Array, Array | None, Array | None]:
+    """(dx, dw, db) of the rows dy, dx written into ``out`` where given and allowed."""
+    xp = namespace(dy)
     n = x.shape[-1]
     dbias = sum_rows(dy) if has_bias else None                             # (5)
-    t = imul(imul(x - mean, rstd), dy)             # dy * xhat: the one new array, becomes dx
+    t = imul(imul(sub(x, mean, out=out), rstd), dy)   # dy * xhat: the one new array, becomes dx
     dweight = sum_rows(t) if weight is not None else None                  # (5)
     # the two row means of eq. 8 (eq. 9): mean(g) = dy.w / n, mean(g xhat) = (dy xhat).w / n
     if weight is not None:
         mean_g, mean_gx = (dy @ weight)[..., None] / n, (t @ weight)[..., None] / n
     else:
         mean_g, mean_gx = xp.mean(dy, axis=-1, keepdims=True), xp.mean(t, axis=-1, keepdims=True)
-    # dx = r (g - mean(g) - xhat mean(g xhat)) with xhat = (x - mu) r, rebuilt into t    (8)
-    dx = addcmul(-mean_g, sub(x, mean, out=t), -rstd * mean_gx, out=t)   # -xhat mean(g xhat) - mean(g)
+    # dx = r (g - mean(g) - xhat mean(g xhat)) with xhat = (x - mu) r rebuilt into t      (8)
+    # (two passes: torch's addcmul with two row vectors is several times slower)
+    dx = isub(imul(sub(x, mean, out=t), -rstd * mean_gx), mean_g)   # -xhat mean(g xhat) - mean(g)
     dx = addcmul(dx, dy, weight, out=dx) if weight is not None else iadd(dx, dy)  # + g
     return imul(dx, rstd), dweight, dbias
