@@ -516,7 +516,7 @@ def report(meta: dict[str, Any], results: dict[str, Any], checks: list[dict[str,
              f"- copy bandwidth (y.copy_(x), {meta['copy_numel']} bf16 elements): "
              f"**{meta['copy_GBps']:.0f} GB/s** "
              f"(runs: {', '.join(f'{v:.0f}' for v in meta['copy_runs'])})",
-             "- bf16 activations; byte model of DESIGN.md (see benchmarks/gpu_kernels.py); "
+             "- bf16 activations; byte model of the design notes (see benchmarks/gpu_kernels.py); "
              f"timing: {meta['timer']}",
              f"- Liger-Kernel: {'installed' if meta['liger'] else 'not installed'}; "
              f"torch.compile: {meta['compile']}", ""]

@@ -7,7 +7,7 @@ size of 300, not a power of two), non-trivial weight and bias, and a random upst
 gradient, then measures both against a float64 reference: autograd over the textbook
 formula (docs/derivations/), on the already-rounded inputs. The forward error covers the
 output (and BatchNorm's running statistics), the backward error dx and the parameter
-gradients. A layer passes when every element of ours is within DESIGN.md's tolerance
+gradients. A layer passes when every element of ours is within the tolerance of docs/conventions.md
 ``|ours - ref| <= atol + rtol |ref|`` (reduced outputs, dweight and dbias, get
 atol * (1 + sqrt(rows))). Dropout uses one seed for ours; torch applies the same mask
 (torch.nn.Dropout cannot take one), and the kept fraction must lie in a 5-sigma binomial
@@ -31,7 +31,7 @@ from .. import nn as ours
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
           "bfloat16": torch.bfloat16}
-# DESIGN.md, "Numerics and tolerances": (rtol, atol)
+# docs/conventions.md, "tolerances" (the project's design notes): (rtol, atol)
 TOLERANCE = {torch.float64: (1e-7, 1e-7), torch.float32: (1.3e-6, 1e-5),
              torch.float16: (1e-3, 1e-3), torch.bfloat16: (2e-2, 2e-2)}
 SHAPE = (6, 20, 300)        # (batch, sequence, hidden): 120 rows of 300
