@@ -11,8 +11,10 @@ all-reduce, SyncBatchNorm's all-gather) line up.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import socket
+import sys
 import time
 from contextlib import nullcontext
 from typing import Any, Callable, ContextManager, Iterator
@@ -134,7 +136,10 @@ def init_from_env(timeout_s: float = 300.0) -> bool:
 
 def finish() -> None:
     """Leave the process group together: a rank that tears its connections down while
-    another is still writing files can abort the other one (gloo)."""
+    another is still writing files can abort the other one (gloo). Garbage goes first:
+    DDP wrappers sit in reference cycles, and one freed only at interpreter exit, after its
+    process group, can abort the process ("terminate called without an active exception")."""
+    gc.collect()
     dist.barrier()
     dist.destroy_process_group()
 
@@ -153,6 +158,11 @@ def _entry(rank: int, fn: Callable[..., Any], world_size: int, port: int, backen
                             timeout=datetime.timedelta(seconds=timeout_s))
     fn(rank, *args)
     finish()
+    # The work is done, written and synchronised: leave without the interpreter's teardown,
+    # where C++ threads of torch.distributed have been seen to abort an otherwise clean run.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def launch(fn: Callable[..., Any], nproc: int, *args: Any, backend: str = "gloo",
