@@ -19,3 +19,12 @@ def test_referenced_tests_and_files_exist(doc: Path) -> None:
         elif name and not re.search(rf"def {name}\b", target.read_text()):
             missing.append(f"{path}::{name}")
     assert not missing, f"{doc.name} refers to what does not exist: {missing}"
+
+
+def test_readme_python_snippets_run() -> None:
+    """Every ```python block of the README runs as written, in order, in one namespace."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert blocks, "the README shows no Python"
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), namespace)
