@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as TF
 
 from fromscratch.ops import batch_norm as bn
+from fromscratch.ops._xp import row_blocks
 from tests._compare import as64, assert_close, assert_same, randn, upstream
 
 TIGHT = {"rtol": 1e-10, "atol": 1e-12}
@@ -160,3 +161,35 @@ def test_nothing_passed_in_is_modified(kind):
     for name, value in kept.items():
         np.testing.assert_array_equal(value, as64(getattr(cache, name)),
                                       err_msg=f"cache.{name} modified")
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+@pytest.mark.parametrize("batch_stats", [True, False], ids=["batch", "fixed"])
+def test_row_blocks_give_the_one_block_numbers(kind, batch_stats, monkeypatch):
+    """The sweeps over blocks of rows (3, 3, 3, 3, 1 of 13 here) equal one pass over all
+    rows, for the forward, the backward and the distributed pieces; nothing passed in is
+    modified. Torch writes into its buffers (and so blocks) only outside a graph."""
+    x, w, b, dy = (to_kind(t, kind) for t in inputs())
+    stats = {} if batch_stats else {"mean": to_kind(randn(6, seed=5), kind),
+                                     "var": to_kind(randn(6, seed=6).abs() + 0.1, kind)}
+    before = [as64(t).copy() for t in (x, w, b, dy)]
+
+    def run():
+        y, cache, mean, var = bn.forward(x, w, b, 1e-5, batch_stats=batch_stats, **stats)
+        part = bn.Cache(cache.x[4:], cache.mean, cache.rstd, w, True, batch_stats)
+        sum_dy, sum_dy_xhat = bn.sums(dy[4:], part)
+        dx_part = bn.dx_from_sums(dy[4:], part, sum_dy, sum_dy_xhat, 9)
+        return (y, *bn.backward(dy, cache), mean, var, *bn.moments(x), sum_dy, sum_dy_xhat,
+                dx_part)
+
+    with torch.no_grad():
+        whole = run()
+        monkeypatch.setattr(bn, "BLOCK_BYTES", 3 * 6 * 8)        # three float64 rows of 6
+        blocked = run()
+        assert row_blocks(x, bn.BLOCK_BYTES)[1] == slice(3, 6)       # it did block
+    names = ("y", "dx", "dw", "db", "mean", "var", "moments mean", "M2", "sum(dy)",
+             "sum(dy xhat)", "dx from sums")
+    for name, one, many in zip(names, whole, blocked):
+        assert_same(many, one, f"{kind} blocked {name}")
+    for i, (p, t) in enumerate(zip(before, (x, w, b, dy))):
+        np.testing.assert_array_equal(p, as64(t), err_msg=f"argument {i} was modified")

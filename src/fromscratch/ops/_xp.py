@@ -136,12 +136,13 @@ def sumsq(a: Array) -> Array:
 BLOCK_BYTES = 8 << 20
 
 
-def row_blocks(a: Array) -> list[slice]:
-    """Slices of the rows of ``a`` (M, n), each about ``BLOCK_BYTES`` large, in order;
-    one slice (all of them) where the op may not write into its own buffers."""
+def row_blocks(a: Array, block_bytes: int | None = None) -> list[slice]:
+    """Slices of the rows of ``a`` (M, n), each about ``block_bytes`` (default
+    ``BLOCK_BYTES``) large, in order; one slice (all of them) where the op may not write
+    into its own buffers."""
     m = a.shape[0]
     row_bytes = max(1, a.shape[-1] * a.dtype.itemsize)
-    step = max(1, BLOCK_BYTES // row_bytes)
+    step = max(1, (BLOCK_BYTES if block_bytes is None else block_bytes) // row_bytes)
     if m <= step or not may_overwrite(a):
         return [slice(0, m)]
     return [slice(i, min(i + step, m)) for i in range(0, m, step)]
