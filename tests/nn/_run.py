@@ -17,6 +17,19 @@ def forward_backward(module: nn.Module, x: torch.Tensor, dy: torch.Tensor):
     return y.detach(), x.grad, {n: p.grad for n, p in module.named_parameters()}
 
 
+def assert_same_as_torch(ours: nn.Module, theirs: nn.Module, x: torch.Tensor,
+                         dy: torch.Tensor, rtol: float, atol: float) -> None:
+    """Output, dx and every parameter gradient of ours equal torch's to (rtol, atol)."""
+    from tests._compare import assert_close
+    y, dx, g = forward_backward(ours, x, dy)
+    y_t, dx_t, g_t = forward_backward(theirs, x, dy)
+    assert_close(y, y_t, "y", rtol, atol)
+    assert_close(dx, dx_t, "dx", rtol, atol)
+    assert g.keys() == g_t.keys()
+    for name in g:
+        assert_close(g[name], g_t[name], f"d{name}", rtol, atol)
+
+
 def try_forward_backward(module: nn.Module, x: torch.Tensor, dy: torch.Tensor):
     """torch.nn's own answer in a low-precision dtype, or None where torch's CPU kernels
     refuse the combination (only quoted in failure messages)."""

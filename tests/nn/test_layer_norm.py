@@ -10,7 +10,7 @@ from fromscratch.nn import LayerNorm
 from fromscratch.nn._autograd import LayerNormFn
 from tests._compare import (TOL, WORKING_DTYPES, assert_backward_is, assert_close, randn, tol,
                             upstream)
-from tests.nn._run import (assert_float32_compute_rounded_once, float64_twin, forward_backward,
+from tests.nn._run import (assert_same_as_torch, assert_float32_compute_rounded_once, float64_twin, forward_backward,
                           randomize_affine, try_forward_backward)
 
 CONFIGS = {
@@ -40,14 +40,7 @@ def test_float64_matches_torch(config):
     shape, normalized_shape, kw = config
     ours, theirs = pair(normalized_shape, torch.float64, **kw)
     x, dy = data(shape, torch.float64)
-    y, dx, g = forward_backward(ours, x, dy)
-    y_t, dx_t, g_t = forward_backward(theirs, x, dy)
-    rtol, atol = TOL[torch.float64]
-    assert_close(y, y_t, "y", rtol, atol)
-    assert_close(dx, dx_t, "dx", rtol, atol)
-    assert g.keys() == g_t.keys()
-    for name in g:
-        assert_close(g[name], g_t[name], f"d{name}", rtol, atol)
+    assert_same_as_torch(ours, theirs, x, dy, *TOL[torch.float64])
 
 
 @pytest.mark.parametrize("param_dtype", ["same", "float32"])
