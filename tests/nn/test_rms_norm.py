@@ -13,8 +13,9 @@ from fromscratch.nn import RMSNorm
 from fromscratch.nn._autograd import RMSNormFn
 from tests._compare import (EPS32, TOL, WORKING_DTYPES, assert_backward_is, assert_close, randn,
                             tol, upstream)
-from tests.nn._run import (assert_same_as_torch, assert_float32_compute_rounded_once, float64_twin, forward_backward,
-                          randomize_affine, try_forward_backward)
+from tests.nn._run import (assert_float32_compute_rounded_once, assert_same_as_torch,
+                          float64_twin, forward_backward, randomize_affine,
+                          try_forward_backward)
 
 CONFIGS = {
     "37": ((5, 7, 37), 37, {}),
