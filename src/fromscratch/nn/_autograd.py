@@ -28,8 +28,9 @@ def down(t: torch.Tensor | None, like: torch.Tensor | None) -> torch.Tensor | No
 
 
 def output(y: torch.Tensor, like: torch.Tensor, saved: torch.Tensor) -> torch.Tensor:
-    """y in ``like``'s dtype, never the saved tensor itself: without weight and bias y *is*
-    xhat, and an in-place op on the output (ReLU(inplace=True)) would corrupt the backward."""
+    """y in ``like``'s dtype, never the saved tensor itself: RMSNorm without a weight returns
+    xhat, which its backward keeps, and an in-place op on the output (ReLU(inplace=True))
+    would corrupt it. (LayerNorm and BatchNorm keep x, mean and rstd: y is never saved.)"""
     out = y.to(like.dtype)
     return out.clone() if out is saved else out
 
@@ -41,7 +42,7 @@ class LayerNormFn(torch.autograd.Function):
         y, cache = ln.forward(up(x), up(weight), up(bias), eps)
         ctx.save_for_backward(x, weight, bias, cache.mean, cache.rstd)
         ctx.eps = eps
-        return output(y, x, x)
+        return y.to(x.dtype)
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor):
@@ -89,7 +90,7 @@ class BatchNormFn(torch.autograd.Function):
         ctx.save_for_backward(x, weight, bias, cache.rstd, mean, var)
         ctx.eps, ctx.batch = eps, batch
         ctx.mark_non_differentiable(mean, var)
-        return output(y, x, x), mean, var
+        return y.to(x.dtype), mean, var
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor, _dmean: Any, _dvar: Any):

@@ -40,12 +40,6 @@ def rows(x: Array, n: int) -> Array:
     return x.reshape(-1, n)
 
 
-def zeros(shape: tuple[int, ...], like: Array) -> Array:
-    if is_torch(like):
-        return torch.zeros(shape, dtype=like.dtype, device=like.device)
-    return np.zeros(shape, dtype=like.dtype)
-
-
 # --- writing into buffers the op made itself ------------------------------------------------
 #
 # On a CPU, what a norm costs is mostly how many full-size arrays it allocates and walks
