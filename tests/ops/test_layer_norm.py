@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
+from fromscratch.ops import _xp
 from fromscratch.ops import layer_norm as ln
 from tests._compare import as64, assert_close, assert_same, randn, upstream
 
@@ -122,3 +123,30 @@ def test_zero_rows(kind):
     assert tuple(y.shape) == tuple(dx.shape) == (0, 5)
     np.testing.assert_array_equal(as64(dw), np.zeros(5))
     np.testing.assert_array_equal(as64(db), np.zeros(5))
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+@pytest.mark.parametrize("affine", AFFINE.values(), ids=AFFINE.keys())
+@pytest.mark.parametrize("rows", [13, 12], ids=["short-last-block", "even-blocks"])
+def test_row_blocks_give_the_one_block_numbers(kind, affine, rows, monkeypatch):
+    """Blocks of 3 rows (3, 3, 3, 3, 1 of 13, or four of 12) equal one pass over all rows,
+    and nothing passed in is modified."""
+    x, w, b, dy = (to_kind(t, kind) for t in inputs((rows, 6), affine))
+
+    def run_here():
+        y, cache = ln.forward(x, w, b, 1e-5)
+        return (y, *ln.backward(dy, cache))
+
+    before = [as64(t).copy() for t in (x, w, b, dy) if t is not None]
+    with torch.no_grad():
+        whole = run_here()
+        monkeypatch.setattr(_xp, "BLOCK_BYTES", 3 * 6 * 8)       # three float64 rows of 6
+        assert _xp.row_blocks(x)[1] == slice(3, 6)                # it does block
+        blocked = run_here()
+    for name, one, many in zip(("y", "dx", "dw", "db"), whole, blocked):
+        if one is None:
+            assert many is None, name
+        else:
+            assert_close(many, one, f"{kind} blocked {name}", rtol=1e-12, atol=1e-13)
+    for i, (p, t) in enumerate(zip(before, (t for t in (x, w, b, dy) if t is not None))):
+        np.testing.assert_array_equal(p, as64(t), err_msg=f"argument {i} was modified")
