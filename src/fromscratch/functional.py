@@ -12,6 +12,7 @@ import torch
 from . import _checks as check
 from .kernels.dispatch import check_backend, use_kernels
 from .nn._autograd import BatchNormFn, DropoutFn, LayerNormFn, RMSNormFn
+from .nn._compile import ops
 from .ops import batch_norm as bn
 
 
@@ -28,18 +29,21 @@ def layer_norm(input: torch.Tensor, normalized_shape: int | Sequence[int],
                eps: float = 1e-5, backend: str = "auto") -> torch.Tensor:
     """y = (x - mean) / sqrt(var + eps) * weight + bias over the trailing ``normalized_shape``.
 
-    ``backend``: "auto" (Triton kernels for CUDA tensors when triton imports), "triton" or
-    "torch" (the ``ops`` reference); see ``fromscratch.kernels.dispatch``."""
+    ``backend``: "auto" (Triton kernels for CUDA tensors when triton imports), "triton",
+    "torch" (the ``ops`` reference) or "compile" (the reference fused by torch.compile); see
+    ``fromscratch.kernels.dispatch``."""
     op = "layer_norm"
     shape = check.normalized_shape(op, normalized_shape)
     check.floating(op, input)
     check.trailing(op, input.shape, shape)
     check.param_shape(op, "weight", weight, shape)
     check.param_shape(op, "bias", bias, shape)
-    fn = LayerNormFn
+    args = (_flat(input, len(shape)), _flat1(weight), _flat1(bias), float(eps))
     if use_kernels(op, backend, input, weight=weight, bias=bias):
-        from .kernels.autograd import LayerNormFn as fn
-    y = fn.apply(_flat(input, len(shape)), _flat1(weight), _flat1(bias), float(eps))
+        from .kernels.autograd import LayerNormFn as KernelLayerNormFn
+        y = KernelLayerNormFn.apply(*args)
+    else:
+        y = LayerNormFn.apply(*args, ops(op, backend))
     return y.reshape(input.shape)
 
 
@@ -54,10 +58,12 @@ def rms_norm(input: torch.Tensor, normalized_shape: int | Sequence[int],
     check.param_shape(op, "weight", weight, shape)
     if eps is None:
         eps = torch.finfo(torch.float64 if input.dtype == torch.float64 else torch.float32).eps
-    fn = RMSNormFn
+    args = (_flat(input, len(shape)), _flat1(weight), float(eps))
     if use_kernels(op, backend, input, weight=weight):
-        from .kernels.autograd import RMSNormFn as fn
-    y = fn.apply(_flat(input, len(shape)), _flat1(weight), float(eps))
+        from .kernels.autograd import RMSNormFn as KernelRMSNormFn
+        y = KernelRMSNormFn.apply(*args)
+    else:
+        y = RMSNormFn.apply(*args, ops(op, backend))
     return y.reshape(input.shape)
 
 
@@ -90,7 +96,7 @@ def fused_add_rms_norm(input: torch.Tensor, residual: torch.Tensor,
                                        _flat1(weight), float(eps))
         return s.reshape(input.shape), y.reshape(input.shape)
     s = input + residual
-    return s, rms_norm(s, shape, weight, eps, backend="torch")
+    return s, rms_norm(s, shape, weight, eps, "compile" if backend == "compile" else "torch")
 
 
 def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None,
@@ -117,7 +123,8 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None,
                                     float(momentum), float(eps))
         return y.reshape(input.shape)
     y, mean, var = BatchNormFn.apply(x, weight, bias, None if training else running_mean,
-                                     None if training else running_var, float(eps))
+                                     None if training else running_var, float(eps),
+                                     ops(op, backend))
     if training and running_mean is not None and running_var is not None and x.shape[0] > 0:
         with torch.no_grad():                          # an empty batch leaves them, as torch
             new_mean, new_var = bn.update_running(running_mean, running_var, mean, var,

@@ -1,11 +1,13 @@
-"""Which implementation runs: the Triton kernels or the ``ops`` reference through torch.
+"""Which implementation runs: the Triton kernels, the ``ops`` reference through torch, or
+the ``ops`` compiled by torch.compile.
 
 ``backend="auto"`` takes the kernels for CUDA tensors of float32/float16/bfloat16 when
 triton imports, and the reference otherwise (CPU, float64, no triton). ``"triton"`` insists
 on the kernels: on CPU tensors they run in Triton's interpreter, which has to be switched
 on with ``TRITON_INTERPRET=1`` before the first import (that is how the tests run them).
-``"torch"`` always runs the reference. This module imports nothing heavy: triton is only
-imported once a kernel is actually wanted.
+``"torch"`` always runs the reference; ``"compile"`` runs the reference's own functions
+through torch.compile, fused (``fromscratch.nn._compile``; Dropout runs its two eager passes).
+This module imports nothing heavy: triton is only imported once a kernel is actually wanted.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import functools
 
 import torch
 
-BACKENDS = ("auto", "triton", "torch")
+BACKENDS = ("auto", "triton", "torch", "compile")
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -38,7 +40,7 @@ def use_kernels(op: str, backend: str, input: torch.Tensor, **params: torch.Tens
 
     ``"triton"`` raises a clear error instead of returning False when it cannot run."""
     check_backend(backend)
-    if backend == "torch":
+    if backend in ("torch", "compile"):
         return False
     named = {"input": input, **{k: v for k, v in params.items() if v is not None}}
     if backend == "auto":

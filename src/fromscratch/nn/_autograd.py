@@ -14,6 +14,7 @@ from ..ops import batch_norm as bn
 from ..ops import dropout as dr
 from ..ops import layer_norm as ln
 from ..ops import rms_norm as rn
+from ._compile import Ops
 
 
 def up(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -38,10 +39,11 @@ def output(y: torch.Tensor, like: torch.Tensor, saved: torch.Tensor) -> torch.Te
 class LayerNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
-                bias: torch.Tensor | None, eps: float) -> torch.Tensor:
-        y, cache = ln.forward(up(x), up(weight), up(bias), eps)
+                bias: torch.Tensor | None, eps: float, ops: Ops = ln
+                ) -> torch.Tensor:
+        y, cache = ops.forward(up(x), up(weight), up(bias), eps)
         ctx.save_for_backward(x, weight, bias, cache.mean, cache.rstd)
-        ctx.eps = eps
+        ctx.eps, ctx.ops = eps, ops
         return y.to(x.dtype)
 
     @staticmethod
@@ -53,17 +55,18 @@ class LayerNormFn(torch.autograd.Function):
             # no dbias where nobody asked for it (a frozen bias): one reduction less
             cache = ln.Cache(up(x), mean, rstd, up(weight),
                              bias is not None and ctx.needs_input_grad[2])
-        dx, dw, db = ln.backward(up(dy), cache)
-        return dx.to(x.dtype), down(dw, weight), down(db, bias), None
+        backward = ln.backward if torch.is_grad_enabled() else ctx.ops.backward
+        dx, dw, db = backward(up(dy), cache)
+        return dx.to(x.dtype), down(dw, weight), down(db, bias), None, None
 
 
 class RMSNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
-                eps: float) -> torch.Tensor:
-        y, cache = rn.forward(up(x), up(weight), eps)
+                eps: float, ops: Ops = rn) -> torch.Tensor:
+        y, cache = ops.forward(up(x), up(weight), eps)
         ctx.save_for_backward(x, weight, cache.xhat, cache.rstd)
-        ctx.eps = eps
+        ctx.eps, ctx.ops = eps, ops
         return output(y, x, cache.xhat)
 
     @staticmethod
@@ -73,8 +76,9 @@ class RMSNormFn(torch.autograd.Function):
             _, cache = rn.forward(up(x), up(weight), ctx.eps)
         else:
             cache = rn.Cache(xhat, rstd, up(weight))
-        dx, dw = rn.backward(up(dy), cache)
-        return dx.to(x.dtype), down(dw, weight), None
+        backward = rn.backward if torch.is_grad_enabled() else ctx.ops.backward
+        dx, dw = backward(up(dy), cache)
+        return dx.to(x.dtype), down(dw, weight), None, None
 
 
 class BatchNormFn(torch.autograd.Function):
@@ -83,12 +87,12 @@ class BatchNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
                 bias: torch.Tensor | None, mean: torch.Tensor | None,
-                var: torch.Tensor | None, eps: float):
+                var: torch.Tensor | None, eps: float, ops: Ops = bn):
         batch = mean is None
-        y, cache, mean, var = bn.forward(up(x), up(weight), up(bias), eps, up(mean), up(var),
-                                         batch_stats=batch)
+        y, cache, mean, var = ops.forward(up(x), up(weight), up(bias), eps, up(mean), up(var),
+                                          batch_stats=batch)
         ctx.save_for_backward(x, weight, bias, cache.rstd, mean, var)
-        ctx.eps, ctx.batch = eps, batch
+        ctx.eps, ctx.batch, ctx.ops = eps, batch, ops
         ctx.mark_non_differentiable(mean, var)
         return y.to(x.dtype), mean, var
 
@@ -102,8 +106,9 @@ class BatchNormFn(torch.autograd.Function):
         else:
             cache = bn.Cache(up(x), mean, rstd, up(weight),
                              bias is not None and ctx.needs_input_grad[2], ctx.batch)
-        dx, dw, db = bn.backward(up(dy), cache)
-        return dx.to(x.dtype), down(dw, weight), down(db, bias), None, None, None
+        backward = bn.backward if torch.is_grad_enabled() else ctx.ops.backward
+        dx, dw, db = backward(up(dy), cache)
+        return dx.to(x.dtype), down(dw, weight), down(db, bias), None, None, None, None
 
 
 class DropoutFn(torch.autograd.Function):

@@ -35,6 +35,15 @@ def vecdot(a: Array, b: Array, axis: int = -1) -> Array:
     return np.vecdot(a, b, axis=axis)
 
 
+def matvec(a: Array, v: Array) -> Array:
+    """a @ v: each row of ``a`` dotted with ``v``. Eagerly a BLAS gemv; under torch.compile
+    the same sum spelled as a reduction, which the compiler fuses with the pass that
+    produced ``a`` (a library call would make it write ``a`` out first)."""
+    if is_torch(a) and _compiling():
+        return (a * v).sum(-1)
+    return a @ v
+
+
 def rows(x: Array, n: int) -> Array:
     """View ``x`` of shape (..., n) as (M, n)."""
     return x.reshape(-1, n)
@@ -51,8 +60,12 @@ def rows(x: Array, n: int) -> Array:
 
 def may_overwrite(a: Array) -> bool:
     """May an op write into ``a``, a buffer it created itself? Always for NumPy; for torch
-    only while autograd is not recording."""
-    return not is_torch(a) or not torch.is_grad_enabled()
+    only while autograd is not recording, and never under torch.compile: a graph of pure
+    array expressions is what the compiler fuses into one loop (``nn._compile``)."""
+    return not is_torch(a) or not (torch.is_grad_enabled() or _compiling())
+
+
+_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
 
 
 def imul(a: Array, b: Array) -> Array:

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ._xp import (Array, addcmul, concat, empty_like, iadd, imul, isub, mul, namespace, row_blocks,
-                  sub, sum_rows, sumsq)
+from ._xp import (Array, addcmul, concat, empty_like, iadd, imul, isub, matvec, mul, namespace,
+                  row_blocks, sub, sum_rows, sumsq)
 
 
 class Cache(NamedTuple):
@@ -89,7 +89,7 @@ def _backward_rows(dy: Array, x: Array, mean: Array, rstd: Array, weight: Array 
     dweight = sum_rows(t) if weight is not None else None                  # (5)
     # the two row means of eq. 8 (eq. 9): mean(g) = dy.w / n, mean(g xhat) = (dy xhat).w / n
     if weight is not None:
-        mean_g, mean_gx = (dy @ weight)[..., None] / n, (t @ weight)[..., None] / n
+        mean_g, mean_gx = matvec(dy, weight)[..., None] / n, matvec(t, weight)[..., None] / n
     else:
         mean_g, mean_gx = xp.mean(dy, axis=-1, keepdims=True), xp.mean(t, axis=-1, keepdims=True)
     # dx = r (g - mean(g) - xhat mean(g xhat)) with xhat = (x - mu) r rebuilt into t      (8)

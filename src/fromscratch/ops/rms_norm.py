@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ._xp import Array, addcmul, iadd, imul, mul, namespace, sum_rows, sumsq
+from ._xp import Array, addcmul, iadd, imul, matvec, mul, namespace, sum_rows, sumsq
 
 
 class Cache(NamedTuple):
@@ -39,7 +39,7 @@ def backward(dy: Array, cache: Cache) -> tuple[Array, Array | None]:
     t = dy * xhat                                  # the one new array; it becomes dx
     dweight = sum_rows(t) if weight is not None else None                  # (4)
     if weight is not None:                         # mean(g xhat) = (dy xhat).w / n, g = dy w (5)
-        mean_gx = (t @ weight)[..., None] / xhat.shape[-1]
+        mean_gx = matvec(t, weight)[..., None] / xhat.shape[-1]
     else:
         mean_gx = xp.mean(t, axis=-1, keepdims=True)
     dx = mul(xhat, -mean_gx, out=t)                # -xhat mean(g xhat)
