@@ -1,6 +1,7 @@
-"""The GPU benchmark's CPU smoke mode, and the compile check for sm_90 (no GPU needed)."""
+"""The GPU benchmark scripts' CPU smoke modes, and the compile check for sm_90 (no GPU needed)."""
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -12,15 +13,20 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_gpu_benchmark_smoke_mode(device, tmp_path):
-    """benchmarks/gpu_kernels.py --smoke: checks pass and the report has every table."""
+def smoke_script(name: str, device):
+    """The benchmark script ``name`` as a module, for its --smoke (CPU) mode."""
     if device.type != "cpu":
         pytest.skip("--smoke is the CPU mode")
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        import gpu_kernels
+        return importlib.import_module(name)
     finally:
         sys.path.pop(0)
+
+
+def test_gpu_benchmark_smoke_mode(device, tmp_path):
+    """benchmarks/gpu_kernels.py --smoke: checks pass and the report has every table."""
+    gpu_kernels = smoke_script("gpu_kernels", device)
     out = tmp_path / "gpu.md"
     rc = gpu_kernels.main(["--smoke", "--ops", "layer_norm,dropout,batch_norm",
                            "--out", str(out)])
@@ -50,3 +56,18 @@ def test_every_kernel_compiles_for_sm90():
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert " 0 failed to compile" in proc.stdout
+
+
+def test_gpu_diagnose_smoke_mode(device, tmp_path):
+    """benchmarks/gpu_diagnose.py --smoke: every op's row for ours and torch, and ours'
+    kernel table (the CUDA graph column is GPU-only)."""
+    gpu_diagnose = smoke_script("gpu_diagnose", device)
+    out = tmp_path / "diag.md"
+    assert gpu_diagnose.main(["--smoke", "--ops", "layer_norm,batch_norm",
+                              "--out", str(out)]) == 0
+    text = out.read_text()
+    for op in ("layer_norm", "batch_norm"):
+        row = next(line for line in text.splitlines() if line.startswith(f"| {op} | ours |"))
+        cells = [c.strip() for c in row.split("|")[3:-1]]
+        assert cells[1] == "-" and cells[0] != "-" and cells[2] != "-", row
+        assert f"## {op}, ours: kernels of one step" in text

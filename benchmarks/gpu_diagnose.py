@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""Where a forward+backward's time goes on the GPU: kernels, launches, or the host.
+
+    PYTHONPATH=src python3 benchmarks/gpu_diagnose.py --out $OUT/diagnose.md   # ~1 minute
+    PYTHONPATH=src python3 benchmarks/gpu_diagnose.py --smoke                  # CPU, interpreter
+
+gpu_kernels.py measured our norms' kernels near the copy bandwidth when timed alone, but
+their forward+backward through autograd far below it. This script takes one shape
+(``--shape``, default 32768x4096, bf16) and, for ours and torch eager, splits the
+forward+backward step (``torch.autograd.grad(f(x), params, dy)``, as gpu_kernels.py times it):
+
+- ``do_bench``: the benchmark's own timing (CUDA events, L2 flushed before each call, median);
+- ``graph``: the same step captured once in a CUDA graph and replayed, timed the same way:
+  the device time with no host in the way;
+- ``kernels``: ours only, the forward and backward kernel wrappers called directly, no
+  autograd (what the launch tuner times);
+- ``host``: wall time per step on the host, 20 steps enqueued back to back, no sync inside:
+  what it costs the CPU to issue one step;
+- the CUDA kernels one step launches (torch.profiler): name, count and device time.
+
+If ``graph`` is near ``kernels`` and ``do_bench`` is not, the gap is the host; if ``graph``
+is slow too, look at the kernel list for launches that should not be there.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_kernels import Bench, log  # noqa: E402
+
+OPS = ("layer_norm", "rms_norm", "batch_norm")
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shape", default="32768x4096", help="M x N")
+    ap.add_argument("--ops", default=",".join(OPS))
+    ap.add_argument("--out", default="gpu_diagnose.md")
+    ap.add_argument("--smoke", action="store_true", help="CPU under TRITON_INTERPRET=1, 64x96")
+    args = ap.parse_args(argv)
+    # what gpu_kernels.Bench reads
+    args.no_compile, args.quick, args.runs = True, True, 1
+    return args
+
+
+def direct(op: str, d: dict[str, Any]) -> Callable[[], Any]:
+    """Ours' forward and backward kernel wrappers, called without autograd."""
+    from fromscratch.kernels import batch_norm, layer_norm, rms_norm
+    x, dy, w = d["x"].detach(), d["dy"], d["w"].detach()
+    if op == "layer_norm":
+        b = d["b"].detach()
+
+        def step() -> Any:
+            y, mean, rstd = layer_norm.forward(x, w, b, 1e-5)
+            return layer_norm.backward(dy, x, w, True, mean, rstd, b.dtype)
+    elif op == "rms_norm":
+        def step() -> Any:
+            y, rstd, _ = rms_norm.forward(x, w, 1e-6)
+            return rms_norm.backward(dy, x, w, rstd)
+    else:
+        b, rm, rv = d["b"].detach(), d["rm"], d["rv"]
+
+        def step() -> Any:
+            y, mean, _, rstd = batch_norm.forward(x, w, b, 1e-5, True, rm, rv, 0.1)
+            return batch_norm.backward(dy, x, w, True, mean, rstd, True, b.dtype)
+    return step
+
+
+def host_us(fn: Callable[[], Any], bench: Bench, steps: int = 20) -> float:
+    bench.sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    issued = time.perf_counter() - start
+    bench.sync()
+    return issued / steps * 1e6
+
+
+def graph_ms(fn: Callable[[], Any], bench: Bench) -> float | None:
+    """Median ms of replaying ``fn`` captured in a CUDA graph (None off CUDA or on failure)."""
+    if bench.device.type != "cuda":
+        return None
+    try:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):                   # warm: tuner choices and allocator pools
+                fn()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        return bench.time_ms(graph.replay)
+    except Exception as e:                       # noqa: BLE001 - report, go on
+        log(f"  CUDA graph capture failed: {type(e).__name__}: {str(e)[:200]}")
+        return None
+
+
+def kernel_table(fn: Callable[[], Any], bench: Bench, steps: int = 5) -> list[tuple[str, float, float]]:
+    """(kernel, launches per step, device us per step) of one step, from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+    acts = [ProfilerActivity.CUDA] if bench.device.type == "cuda" else [ProfilerActivity.CPU]
+    bench.sync()
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            fn()
+        bench.sync()
+    rows = []
+    for e in prof.key_averages():
+        us = (e.device_time_total if bench.device.type == "cuda" else e.self_cpu_time_total)
+        if us > 0 and (bench.device.type == "cuda" or e.key.startswith("aten::")):
+            rows.append((e.key[:90], e.count / steps, us / steps))
+    return sorted(rows, key=lambda r: -r[2])[:15]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if args.smoke:
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    elif not torch.cuda.is_available():
+        print("no CUDA device: run with --smoke for the CPU interpreter check", file=sys.stderr)
+        return 2
+    bench = Bench(args)
+    m, n = (64, 96) if args.smoke else map(int, args.shape.lower().split("x"))
+    copy = bench.copy_bandwidth()["GBps"]
+    dev = "CPU (Triton interpreter)" if args.smoke else torch.cuda.get_device_name()
+    lines = [f"# Forward+backward, where the time goes: {m}x{n} bf16 on {dev}", "",
+             f"- torch {torch.__version__}; copy bandwidth {copy:.0f} GB/s; "
+             f"command: `python benchmarks/gpu_diagnose.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
+             "", "| op | impl | do_bench ms (% copy) | graph ms (% copy) | kernels ms (% copy) "
+             "| host us / step |", "|---|---|---|---|---|---:|"]
+    tables = []
+    for op in [o.strip() for o in args.ops.split(",") if o.strip()]:
+        d = bench.inputs(op, m, n)
+        bytes_ = bench.bytes_moved(op, "fwd+bwd", m, n, 2)
+
+        def cell(ms: float | None) -> str:
+            return "-" if ms is None else f"{ms:.3f} ({100 * bytes_ / (ms * 1e-3) / 1e9 / copy:.0f}%)"
+
+        for impl, (fwd, params, grads) in bench.impls(op, m, n, d).items():
+            if impl not in ("ours", "torch"):
+                continue
+
+            def step(fwd=fwd, params=params, grads=grads) -> Any:
+                out = fwd()
+                return torch.autograd.grad(out if isinstance(out, tuple) else (out,), params,
+                                           grads)
+            log(f"{op} {impl}")
+            step()
+            bench.sync()
+            kern = direct(op, d) if impl == "ours" else None
+            if kern is not None:
+                kern()
+            lines.append(f"| {op} | {impl} | {cell(bench.time_ms(step))} "
+                         f"| {cell(graph_ms(step, bench))} "
+                         f"| {cell(None if kern is None else bench.time_ms(kern))} "
+                         f"| {host_us(step, bench):.0f} |")
+            if impl == "ours":
+                tables.append((op, kernel_table(step, bench)))
+    for op, rows in tables:
+        lines += ["", f"## {op}, ours: kernels of one step", "",
+                  "| kernel | launches / step | us / step |", "|---|---:|---:|"]
+        lines += [f"| `{k}` | {c:.1f} | {us:.1f} |" for k, c, us in rows]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    Path(args.out).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
