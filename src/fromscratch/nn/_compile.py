@@ -1,8 +1,8 @@
 """``backend="compile"``: the ops' own forward and backward, fused by torch.compile.
 
 The ops are formulas over whole arrays, one array at a time: LayerNorm's forward and
-backward walk x-sized memory ~17 times where torch's C++ kernel walks it once per direction
-(``benchmarks/cpu_passes.py``), which no ordering of array operations avoids. torch.compile
+backward walk x-sized memory 17 times where torch's C++ kernel walks it once per direction
+(``benchmarks/cpu_passes.py``), each array operation a pass of its own. torch.compile
 (Inductor) turns the very same functions into fused loops: no second formula is written.
 While it traces, the ops write no buffer in place (``ops._xp.may_overwrite``), so what it
 sees is a graph of pure array expressions, the form it fuses.
