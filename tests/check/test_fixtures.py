@@ -143,3 +143,21 @@ def test_hard_coded_eps_is_measured(tmp_path, eps, severity):
     assert report.ids() == {"eps-ignored": severity}, show(report)
     assert report.get("eps-ignored").title == (f"normalises with eps = {eps:.3g}, not the "
                                                f"layer's eps = 1e-06")
+
+
+CHANNELS_FIRST = [("BatchNorm2d", {}), ("TorchBatchNorm1d", {}),
+                  ("UnbiasedBatchNorm2d", {"unbiased-variance": W, "fp16-overflow": F})]
+
+
+@pytest.mark.parametrize("cls,expected", CHANNELS_FIRST, ids=[c for c, _ in CHANNELS_FIRST])
+def test_channels_first_batchnorm_is_classified(cls, expected):
+    """torch.nn's layout, (N, C, ...): the battery's inputs reach it with the channels moved
+    to dim 1, so a correct one has no finding and a wrong one the right one."""
+    report = check_layer("batchnorm", f"{FIXTURES / 'bn_channels_first.py'}:{cls}")
+    assert report.ids() == expected, "\n" + show(report)
+    assert any(n.startswith("channels-first") for n in report.notes), report.notes
+
+
+def test_channels_last_batchnorm_is_not_taken_for_channels_first():
+    report = check_layer("batchnorm", f"{FIXTURES / 'handwritten_correct.py'}:BatchNorm")
+    assert not any("channels-first" in n for n in report.notes), report.notes

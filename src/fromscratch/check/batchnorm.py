@@ -313,5 +313,28 @@ class BatchNormBattery(NormBattery):
         return normalise_with(x.double(), mean, var, m, e)
 
 
+def channels_first_rank(subject: Subject) -> int | None:
+    """None for a channels-last layer (the seed's layout), which takes (2, 3, C); for a
+    channels-first one (torch.nn.BatchNorm1d/2d/3d's layout) the rank of the (N, C, ...)
+    input it takes, tried as 3, 4 and 5 dims."""
+    c = SPEC.probes[0][0]
+    gen = torch.Generator().manual_seed(0)
+    x = channels_like_people_have((2, 3, c), gen)
+    if call(subject.make(c), x).ok:
+        return None
+    for rank in (3, 4, 5):
+        x = randn((2, c) + (3,) * (rank - 2), gen)
+        o = call(subject.make(c), x)
+        if o.ok and o.y.shape == x.shape:
+            return rank
+    return None
+
+
 def run(subject: Subject, report: Report) -> None:
+    subject.channels_first = channels_first_rank(subject)
+    if subject.channels_first is not None:
+        report.notes.append(
+            f"channels-first: it takes (N, C, ...) input ({subject.channels_first} dims); each "
+            "check's channels-last input (N, ..., C) reaches it as (N, C, L" +
+            ", 1" * (subject.channels_first - 3) + "), L the product of the dims between")
     BatchNormBattery(subject, report).run()

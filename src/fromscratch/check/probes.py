@@ -31,6 +31,7 @@ class Subject:
     sources: dict[str, str] = field(default_factory=dict)   # where each setting came from
     overrides: dict[str, str] = field(default_factory=dict)  # role -> attribute path (--param)
     mapping: mapping.Mapping | None = None
+    channels_first: int | None = None          # BatchNorm taking (N, C, ...): its input rank
 
     def make(self, size: int | None, dtype: torch.dtype | None = torch.float64,
              weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
@@ -38,6 +39,8 @@ class Subject:
         """A fresh instance in ``dtype`` with its weight and bias set to the given values."""
         values = dict(self.passed if values is None else values)
         inst = loader.construct(self.cls, self.sig, size, values)
+        if self.channels_first is not None:
+            take_channels_last(inst, self.channels_first)
         for role, value in values.items():             # settings the ctor does not take
             if not self.sig.takes(role):
                 set_setting(inst, role, value)
@@ -59,6 +62,26 @@ class Subject:
     def tensor(self, inst: nn.Module, role: str) -> torch.Tensor | None:
         slot = self.mapping.get(role) if self.mapping else None
         return mapping.get(inst, slot.path) if slot else None
+
+
+def take_channels_last(inst: nn.Module, rank: int) -> None:
+    """Let a channels-first layer (input (N, C, ...) of ``rank`` dims) take the battery's
+    channels-last inputs (N, ..., C): each comes to it as (N, C, L, 1, ...), L the product
+    of the dims between N and C, and its output goes back the same way. Statistics over
+    every dim but the channels do not depend on how the others are arranged."""
+    forward = inst.forward
+
+    def channels_first_forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        n, c, between = x.shape[0], x.shape[-1], tuple(x.shape[1:-1])
+        length = 1
+        for d in between:
+            length *= d
+        xf = x.movedim(-1, 1).reshape((n, c, length) + (1,) * (rank - 3))
+        y = forward(xf, *args, **kwargs)
+        if not isinstance(y, torch.Tensor) or y.shape != xf.shape:
+            return y                               # the battery reports what it got
+        return y.reshape((n, c) + between).movedim(1, -1)
+    inst.forward = channels_first_forward
 
 
 def open_subject(kind: str, target: str, roles: tuple[str, ...], size: int | None,
