@@ -6,7 +6,10 @@ import ctypes
 import os
 import platform
 import re
+import resource
+import sys
 from pathlib import Path
+from typing import Callable
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
@@ -37,6 +40,29 @@ def keep_freed_memory() -> bool:
         return bool(mmap_ok) and bool(libc.mallopt(-1, 1 << 30))            # M_TRIM_THRESHOLD
     except (OSError, AttributeError):
         return False
+
+
+def minor_faults() -> int:
+    """Minor page faults of this process so far (first touches of fresh memory)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def warm_up(steps: dict[str, Callable[[], object]], times: int, optional: str
+            ) -> dict[str, Callable[[], object]]:
+    """Run each step ``times`` times; the ``optional`` contender (backend="compile") is left
+    out, with the reason on stderr, where it raises a RuntimeError (no working C++
+    compiler). Returns the steps that ran."""
+    kept = dict(steps)
+    for name, step in steps.items():
+        try:
+            for _ in range(times):
+                step()
+        except RuntimeError as e:
+            if name != optional:
+                raise
+            print(f"{name} left out: {e}", file=sys.stderr)
+            del kept[name]
+    return kept
 
 
 def write_section(name: str, lines: list[str], path: Path = RESULTS) -> None:

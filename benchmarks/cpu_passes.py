@@ -22,7 +22,6 @@ import argparse
 import datetime
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -34,7 +33,8 @@ from torch import nn  # noqa: E402
 from torch.overrides import TorchFunctionMode
 
 import fromscratch
-from _results import keep_freed_memory, machine, write_section
+from _results import keep_freed_memory, machine, minor_faults, warm_up, write_section
+from cpu_layers import step_fn
 from fromscratch import nn as ours
 from fromscratch.ops import batch_norm, layer_norm
 
@@ -55,26 +55,11 @@ def ops_step(layer: str, x: torch.Tensor, dy: torch.Tensor, module: nn.Module):
     return step
 
 
-def faults() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
-def stepper(module: nn.Module, x: torch.Tensor, dy: torch.Tensor):
-    params = list(module.parameters())
-
-    def step() -> None:
-        x.grad = None
-        for p in params:
-            p.grad = None
-        module(x).backward(dy)
-    return step
-
-
 def timed(module: nn.Module, x: torch.Tensor, dy: torch.Tensor, steps: int
           ) -> tuple[float, float, float, float]:
     """Median ms per step, per forward and per backward, and page faults per step."""
     params = list(module.parameters())
-    times, f0 = [], faults()
+    times, f0 = [], minor_faults()
     for _ in range(steps):
         x.grad = None
         for p in params:
@@ -86,7 +71,7 @@ def timed(module: nn.Module, x: torch.Tensor, dy: torch.Tensor, steps: int
         t2 = time.perf_counter()
         del y
         times.append((t2 - t0, t1 - t0, t2 - t1))
-    return (*(statistics.median(t) * 1e3 for t in zip(*times)), (faults() - f0) / steps)
+    return (*(statistics.median(t) * 1e3 for t in zip(*times)), (minor_faults() - f0) / steps)
 
 
 class OpTimer(TorchFunctionMode):
@@ -139,15 +124,6 @@ def op_table(step, steps: int, big: int, full: int
     return sorted(rows, key=lambda r: -r[4])
 
 
-def _numel(shape) -> int:
-    n = 1
-    for d in shape if isinstance(shape, (list, tuple)) else []:
-        if not isinstance(d, int):
-            return 0
-        n *= d
-    return n
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--layer", choices=sorted(LAYERS), default="LayerNorm")
@@ -166,16 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     mine, theirs = (cls(args.cols) for cls in LAYERS[args.layer])
     modules = {"ours": mine, "ours, compile": LAYERS[args.layer][0](args.cols, backend="compile"),
                "torch.nn": theirs}
-    for name, module in list(modules.items()):
-        step = stepper(module, x, dy)
-        try:
-            for _ in range(5):
-                step()
-        except RuntimeError as e:       # backend="compile" without a working C++ compiler
-            if name != "ours, compile":
-                raise
-            print(f"compile contender left out: {e}", file=sys.stderr)
-            del modules[name]
+    warmed = warm_up({name: step_fn(m, x, dy) for name, m in modules.items()}, 5,
+                     optional="ours, compile")
+    modules = {name: m for name, m in modules.items() if name in warmed}
     plain = {name: timed(module, x, dy, args.steps) for name, module in modules.items()}
     full = args.rows * args.cols
     table = op_table(ops_step(args.layer, x, dy, mine), args.steps, big=full // 16, full=full)

@@ -104,7 +104,8 @@ def graph_ms(fn: Callable[[], Any], bench: Bench) -> float | None:
         return None
 
 
-def kernel_table(fn: Callable[[], Any], bench: Bench, steps: int = 5) -> list[tuple[str, float, float]]:
+def kernel_table(fn: Callable[[], Any], bench: Bench, steps: int = 5
+                 ) -> list[tuple[str, float, float]]:
     """(kernel, launches per step, device us per step) of one step, from torch.profiler."""
     from torch.profiler import ProfilerActivity, profile
     acts = [ProfilerActivity.CUDA] if bench.device.type == "cuda" else [ProfilerActivity.CPU]
@@ -132,9 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     m, n = (64, 96) if args.smoke else map(int, args.shape.lower().split("x"))
     copy = bench.copy_bandwidth()["GBps"]
     dev = "CPU (Triton interpreter)" if args.smoke else torch.cuda.get_device_name()
+    argv_text = " ".join(sys.argv[1:] if argv is None else argv)
     lines = [f"# Forward+backward, where the time goes: {m}x{n} bf16 on {dev}", "",
              f"- torch {torch.__version__}; copy bandwidth {copy:.0f} GB/s; "
-             f"command: `python benchmarks/gpu_diagnose.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
+             f"command: `python benchmarks/gpu_diagnose.py {argv_text}`",
              "", "| op | impl | do_bench ms (% copy) | graph ms (% copy) | kernels ms (% copy) "
              "| host us / step |", "|---|---|---|---|---|---:|"]
     tables = []
@@ -143,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         bytes_ = bench.bytes_moved(op, "fwd+bwd", m, n, 2)
 
         def cell(ms: float | None) -> str:
-            return "-" if ms is None else f"{ms:.3f} ({100 * bytes_ / (ms * 1e-3) / 1e9 / copy:.0f}%)"
+            if ms is None:
+                return "-"
+            return f"{ms:.3f} ({100 * bytes_ / (ms * 1e-3) / 1e9 / copy:.0f}%)"
 
         for impl, (fwd, params, grads) in bench.impls(op, m, n, d).items():
             if impl not in ("ours", "torch"):

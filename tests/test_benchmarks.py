@@ -1,27 +1,14 @@
-"""The CPU benchmark scripts run end to end at a tiny size and write their sections."""
+"""The CPU benchmark scripts run end to end at a tiny size and write their sections; the
+warm-up they share leaves out only the optional compile contender."""
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests._benchmarks import benchmark_script
 
 
-@pytest.fixture
-def bench_modules():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import cpu_layers
-        import cpu_passes
-        yield cpu_layers, cpu_passes
-    finally:
-        sys.path.pop(0)
-
-
-def test_cpu_layers_writes_every_contender(bench_modules, tmp_path, capsys):
-    cpu_layers, _ = bench_modules
+def test_cpu_layers_writes_every_contender(tmp_path):
+    cpu_layers = benchmark_script("cpu_layers")
     results = tmp_path / "RESULTS.md"
     assert cpu_layers.main(["--rows", "64", "--cols", "32", "--repeats", "3", "--warmup", "1",
                             "--only", "LayerNorm", "Dropout", "--write",
@@ -36,8 +23,8 @@ def test_cpu_layers_writes_every_contender(bench_modules, tmp_path, capsys):
     assert "(compile:" in rows["LayerNorm"] and "(compile:" not in rows["Dropout(p=0.1)"]
 
 
-def test_cpu_passes_counts_the_passes(bench_modules, capsys):
-    _, cpu_passes = bench_modules
+def test_cpu_passes_counts_the_passes(capsys):
+    cpu_passes = benchmark_script("cpu_passes")
     assert cpu_passes.main(["--layer", "LayerNorm", "--rows", "256", "--cols", "512",
                             "--steps", "2", "--allocator", "default"]) == 0
     out = capsys.readouterr().out
@@ -45,3 +32,17 @@ def test_cpu_passes_counts_the_passes(bench_modules, capsys):
     passes = float(ours.split("|")[-2])
     assert passes >= 5, ours            # at least the forward's five array passes
     assert "1 fused kernel per direction" in out
+
+
+def test_warm_up_leaves_out_only_the_optional_contender(capsys):
+    results = benchmark_script("_results")
+
+    def broken():
+        raise RuntimeError("no C++ compiler")
+    calls = []
+    kept = results.warm_up({"ours": lambda: calls.append(1), "compiled": broken}, 2,
+                           optional="compiled")
+    assert list(kept) == ["ours"] and calls == [1, 1]
+    assert "compiled left out: no C++ compiler" in capsys.readouterr().err
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        results.warm_up({"ours": broken}, 1, optional="compiled")

@@ -1,7 +1,6 @@
 """The GPU benchmark scripts' CPU smoke modes, and the compile check for sm_90 (no GPU needed)."""
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
@@ -10,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests._benchmarks import benchmark_script
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -17,11 +18,7 @@ def smoke_script(name: str, device):
     """The benchmark script ``name`` as a module, for its --smoke (CPU) mode."""
     if device.type != "cpu":
         pytest.skip("--smoke is the CPU mode")
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.pop(0)
+    return benchmark_script(name)
 
 
 def test_gpu_benchmark_smoke_mode(device, tmp_path):

@@ -4,6 +4,7 @@ quietly, test inputs, comparisons that print readable evidence, and gradients.
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Callable
@@ -73,10 +74,7 @@ def take_channels_last(inst: nn.Module, rank: int) -> None:
 
     def channels_first_forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         n, c, between = x.shape[0], x.shape[-1], tuple(x.shape[1:-1])
-        length = 1
-        for d in between:
-            length *= d
-        xf = x.movedim(-1, 1).reshape((n, c, length) + (1,) * (rank - 3))
+        xf = x.movedim(-1, 1).reshape((n, c, math.prod(between)) + (1,) * (rank - 3))
         y = forward(xf, *args, **kwargs)
         if not isinstance(y, torch.Tensor) or y.shape != xf.shape:
             return y                               # the battery reports what it got
