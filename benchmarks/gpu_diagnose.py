@@ -10,6 +10,9 @@ their forward+backward through autograd far below it. This script takes one shap
 forward+backward step (``torch.autograd.grad(f(x), params, dy)``, as gpu_kernels.py times it):
 
 - ``do_bench``: the benchmark's own timing (CUDA events, L2 flushed before each call, median);
+- ``1 thread``: do_bench again with autograd's multithreading off, so the backward runs on
+  the calling thread instead of autograd's per-device worker (a thread handoff, and the
+  GIL, fewer per step);
 - ``graph``: the same step captured once in a CUDA graph and replayed, timed the same way:
   the device time with no host in the way;
 - ``kernels``: ours only, the forward and backward kernel wrappers called directly, no
@@ -18,8 +21,9 @@ forward+backward step (``torch.autograd.grad(f(x), params, dy)``, as gpu_kernels
   what it costs the CPU to issue one step;
 - the CUDA kernels one step launches (torch.profiler): name, count and device time.
 
-If ``graph`` is near ``kernels`` and ``do_bench`` is not, the gap is the host; if ``graph``
-is slow too, look at the kernel list for launches that should not be there.
+If ``graph`` is near ``kernels`` and ``do_bench`` is not, the gap is the host (and if
+``1 thread`` closes it, the handoff to autograd's worker thread); if ``graph`` is slow too,
+look at the kernel list for launches that should not be there.
 """
 from __future__ import annotations
 
@@ -137,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"# Forward+backward, where the time goes: {m}x{n} bf16 on {dev}", "",
              f"- torch {torch.__version__}; copy bandwidth {copy:.0f} GB/s; "
              f"command: `python benchmarks/gpu_diagnose.py {argv_text}`",
-             "", "| op | impl | do_bench ms (% copy) | graph ms (% copy) | kernels ms (% copy) "
-             "| host us / step |", "|---|---|---|---|---|---:|"]
+             "", "| op | impl | do_bench ms (% copy) | 1 thread ms (% copy) | graph ms (% copy) "
+             "| kernels ms (% copy) | host us / step |", "|---|---|---|---|---|---|---:|"]
     tables = []
     for op in [o.strip() for o in args.ops.split(",") if o.strip()]:
         d = bench.inputs(op, m, n)
@@ -163,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
             kern = direct(op, d) if impl == "ours" else None
             if kern is not None:
                 kern()
-            lines.append(f"| {op} | {impl} | {cell(bench.time_ms(step))} "
+            with torch.autograd.set_multithreading_enabled(False):
+                one_thread = bench.time_ms(step)
+            lines.append(f"| {op} | {impl} | {cell(bench.time_ms(step))} | {cell(one_thread)} "
                          f"| {cell(graph_ms(step, bench))} "
                          f"| {cell(None if kern is None else bench.time_ms(kern))} "
                          f"| {host_us(step, bench):.0f} |")

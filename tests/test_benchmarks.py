@@ -46,3 +46,17 @@ def test_warm_up_leaves_out_only_the_optional_contender(capsys):
     assert "compiled left out: no C++ compiler" in capsys.readouterr().err
     with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
         results.warm_up({"ours": broken}, 1, optional="compiled")
+
+
+def test_host_overhead_times_every_op_and_restores_the_kernels(tmp_path):
+    host = benchmark_script("host_overhead")
+    from fromscratch.kernels import layer_norm
+    kernel = layer_norm._fwd_kernel
+    results = tmp_path / "RESULTS.md"
+    assert host.main(["--steps", "3", "--rounds", "1", "--write",
+                      "--results", str(results)]) == 0
+    assert layer_norm._fwd_kernel is kernel            # the no-op launches are undone
+    rows = [line for line in results.read_text().splitlines() if line.startswith("| ")]
+    table = {r.split("|")[1].strip(): [float(c) for c in r.split("|")[2:-1]] for r in rows[1:]}
+    assert set(table) == set(host.OPS)
+    assert all(len(v) == 4 and all(t > 0 for t in v) for v in table.values()), table

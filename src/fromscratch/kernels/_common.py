@@ -14,7 +14,6 @@ import functools
 import os
 
 import torch
-import triton
 
 #: dtypes the kernels accept for activations (weights may be any of these too).
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -32,7 +31,14 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "t
 
 
 def next_pow2(n: int) -> int:
-    return triton.next_power_of_2(max(int(n), 1))
+    """The smallest power of two >= n (1 for n <= 1)."""
+    return 1 << (max(int(n), 1) - 1).bit_length()
+
+
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for positive ints. Plain Python: ``triton.cdiv`` is a constexpr function
+    in recent Triton, and a host call of it costs ~1.4 us (triton 3.9), several per launch."""
+    return -(-a // b)
 
 
 @functools.lru_cache(maxsize=None)
@@ -100,7 +106,8 @@ class on_device:
 # the heuristic default; the others are what the tuner (``_tune``) may pick on a GPU.
 # ---------------------------------------------------------------------------------------
 
-def row_fwd_configs(block_n: int) -> list[tuple[int, int]]:
+@functools.lru_cache(maxsize=None)
+def row_fwd_configs(block_n: int) -> tuple[tuple[int, int], ...]:
     """(rows per program, num_warps) for a forward that keeps each row in registers.
 
     A program handles ~4096 values (short rows are grouped), ~32 per thread: compiled for
@@ -111,10 +118,11 @@ def row_fwd_configs(block_n: int) -> list[tuple[int, int]]:
     cands = [(bm, w), (2 * bm, min(16, 2 * w)), (bm, min(16, 2 * w))]
     if bm * block_n // (32 * (w // 2)) <= 64 and w >= 8:
         cands.append((bm, w // 2))
-    return list(dict.fromkeys(cands))
+    return tuple(dict.fromkeys(cands))
 
 
-def row_bwd_configs(block_n: int) -> list[tuple[int, int, int, bool, int]]:
+@functools.lru_cache(maxsize=None)
+def row_bwd_configs(block_n: int) -> tuple[tuple[int, int, int, bool, int], ...]:
     """(rows per tile, num_warps, waves, prefetch, stages) for the persistent backward.
 
     Each program walks tiles of BLOCK_M rows, G apart, and keeps dweight (and dbias)
@@ -133,13 +141,13 @@ def row_bwd_configs(block_n: int) -> list[tuple[int, int, int, bool, int]]:
              (bm, min(16, 2 * w), 1, True, 1), (bm, w, 2, True, 1)]
     cands.append((max(1, bm // 2), w, 1, False, 3) if bm > 1
                  else (bm, max(4, w // 2), 1, True, 1))
-    return list(dict.fromkeys(cands))
+    return tuple(dict.fromkeys(cands))
 
 
 def interleaved_grid(m: int, block_m: int, programs: int) -> int:
     """Programs of a persistent grid whose program p takes the row tiles p, p + G, p + 2G, ...:
     ``programs`` (those that fit on the GPU at once), or fewer when there are fewer tiles."""
-    return max(1, min(programs, triton.cdiv(m, block_m)))
+    return max(1, min(programs, cdiv(m, block_m)))
 
 
 def partials(prev: torch.Tensor | None, shape: tuple[int, ...], device: torch.device
@@ -183,6 +191,6 @@ def note_resident(key: tuple, compiled: object, num_warps: int, device: torch.de
 
 def persistent_grid(m: int, block_m: int, programs: int) -> tuple[int, int]:
     """(grid size G, rows per program): contiguous row blocks, a multiple of ``block_m`` each."""
-    programs = max(1, min(programs, triton.cdiv(m, block_m)))
-    rows = triton.cdiv(triton.cdiv(m, programs), block_m) * block_m
-    return triton.cdiv(m, rows), rows
+    programs = max(1, min(programs, cdiv(m, block_m)))
+    rows = cdiv(cdiv(m, programs), block_m) * block_m
+    return cdiv(m, rows), rows

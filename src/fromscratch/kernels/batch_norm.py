@@ -25,12 +25,14 @@ need a full pass before the first output can be written.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
 from . import _tune
-from ._common import (next_pow2, note_resident, num_sms, on_device, resident_programs,
+from ._common import (cdiv, next_pow2, note_resident, num_sms, on_device, resident_programs,
                       unit_last_stride)
 from ._reduce import sum_rows
 
@@ -209,29 +211,31 @@ def _dx_kernel(X, DY, DX, MEAN, RSTD, W, SDY, SDYX, M, C, stride_x, stride_dy, s
 # (measured from the compiled kernel, see _common.note_resident). So few programs keep too
 # few loads in flight; ``prefetch`` (registers) or ``stages`` > 1 (the software pipeliner,
 # through shared memory) keep more, and the tuner compares them on the card.
-def _reduce_configs(c: int) -> list[tuple[int, int, int, int, bool, int]]:
+@functools.lru_cache(maxsize=None)
+def _reduce_configs(c: int) -> tuple[tuple[int, int, int, int, bool, int], ...]:
     bc = min(256, next_pow2(c))
     bm = max(1, 4096 // bc)
     cands = [(bm, bc, 8, 1, True, 1), (bm, bc, 8, 1, False, 1), (bm, bc, 4, 1, False, 1),
              (bm, max(16, bc // 2), 4, 1, False, 1), (bm, bc, 8, 2, True, 1),
              (bm, bc, 8, 1, False, 3), (bm, bc, 4, 1, False, 3)]
-    return list(dict.fromkeys(cands))
+    return tuple(dict.fromkeys(cands))
 
 
 # (BLOCK_M, BLOCK_C, num_warps) for the element-wise normalise and dx kernels.
-def _elementwise_configs(c: int) -> list[tuple[int, int, int]]:
+@functools.lru_cache(maxsize=None)
+def _elementwise_configs(c: int) -> tuple[tuple[int, int, int], ...]:
     bc = min(256, next_pow2(c))
     bm = max(1, 4096 // bc)
-    return list(dict.fromkeys([(bm, bc, 4), (bm, bc, 8), (2 * bm, bc, 8)]))
+    return tuple(dict.fromkeys([(bm, bc, 4), (bm, bc, 8), (2 * bm, bc, 8)]))
 
 
 def _row_split(m: int, c: int, cfg: tuple, programs: int) -> tuple[int, int]:
     """(row blocks P, rows per block) so that P x column-blocks is at most ``programs``."""
     bm, bc = cfg[:2]
-    col_blocks = triton.cdiv(c, bc)
-    p = max(1, min(triton.cdiv(m, bm), programs // col_blocks))
-    rows = triton.cdiv(triton.cdiv(m, p), bm) * bm
-    return triton.cdiv(m, rows), rows
+    col_blocks = cdiv(c, bc)
+    p = max(1, min(cdiv(m, bm), programs // col_blocks))
+    rows = cdiv(cdiv(m, p), bm) * bm
+    return cdiv(m, rows), rows
 
 
 def _normalize(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
@@ -241,7 +245,7 @@ def _normalize(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
 
     def launch(cfg: tuple[int, int, int]) -> None:
         bm, bc, warps = cfg
-        _normalize_kernel[(triton.cdiv(m, bm), triton.cdiv(c, bc))](
+        _normalize_kernel[(cdiv(m, bm), cdiv(c, bc))](
             x, y, mean, rstd, weight if weight is not None else x,
             bias if bias is not None else x, m, c, x.stride(0), y.stride(0),
             HAS_W=weight is not None, HAS_B=bias is not None, BLOCK_M=bm, BLOCK_C=bc,
@@ -281,7 +285,7 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
             parts.update(p=p, rows=rows,
                          mean=torch.empty((p, c), dtype=torch.float32, device=x.device),
                          m2=torch.empty((p, c), dtype=torch.float32, device=x.device))
-            k = _stats_kernel[(p, triton.cdiv(c, bc))](x, parts["mean"], parts["m2"], m, c,
+            k = _stats_kernel[(p, cdiv(c, bc))](x, parts["mean"], parts["m2"], m, c,
                                                        x.stride(0), rows, PREFETCH=prefetch,
                                                        STAGES=stages, BLOCK_M=bm, BLOCK_C=bc,
                                                        num_warps=warps, num_stages=stages)
@@ -295,7 +299,7 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
         rstd = torch.empty_like(mean)
         has_running = running_mean is not None and running_var is not None
         block_c = 64
-        _combine_kernel[(triton.cdiv(c, block_c),)](
+        _combine_kernel[(cdiv(c, block_c),)](
             mean_p, m2_p, p, m, rows, mean, var, rstd,
             running_mean if has_running else mean, running_var if has_running else var,
             c, 1.0 / m, m / (m - 1) if m > 1 else 1.0, float(momentum), float(eps),
@@ -326,7 +330,7 @@ def backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, has
             p, rows = _row_split(m, c, cfg, sms * waves * resident_programs(variant))
             parts["sdy"] = torch.empty((p, c), dtype=torch.float32, device=x.device)
             parts["sdyx"] = torch.empty((p, c), dtype=torch.float32, device=x.device)
-            k = _bwd_sums_kernel[(p, triton.cdiv(c, bc))](
+            k = _bwd_sums_kernel[(p, cdiv(c, bc))](
                 x, dy, mean, rstd, parts["sdy"], parts["sdyx"], m, c, x.stride(0), dy.stride(0),
                 rows, PREFETCH=prefetch, STAGES=stages, BLOCK_M=bm, BLOCK_C=bc,
                 num_warps=warps, num_stages=stages)
@@ -339,7 +343,7 @@ def backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, has
 
         def launch_dx(cfg: tuple[int, int, int]) -> None:
             bm, bc, warps = cfg
-            _dx_kernel[(triton.cdiv(m, bm), triton.cdiv(c, bc))](
+            _dx_kernel[(cdiv(m, bm), cdiv(c, bc))](
                 x, dy, dx, mean, rstd, w, sdy, sdyx, m, c, x.stride(0), dy.stride(0),
                 dx.stride(0), 1.0 / m, HAS_W=weight is not None, BATCH_STATS=batch_stats,
                 BLOCK_M=bm, BLOCK_C=bc, num_warps=warps)

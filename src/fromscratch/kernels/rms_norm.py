@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from . import _tune
-from ._common import (interleaved_grid, next_pow2, note_resident, num_sms, on_device,
+from ._common import (cdiv, interleaved_grid, next_pow2, note_resident, num_sms, on_device,
                       partials as _partials, persistent_grid, resident_programs,
                       row_bwd_configs, row_fwd_configs, unit_last_stride)
 from ._reduce import sum_rows
@@ -203,7 +203,7 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
 
             def launch(cfg: tuple[int, int]) -> None:
                 bm, warps = cfg
-                _fwd_kernel[(triton.cdiv(m, bm),)](x, r, s, y, w, rstd, m, n, *strides, eps,
+                _fwd_kernel[(cdiv(m, bm),)](x, r, s, y, w, rstd, m, n, *strides, eps,
                                                    BLOCK_M=bm, BLOCK_N=block_n,
                                                    num_warps=warps, **flags)
 
