@@ -179,7 +179,7 @@ class Bench:
     def impls(self, op: str, m: int, n: int, d: dict[str, Any]
               ) -> dict[str, tuple[Callable[[], Any], list, list]]:
         """name -> (forward thunk, tensors to differentiate, grad_outputs)."""
-        torch, TF, FS = self.torch, self.TF, self.FS
+        TF, FS = self.TF, self.FS
         x, dy = d["x"], d["dy"]
         out: dict[str, tuple[Callable[[], Any], list, list]] = {}
         if op == "layer_norm":

@@ -51,9 +51,10 @@ class _NoLaunch:
 @contextlib.contextmanager
 def no_launches() -> Iterator[None]:
     """Replace every ``*_kernel`` of the kernel modules by ``_NoLaunch`` for the duration."""
-    from fromscratch.kernels import _reduce, batch_norm, dropout, layer_norm, rms_norm
-    saved = [(m, name, getattr(m, name)) for m in (_reduce, batch_norm, dropout, layer_norm,
-                                                   rms_norm)
+    from fromscratch.kernels import (_reduce, _row_backward, batch_norm, dropout, layer_norm,
+                                     rms_norm)
+    saved = [(m, name, getattr(m, name)) for m in (_reduce, _row_backward, batch_norm, dropout,
+                                                   layer_norm, rms_norm)
              for name in dir(m) if name.endswith("_kernel")]
     for m, name, _ in saved:
         setattr(m, name, _NoLaunch())

@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 from typing import Any
 
 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
@@ -99,6 +100,20 @@ def resources(cubin: bytes) -> dict[str, int]:
     return {k: int(v) for k, v in (kv.split(":") for kv in line.split())}
 
 
+def ptx_body(ptx: str) -> str:
+    """The PTX without source locations and debug sections: what the compiler generated,
+    so that two versions of a kernel's source can be compared instruction by instruction."""
+    keep = []
+    for line in ptx.splitlines():
+        t = line.strip()
+        if t.startswith((".loc", ".file", "//")):
+            continue
+        if t.startswith(".section") and "debug" in t:
+            break                                       # debug sections close the file
+        keep.append(line)
+    return "\n".join(keep) + "\n"
+
+
 def compile_one(fn: JITFunction, args: tuple, kwargs: dict, arch: int) -> dict[str, Any]:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -120,13 +135,14 @@ def compile_one(fn: JITFunction, args: tuple, kwargs: dict, arch: int) -> dict[s
         shown["num_stages"] = int(kwargs["num_stages"])
     shown["async_copy"] = "async_copy" in k.asm.get("ttgir", "")
     return {"kernel": fn.__name__, "config": shown, "warps": warps, "regs": res["REG"],
-            "spill": res["LOCAL"] + res["STACK"], "shared": res["SHARED"], "blocks": blocks}
+            "spill": res["LOCAL"] + res["STACK"], "shared": res["SHARED"], "blocks": blocks,
+            "ptx": ptx_body(k.asm["ptx"])}
 
 
 def launches_for(shape: tuple[int, int], all_configs: bool, sms: int) -> list:
     """Run every host function once on meta tensors of ``shape``; return the launches."""
-    from fromscratch.kernels import (_common, _tune, batch_norm, dropout, layer_norm,
-                                     residual_rms_norm, rms_norm)
+    from fromscratch.kernels import (_common, _row_backward, _tune, batch_norm, dropout,
+                                     layer_norm, residual_rms_norm, rms_norm)
     m, n = shape
     meta = torch.device("meta")
     x = torch.empty(m, n, dtype=torch.bfloat16, device=meta)
@@ -140,7 +156,7 @@ def launches_for(shape: tuple[int, int], all_configs: bool, sms: int) -> list:
             launch(c)
         return candidates[0]
     patched = [(_tune, "choose", every if all_configs else orig_choose)]
-    for mod in (_common, layer_norm, rms_norm, batch_norm):
+    for mod in (_common, _row_backward, layer_norm, rms_norm, batch_norm):
         if hasattr(mod, "num_sms"):
             patched.append((mod, "num_sms", lambda device: sms))
     saved = [(mod, name, getattr(mod, name)) for mod, name, _ in patched]
@@ -173,14 +189,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--all-configs", action="store_true",
                     help="every candidate the tuner may pick, not only the defaults")
     ap.add_argument("--sms", type=int, default=132, help="multiprocessors (grid sizes)")
+    ap.add_argument("--dump", type=Path, default=None,
+                    help="write each variant's PTX (without source locations) to this folder, "
+                         "one file per variant, to diff two versions of the source")
     args = ap.parse_args(argv)
+    if args.dump:
+        args.dump.mkdir(parents=True, exist_ok=True)
     seen: set[tuple] = set()
     failures = 0
     print(f"triton {triton.__version__}, sm_{args.arch}")
     print(f"{'kernel':22} {'warps':>5} {'regs':>5} {'spill':>6} {'smem':>6} {'prog/SM':>7}  config")
     for shape in args.shapes.split(","):
         m, n = (int(v) for v in shape.lower().split("x"))
-        for fn, a, kw in launches_for((m, n), args.all_configs, args.sms):
+        for i, (fn, a, kw) in enumerate(launches_for((m, n), args.all_configs, args.sms)):
             sig = specialise(fn, a, kw)
             key = (fn.__name__, str(sig))
             if key in seen:
@@ -192,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
                 failures += 1
                 print(f"{fn.__name__:22} FAILED to compile: {type(e).__name__}: {e}")
                 continue
+            if args.dump:
+                # named by shape and launch order: the same host calls make the same
+                # launches, so a refactored kernel's PTX lands in the same file
+                (args.dump / f"{shape}-{i:03d}.ptx").write_text(r["ptx"])
             print(f"{r['kernel']:22} {r['warps']:5d} {r['regs']:5d} {r['spill']:6d} "
                   f"{r['shared']:6d} {r['blocks']:7d}  {r['config']}", flush=True)
     print(f"{len(seen)} kernel variants, {failures} failed to compile")

@@ -127,7 +127,7 @@ def test_empty_batch_and_nan_row(device):
 def test_every_launch_configuration(device, monkeypatch):
     """The tuner may pick any candidate on a GPU: each must give the same right answer
     (prefetch or not, several rows per program or one, few or many programs)."""
-    from fromscratch.kernels import _common, layer_norm as K
+    from fromscratch.kernels import _common, _row_backward, layer_norm as K
     m, n = 75, 130          # several tiles per program: the prefetch matters
     x = rows(m, n, torch.float16, device)
     w, b = param(n, torch.float32, device, 1, 1.0), param(n, torch.float16, device, 2)
@@ -137,5 +137,6 @@ def test_every_launch_configuration(device, monkeypatch):
     fwd, bwd = _common.row_fwd_configs(block_n), _common.row_bwd_configs(block_n)
     for i in range(max(len(fwd), len(bwd))):
         monkeypatch.setattr(K, "row_fwd_configs", lambda _, c=fwd[i % len(fwd)]: [c])
-        monkeypatch.setattr(K, "row_bwd_configs", lambda _, c=bwd[i % len(bwd)]: [c])
+        monkeypatch.setattr(_row_backward, "row_bwd_configs",
+                            lambda _, c=bwd[i % len(bwd)]: [c])
         check_all(run_kernel(x, w, b, dy), ref, x, torch.float16, torch.float32)

@@ -142,7 +142,7 @@ def test_module_matches_torch_backend(device):
 
 def test_every_launch_configuration(device, monkeypatch):
     """Each candidate the tuner may pick gives the right answer, with and without residual."""
-    from fromscratch.kernels import _common, rms_norm as K
+    from fromscratch.kernels import _common, _row_backward, rms_norm as K
     m, n = 75, 130          # several tiles per program: the prefetch matters
     x, r = rows(m, n, torch.bfloat16, device), rows(m, n, torch.bfloat16, device, seed=5)
     w = param(n, torch.float32, device, 1, 1.0)
@@ -153,6 +153,7 @@ def test_every_launch_configuration(device, monkeypatch):
     fwd, bwd = _common.row_fwd_configs(block_n), _common.row_bwd_configs(block_n)
     for i in range(max(len(fwd), len(bwd))):
         monkeypatch.setattr(K, "row_fwd_configs", lambda _, c=fwd[i % len(fwd)]: [c])
-        monkeypatch.setattr(K, "row_bwd_configs", lambda _, c=bwd[i % len(bwd)]: [c])
+        monkeypatch.setattr(_row_backward, "row_bwd_configs",
+                            lambda _, c=bwd[i % len(bwd)]: [c])
         check_all(run_kernel(x, w, dy), ref, m, torch.bfloat16)
         check_fused(x, r, w, dy, ds, torch.bfloat16)
