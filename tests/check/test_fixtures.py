@@ -38,7 +38,8 @@ CORRECT = [(f, kind, {}) for f in ("fromscratch_layers.py", "torch_wrapped.py",
 BUGGY = [
     ("ln_eps_outside.py", "layernorm", {"eps-outside-sqrt": F, "fp16-overflow": F}),
     ("ln_wrong_dim.py", "layernorm", {"wrong-dims": W, "fp16-overflow": F}),
-    ("ln_unbiased.py", "layernorm", {"unbiased-variance": W, "fp16-overflow": F}),
+    ("ln_unbiased.py", "layernorm", {"unbiased-variance": W, "fp16-overflow": F,
+                                     "tuple-shape": F}),
     ("ln_annotated_transformer.py", "layernorm", {"unbiased-variance": W,
                                                   "eps-outside-sqrt": F}),
     ("ln_no_keepdim.py", "layernorm", {"missing-keepdim": W}),
@@ -161,3 +162,31 @@ def test_channels_first_batchnorm_is_classified(cls, expected):
 def test_channels_last_batchnorm_is_not_taken_for_channels_first():
     report = check_layer("batchnorm", f"{FIXTURES / 'handwritten_correct.py'}:BatchNorm")
     assert not any("channels-first" in n for n in report.notes), report.notes
+
+
+@pytest.mark.parametrize("cls,kind", [("LayerNorm", "layernorm"), ("RMSNorm", "rmsnorm"),
+                                      ("IntOnlyLayerNorm", "layernorm")])
+def test_tuple_normalized_shape(cls, kind):
+    """A layer whose constructor promises torch's normalized_shape is run with (3, 5) on
+    (4, 3, 5) input: right ones pass that check; one whose forward cannot take a tuple gets
+    a note and a skipped check, not a finding; a hidden_size layer is not asked."""
+    report = check_layer(kind, f"{FIXTURES / 'norm_tuple_shape.py'}:{cls}")
+    assert report.ids() == {}, "\n" + show(report)
+    check = next(c for c in report.checks if c.name.startswith("normalized_shape (3, 5)"))
+    if cls == "IntOnlyLayerNorm":
+        assert check.status == "skip"
+        assert any("normalized_shape=(3, 5) not checked" in n for n in report.notes)
+    else:
+        assert check.status == "pass", "\n" + show(report)
+    plain = check_layer("layernorm", f"{FIXTURES / 'handwritten_correct.py'}:LayerNorm")
+    assert not any(c.name.startswith("normalized_shape") for c in plain.checks)
+
+
+def test_tuple_shape_finding_names_the_last_dimension():
+    """ln_unbiased takes torch's normalized_shape and reduces over dim=-1: with (3, 5) its
+    output is its own (unbiased) formula over the last dim alone."""
+    report = check_layer("layernorm", f"{FIXTURES / 'ln_unbiased.py'}:LayerNorm")
+    f = report.get("tuple-shape")
+    assert f.title == "normalized_shape=(3, 5) is accepted, but only the last dimension is " \
+        "normalised", f.title
+    assert "(4, 3, 5)" in f.evidence[0]

@@ -206,6 +206,11 @@ CATALOG: dict[str, Entry] = {
                           "forward branches on self.training although this layer behaves "
                           "the same in both modes", "drop the branch"),
     # -- edges ---------------------------------------------------------------------------
+    "tuple-shape": Entry(F, "a tuple normalized_shape is accepted but not normalised over",
+                         "the constructor takes torch's normalized_shape, but forward reduces "
+                         "over dim=-1 only (or otherwise not over the trailing "
+                         "len(normalized_shape) dims)",
+                         "reduce over dim=tuple(range(-len(normalized_shape), 0))"),
     "eps-outside-sqrt": Entry(F, "eps is added outside the square root: sqrt(var) + eps",
                               "where var is comparable to eps the output differs: rows that "
                               "are nearly constant are scaled up to 1/eps instead of "

@@ -284,6 +284,75 @@ class NormBattery:
             if not same:
                 self.r.add(finding("eval-differs", f"on {shape_str(x)}: {diff(b.y, a.y)}"))
 
+    #: the multi-dimensional normalized_shape probed, on input (4, *TUPLE_SHAPE)
+    TUPLE_SHAPE = (3, 5)
+
+    def takes_tuple_shape(self) -> bool:
+        """Does the constructor promise torch's ``normalized_shape``, which may be a tuple?
+        Its size argument is so named, or annotated as a tuple / sequence / list / Size.
+        A layer that takes ``hidden_size: int`` promises one dimension only."""
+        name = self.s.sig.size
+        param = self.s.sig.params.get(name) if name else None
+        if param is None:
+            return False
+        ann = param.annotation
+        text = ann if isinstance(ann, str) else getattr(ann, "__name__", None) or str(ann)
+        return name == "normalized_shape" or any(
+            t in text.lower() for t in ("tuple", "sequence", "list", "size"))
+
+    def tuple_shape(self) -> None:
+        """normalized_shape = (3, 5) on (4, 3, 5) input normalises over the last two dims,
+        as torch.nn.LayerNorm / RMSNorm do; compared with the person's own formula (the model
+        found on ordinary inputs) over those dims, so that another mistake is not counted
+        twice."""
+        last = self.spec.ref_model(3)
+        if not self.takes_tuple_shape() or self.m0 is None or self.m0.dims != last.dims:
+            return
+        shape = self.TUPLE_SHAPE
+        name = f"normalized_shape {shape} on (4, {shape[0]}, {shape[1]}) input"
+        x = self.spec.ordinary((4,) + shape, self.gen)
+        try:
+            inst = self.s.make(shape, torch.float64)
+        except Exception as e:                          # noqa: BLE001 - report, go on
+            self.r.check(name, None, f"constructor refuses it: {type(e).__name__}")
+            self.r.notes.append(f"normalized_shape={shape} not checked: the constructor "
+                                f"raises {type(e).__name__}: {str(e)[:120]}")
+            return
+        o = call(inst, x)
+        if not o.ok or o.y.shape != x.shape:
+            why = o.why() if not o.ok else f"output shape {tuple(o.y.shape)}"
+            self.r.check(name, None, why)
+            self.r.notes.append(f"normalized_shape={shape} not checked: forward on "
+                                f"{shape_str(x)} input gives {why}")
+            return
+        w, b = (self.s.tensor(inst, role) for role in ("weight", "bias"))
+        e = self.e(torch.float64)
+
+        def want(dims: tuple[int, ...]) -> torch.Tensor | None:
+            xhat = normalise(x, replace(self.m0, dims=dims), e)
+            try:
+                return None if xhat is None else self.affine(
+                    xhat, None if w is None else w.detach().double(),
+                    None if b is None else b.detach().double())
+            except RuntimeError:                         # weight of a shape that cannot apply
+                return None
+        both, only_last = want((1, 2)), want(last.dims)
+        ok = both is not None and close(o.y, both)
+        self.r.check(name, ok, "" if ok or both is None else diff(o.y, both))
+        if ok:
+            return
+        if only_last is not None and close(o.y, only_last):
+            self.r.add(finding("tuple-shape", f"{shape_str(x)} input, normalized_shape={shape}: "
+                               f"the output equals normalising over dim -1 alone",
+                               title=f"normalized_shape={shape} is accepted, but only the last "
+                                     f"dimension is normalised"))
+        else:
+            self.r.add(finding("tuple-shape", f"{shape_str(x)} input, normalized_shape={shape}: "
+                               + ("the weight does not broadcast" if both is None
+                                  else diff(o.y, both)),
+                               title=f"with normalized_shape={shape} the output differs from "
+                                     f"normalising over the last {len(shape)} dims"))
+
     # -- 2. edges -----------------------------------------------------------------------
     def edges(self) -> None:
         self.eps_placement()
@@ -581,5 +650,7 @@ class NormBattery:
         self.gradients()
 
     def extra(self) -> None:
-        """Kind-specific checks: train/eval here, running statistics for BatchNorm."""
+        """Kind-specific checks: train/eval and a tuple normalized_shape here, running
+        statistics for BatchNorm."""
         self.modes()
+        self.tuple_shape()
