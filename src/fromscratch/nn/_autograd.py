@@ -1,12 +1,14 @@
 """torch.autograd.Functions whose backward is the hand-derived one in ``ops``.
 
-fp16/bf16 tensors are computed in float32 and cast back once. Under ``create_graph=True``
-the backward rebuilds the forward's cache from the saved inputs with grad enabled, so
-the hand-written backward is itself differentiable (gradgradcheck passes).
+fp16/bf16 tensors are computed in float32 and cast back once, with autocast off (see
+``own_dtypes``). Under ``create_graph=True`` the backward rebuilds the forward's cache from
+the saved inputs with grad enabled, so the hand-written backward is itself differentiable
+(gradgradcheck passes).
 """
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 import torch
 
@@ -15,6 +17,30 @@ from ..ops import dropout as dr
 from ..ops import layer_norm as ln
 from ..ops import rms_norm as rn
 from ._compile import Ops
+
+
+def _autocasting(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:                       # a device autocast does not know (meta)
+        return False
+
+
+def own_dtypes(fn: Callable) -> Callable:
+    """Run a Function's forward or backward with autocast off on its tensors' device.
+
+    The ops choose their dtypes themselves (float32 maths for fp16/bf16, the input's dtype
+    out). Under ``torch.autocast`` their row dots, a matmul, would be cast to bf16/fp16:
+    a backward run inside an autocast region (on the CPU it runs in the caller's thread)
+    would lose dx's digits to half-precision statistics."""
+    @functools.wraps(fn)
+    def wrapper(ctx: Any, *args: Any) -> Any:
+        t = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        if t is None or not _autocasting(t.device.type):
+            return fn(ctx, *args)
+        with torch.autocast(t.device.type, enabled=False):
+            return fn(ctx, *args)
+    return wrapper
 
 
 def up(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -38,6 +64,7 @@ def output(y: torch.Tensor, like: torch.Tensor, saved: torch.Tensor) -> torch.Te
 
 class LayerNormFn(torch.autograd.Function):
     @staticmethod
+    @own_dtypes
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
                 bias: torch.Tensor | None, eps: float, ops: Ops = ln
                 ) -> torch.Tensor:
@@ -47,6 +74,7 @@ class LayerNormFn(torch.autograd.Function):
         return y.to(x.dtype)
 
     @staticmethod
+    @own_dtypes
     def backward(ctx: Any, dy: torch.Tensor):
         x, weight, bias, mean, rstd = ctx.saved_tensors
         if torch.is_grad_enabled():
@@ -62,6 +90,7 @@ class LayerNormFn(torch.autograd.Function):
 
 class RMSNormFn(torch.autograd.Function):
     @staticmethod
+    @own_dtypes
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
                 eps: float, ops: Ops = rn) -> torch.Tensor:
         y, cache = ops.forward(up(x), up(weight), eps)
@@ -70,6 +99,7 @@ class RMSNormFn(torch.autograd.Function):
         return output(y, x, cache.xhat)
 
     @staticmethod
+    @own_dtypes
     def backward(ctx: Any, dy: torch.Tensor):
         x, weight, xhat, rstd = ctx.saved_tensors
         if torch.is_grad_enabled():
@@ -85,6 +115,7 @@ class BatchNormFn(torch.autograd.Function):
     """x is (M, C). With ``mean``/``var`` given they are used as constants (eval)."""
 
     @staticmethod
+    @own_dtypes
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
                 bias: torch.Tensor | None, mean: torch.Tensor | None,
                 var: torch.Tensor | None, eps: float, ops: Ops = bn):
@@ -97,6 +128,7 @@ class BatchNormFn(torch.autograd.Function):
         return y.to(x.dtype), mean, var
 
     @staticmethod
+    @own_dtypes
     def backward(ctx: Any, dy: torch.Tensor, _dmean: Any, _dvar: Any):
         x, weight, bias, rstd, mean, var = ctx.saved_tensors
         if torch.is_grad_enabled():
@@ -113,6 +145,7 @@ class BatchNormFn(torch.autograd.Function):
 
 class DropoutFn(torch.autograd.Function):
     @staticmethod
+    @own_dtypes
     def forward(ctx: Any, x: torch.Tensor, p: float) -> torch.Tensor:
         u = torch.rand(x.shape, device=x.device)       # float32 uniforms, global generator
         y, cache = dr.forward(up(x), p, u)
@@ -121,6 +154,7 @@ class DropoutFn(torch.autograd.Function):
         return y.to(x.dtype)
 
     @staticmethod
+    @own_dtypes
     def backward(ctx: Any, dy: torch.Tensor):
         (keep,) = ctx.saved_tensors
         return dr.backward(up(dy), dr.Cache(keep, ctx.scale)).to(dy.dtype), None

@@ -30,7 +30,7 @@ from torch.autograd.function import once_differentiable
 
 from .. import _checks as check
 from ..ops import batch_norm as bn
-from ._autograd import down, up
+from ._autograd import down, own_dtypes, up
 from .batch_norm import BatchNorm
 
 
@@ -45,6 +45,7 @@ class SyncBatchNormFn(torch.autograd.Function):
     the row count n are those of all ranks together."""
 
     @staticmethod
+    @own_dtypes
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
                 bias: torch.Tensor | None, eps: float, group: Any):
         xc = up(x)
@@ -73,6 +74,7 @@ class SyncBatchNormFn(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @own_dtypes
     def backward(ctx: Any, dy: torch.Tensor, *_unused: Any):
         weight, xc, mean, rstd = ctx.saved_tensors
         cache = bn.Cache(xc, mean, rstd, up(weight), ctx.has_bias, True)
