@@ -43,7 +43,7 @@ def layer_norm(input: torch.Tensor, normalized_shape: int | Sequence[int],
         from .kernels.autograd import LayerNormFn as KernelLayerNormFn
         y = KernelLayerNormFn.apply(*args)
     else:
-        y = LayerNormFn.apply(*args, ops(op, backend))
+        y = LayerNormFn.apply(*args, ops(op, backend))[0]
     return y.reshape(input.shape)
 
 
@@ -63,7 +63,7 @@ def rms_norm(input: torch.Tensor, normalized_shape: int | Sequence[int],
         from .kernels.autograd import RMSNormFn as KernelRMSNormFn
         y = KernelRMSNormFn.apply(*args)
     else:
-        y = RMSNormFn.apply(*args, ops(op, backend))
+        y = RMSNormFn.apply(*args, ops(op, backend))[0]
     return y.reshape(input.shape)
 
 
@@ -122,7 +122,7 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None,
         y = KernelBatchNormFn.apply(x, weight, bias, running_mean, running_var, bool(training),
                                     float(momentum), float(eps))
         return y.reshape(input.shape)
-    y, mean, var = BatchNormFn.apply(x, weight, bias, None if training else running_mean,
+    y, mean, var, _ = BatchNormFn.apply(x, weight, bias, None if training else running_mean,
                                      None if training else running_var, float(eps),
                                      ops(op, backend))
     if training and running_mean is not None and running_var is not None and x.shape[0] > 0:
@@ -152,7 +152,7 @@ def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True,
         from .kernels.dropout import new_seed
         y = KernelDropoutFn.apply(input, p, new_seed(), 0)
     else:
-        y = DropoutFn.apply(input, p)
+        y = DropoutFn.apply(input, p)[0]
     return input.copy_(y) if inplace else y
 
 

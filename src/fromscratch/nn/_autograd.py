@@ -4,6 +4,11 @@ fp16/bf16 tensors are computed in float32 and cast back once, with autocast off 
 ``own_dtypes``). Under ``create_graph=True`` the backward rebuilds the forward's cache from
 the saved inputs with grad enabled, so the hand-written backward is itself differentiable
 (gradgradcheck passes).
+
+Each forward returns what its backward needs (the per-row statistics) as extra outputs,
+marked non-differentiable, and ``setup_context`` saves them: that is the form torch.func
+accepts, so ``torch.func.grad``, ``vmap`` (per-sample gradients) and ``jacrev`` work on these
+layers as on torch.nn's (``generate_vmap_rule``: the ops are plain torch operations).
 """
 from __future__ import annotations
 
@@ -34,12 +39,12 @@ def own_dtypes(fn: Callable) -> Callable:
     a backward run inside an autocast region (on the CPU it runs in the caller's thread)
     would lose dx's digits to half-precision statistics."""
     @functools.wraps(fn)
-    def wrapper(ctx: Any, *args: Any) -> Any:
+    def wrapper(*args: Any) -> Any:
         t = next((a for a in args if isinstance(a, torch.Tensor)), None)
         if t is None or not _autocasting(t.device.type):
-            return fn(ctx, *args)
+            return fn(*args)
         with torch.autocast(t.device.type, enabled=False):
-            return fn(ctx, *args)
+            return fn(*args)
     return wrapper
 
 
@@ -63,19 +68,27 @@ def output(y: torch.Tensor, like: torch.Tensor, saved: torch.Tensor) -> torch.Te
 
 
 class LayerNormFn(torch.autograd.Function):
-    @staticmethod
-    @own_dtypes
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
-                bias: torch.Tensor | None, eps: float, ops: Ops = ln
-                ) -> torch.Tensor:
-        y, cache = ops.forward(up(x), up(weight), up(bias), eps)
-        ctx.save_for_backward(x, weight, bias, cache.mean, cache.rstd)
-        ctx.eps, ctx.ops = eps, ops
-        return y.to(x.dtype)
+    """(x, weight, bias, eps, ops) -> (y, mean, rstd); only y is differentiable."""
+    generate_vmap_rule = True
 
     @staticmethod
     @own_dtypes
-    def backward(ctx: Any, dy: torch.Tensor):
+    def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                eps: float, ops: Ops = ln) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        y, cache = ops.forward(up(x), up(weight), up(bias), eps)
+        return y.to(x.dtype), cache.mean, cache.rstd
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        x, weight, bias, eps, *ops = inputs
+        _, mean, rstd = output
+        ctx.mark_non_differentiable(mean, rstd)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        ctx.eps, ctx.ops = eps, ops[0] if ops else ln
+
+    @staticmethod
+    @own_dtypes
+    def backward(ctx: Any, dy: torch.Tensor, *_stats: Any):
         x, weight, bias, mean, rstd = ctx.saved_tensors
         if torch.is_grad_enabled():
             _, cache = ln.forward(up(x), up(weight), up(bias), ctx.eps)
@@ -89,18 +102,27 @@ class LayerNormFn(torch.autograd.Function):
 
 
 class RMSNormFn(torch.autograd.Function):
-    @staticmethod
-    @own_dtypes
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
-                eps: float, ops: Ops = rn) -> torch.Tensor:
-        y, cache = ops.forward(up(x), up(weight), eps)
-        ctx.save_for_backward(x, weight, cache.xhat, cache.rstd)
-        ctx.eps, ctx.ops = eps, ops
-        return output(y, x, cache.xhat)
+    """(x, weight, eps, ops) -> (y, xhat, rstd); only y is differentiable."""
+    generate_vmap_rule = True
 
     @staticmethod
     @own_dtypes
-    def backward(ctx: Any, dy: torch.Tensor):
+    def forward(x: torch.Tensor, weight: torch.Tensor | None, eps: float, ops: Ops = rn
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        y, cache = ops.forward(up(x), up(weight), eps)
+        return output(y, x, cache.xhat), cache.xhat, cache.rstd
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        x, weight, eps, *ops = inputs
+        _, xhat, rstd = output
+        ctx.mark_non_differentiable(xhat, rstd)
+        ctx.save_for_backward(x, weight, xhat, rstd)
+        ctx.eps, ctx.ops = eps, ops[0] if ops else rn
+
+    @staticmethod
+    @own_dtypes
+    def backward(ctx: Any, dy: torch.Tensor, *_stats: Any):
         x, weight, xhat, rstd = ctx.saved_tensors
         if torch.is_grad_enabled():
             _, cache = rn.forward(up(x), up(weight), ctx.eps)
@@ -112,24 +134,33 @@ class RMSNormFn(torch.autograd.Function):
 
 
 class BatchNormFn(torch.autograd.Function):
-    """x is (M, C). With ``mean``/``var`` given they are used as constants (eval)."""
+    """x is (M, C). With ``mean``/``var`` given they are used as constants (eval).
+    (x, weight, bias, mean, var, eps, ops) -> (y, mean, var, rstd); only y is
+    differentiable."""
+    generate_vmap_rule = True
 
     @staticmethod
     @own_dtypes
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
-                bias: torch.Tensor | None, mean: torch.Tensor | None,
-                var: torch.Tensor | None, eps: float, ops: Ops = bn):
-        batch = mean is None
+    def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                mean: torch.Tensor | None, var: torch.Tensor | None, eps: float,
+                ops: Ops = bn) -> tuple[torch.Tensor, ...]:
         y, cache, mean, var = ops.forward(up(x), up(weight), up(bias), eps, up(mean), up(var),
-                                          batch_stats=batch)
-        ctx.save_for_backward(x, weight, bias, cache.rstd, mean, var)
-        ctx.eps, ctx.batch, ctx.ops = eps, batch, ops
-        ctx.mark_non_differentiable(mean, var)
-        return y.to(x.dtype), mean, var
+                                          batch_stats=mean is None)
+        # in eval mean and var are the running buffers themselves: outputs that are inputs
+        # cannot be saved, views of them can
+        return y.to(x.dtype), mean.view_as(mean), var.view_as(var), cache.rstd
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        x, weight, bias, mean_in, _, eps, *ops = inputs
+        _, mean, var, rstd = output
+        ctx.mark_non_differentiable(mean, var, rstd)
+        ctx.save_for_backward(x, weight, bias, rstd, mean, var)
+        ctx.eps, ctx.batch, ctx.ops = eps, mean_in is None, ops[0] if ops else bn
 
     @staticmethod
     @own_dtypes
-    def backward(ctx: Any, dy: torch.Tensor, _dmean: Any, _dvar: Any):
+    def backward(ctx: Any, dy: torch.Tensor, *_stats: Any):
         x, weight, bias, rstd, mean, var = ctx.saved_tensors
         if torch.is_grad_enabled():
             _, cache, _, _ = bn.forward(up(x), up(weight), up(bias), ctx.eps,
@@ -144,17 +175,25 @@ class BatchNormFn(torch.autograd.Function):
 
 
 class DropoutFn(torch.autograd.Function):
-    @staticmethod
-    @own_dtypes
-    def forward(ctx: Any, x: torch.Tensor, p: float) -> torch.Tensor:
-        u = torch.rand(x.shape, device=x.device)       # float32 uniforms, global generator
-        y, cache = dr.forward(up(x), p, u)
-        ctx.save_for_backward(cache.keep)
-        ctx.scale = cache.scale
-        return y.to(x.dtype)
+    """(x, p) -> (y, keep); only y is differentiable. Under vmap the mask is drawn as
+    torch.func's ``randomness`` argument says (its default refuses, as for torch.nn)."""
+    generate_vmap_rule = True
 
     @staticmethod
-    @own_dtypes
-    def backward(ctx: Any, dy: torch.Tensor):
+    def forward(x: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+        u = torch.rand(x.shape, device=x.device)       # float32 uniforms, global generator
+        y, cache = dr.forward(up(x), p, u)
+        return y.to(x.dtype), cache.keep
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        _, p = inputs
+        _, keep = output
+        ctx.mark_non_differentiable(keep)
+        ctx.save_for_backward(keep)
+        ctx.scale = dr.scale(p)
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor, _keep: Any):
         (keep,) = ctx.saved_tensors
         return dr.backward(up(dy), dr.Cache(keep, ctx.scale)).to(dy.dtype), None

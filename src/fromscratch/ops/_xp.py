@@ -60,12 +60,20 @@ def rows(x: Array, n: int) -> Array:
 
 def may_overwrite(a: Array) -> bool:
     """May an op write into ``a``, a buffer it created itself? Always for NumPy; for torch
-    only while autograd is not recording, and never under torch.compile: a graph of pure
-    array expressions is what the compiler fuses into one loop (``nn._compile``)."""
-    return not is_torch(a) or not (torch.is_grad_enabled() or _compiling())
+    only while autograd is not recording, never under torch.compile (a graph of pure array
+    expressions is what the compiler fuses into one loop, ``nn._compile``) and never inside
+    a torch.func transform (its batched tensors take no ``out=``)."""
+    return not is_torch(a) or not (torch.is_grad_enabled() or _compiling() or _transforming())
 
 
 _compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
+_peek = getattr(getattr(getattr(torch, "_C", None), "_functorch", None), "peek_interpreter_stack",
+                lambda: None)
+
+
+def _transforming() -> bool:
+    """Inside torch.func.vmap / grad / jacrev (a functorch interpreter is on the stack)."""
+    return _peek() is not None
 
 
 def imul(a: Array, b: Array) -> Array:

@@ -20,10 +20,14 @@ class Cache(NamedTuple):
     scale: float
 
 
+def scale(p: float) -> float:
+    """1 / (1 - p), the factor of the kept units (0 for p = 1, where none is kept)."""
+    return 1.0 / (1.0 - p) if p < 1.0 else 0.0
+
+
 def forward(x: Array, p: float, u: Array) -> tuple[Array, Cache]:
     keep = u >= p
-    scale = 1.0 / (1.0 - p) if p < 1.0 else 0.0
-    return _masked(x, keep, scale), Cache(keep, scale)
+    return _masked(x, keep, scale(p)), Cache(keep, scale(p))
 
 
 def backward(dy: Array, cache: Cache) -> Array:
