@@ -17,6 +17,8 @@ forward+backward step (``torch.autograd.grad(f(x), params, dy)``, as gpu_kernels
   the device time with no host in the way;
 - ``kernels``: ours only, the forward and backward kernel wrappers called directly, no
   autograd (what the launch tuner times);
+- ``fwd`` and ``bwd only``: the forward alone, and the backward alone through autograd (one
+  graph kept with ``retain_graph``), raw milliseconds: which half holds the gap;
 - ``host``: wall time per step on the host, 20 steps enqueued back to back, no sync inside:
   what it costs the CPU to issue one step;
 - the CUDA kernels one step launches (torch.profiler): name, count and device time.
@@ -141,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
              f"- torch {torch.__version__}; copy bandwidth {copy:.0f} GB/s; "
              f"command: `python benchmarks/gpu_diagnose.py {argv_text}`",
              "", "| op | impl | do_bench ms (% copy) | 1 thread ms (% copy) | graph ms (% copy) "
-             "| kernels ms (% copy) | host us / step |", "|---|---|---|---|---|---|---:|"]
+             "| kernels ms (% copy) | fwd ms | bwd only ms | host us / step |",
+             "|---|---|---|---|---|---|---:|---:|---:|"]
     tables = []
     for op in [o.strip() for o in args.ops.split(",") if o.strip()]:
         d = bench.inputs(op, m, n)
@@ -168,9 +171,15 @@ def main(argv: list[str] | None = None) -> int:
                 kern()
             with torch.autograd.set_multithreading_enabled(False):
                 one_thread = bench.time_ms(step)
+            out0 = fwd()                         # one graph, its backward timed again and again
+            outs0 = out0 if isinstance(out0, tuple) else (out0,)
+
+            def bwd_only(outs0=outs0, params=params, grads=grads) -> Any:
+                return torch.autograd.grad(outs0, params, grads, retain_graph=True)
             lines.append(f"| {op} | {impl} | {cell(bench.time_ms(step))} | {cell(one_thread)} "
                          f"| {cell(graph_ms(step, bench))} "
                          f"| {cell(None if kern is None else bench.time_ms(kern))} "
+                         f"| {bench.time_ms(fwd):.3f} | {bench.time_ms(bwd_only):.3f} "
                          f"| {host_us(step, bench):.0f} |")
             if impl == "ours":
                 tables.append((op, kernel_table(step, bench)))
