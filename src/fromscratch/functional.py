@@ -41,7 +41,7 @@ def layer_norm(input: torch.Tensor, normalized_shape: int | Sequence[int],
     args = (_flat(input, len(shape)), _flat1(weight), _flat1(bias), float(eps))
     if use_kernels(op, backend, input, weight=weight, bias=bias):
         from .kernels.autograd import LayerNormFn as KernelLayerNormFn
-        y = KernelLayerNormFn.apply(*args)
+        y = _run_kernels(KernelLayerNormFn, *args)
     else:
         y = LayerNormFn.apply(*args, ops(op, backend))[0]
     return y.reshape(input.shape)
@@ -61,7 +61,7 @@ def rms_norm(input: torch.Tensor, normalized_shape: int | Sequence[int],
     args = (_flat(input, len(shape)), _flat1(weight), float(eps))
     if use_kernels(op, backend, input, weight=weight):
         from .kernels.autograd import RMSNormFn as KernelRMSNormFn
-        y = KernelRMSNormFn.apply(*args)
+        y = _run_kernels(KernelRMSNormFn, *args)
     else:
         y = RMSNormFn.apply(*args, ops(op, backend))[0]
     return y.reshape(input.shape)
@@ -92,8 +92,8 @@ def fused_add_rms_norm(input: torch.Tensor, residual: torch.Tensor,
         from .kernels.autograd import FusedAddRMSNormFn
         if eps is None:
             eps = torch.finfo(torch.float32).eps
-        s, y = FusedAddRMSNormFn.apply(_flat(input, len(shape)), _flat(residual, len(shape)),
-                                       _flat1(weight), float(eps))
+        s, y = _run_kernels(FusedAddRMSNormFn, _flat(input, len(shape)),
+                            _flat(residual, len(shape)), _flat1(weight), float(eps))
         return s.reshape(input.shape), y.reshape(input.shape)
     s = input + residual
     return s, rms_norm(s, shape, weight, eps, "compile" if backend == "compile" else "torch")
@@ -119,8 +119,8 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None,
     if use_kernels(op, backend, input, weight=weight, bias=bias, running_mean=running_mean,
                    running_var=running_var):
         from .kernels.autograd import BatchNormFn as KernelBatchNormFn
-        y = KernelBatchNormFn.apply(x, weight, bias, running_mean, running_var, bool(training),
-                                    float(momentum), float(eps))
+        y = _run_kernels(KernelBatchNormFn, x, weight, bias, running_mean, running_var,
+                         bool(training), float(momentum), float(eps))
         return y.reshape(input.shape)
     y, mean, var, _ = BatchNormFn.apply(x, weight, bias, None if training else running_mean,
                                      None if training else running_var, float(eps),
@@ -148,12 +148,26 @@ def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True,
         check_backend(backend)
         return input
     if use_kernels(op, backend, input):
-        from .kernels.autograd import DropoutFn as KernelDropoutFn
-        from .kernels.dropout import new_seed
-        y = KernelDropoutFn.apply(input, p, new_seed(), 0)
+        y = _kernel_dropout(input, p)
     else:
         y = DropoutFn.apply(input, p)[0]
     return input.copy_(y) if inplace else y
+
+
+@torch.compiler.disable
+def _run_kernels(fn: type, *args: object) -> object:
+    """``fn.apply(*args)`` for a Function of the Triton kernels, left out of torch.compile's
+    graph (a graph break): their launch code (tuner, occupancy) is host Python that Dynamo
+    need not trace, and the kernels run as they do eagerly."""
+    return fn.apply(*args)
+
+
+@torch.compiler.disable
+def _kernel_dropout(input: torch.Tensor, p: float) -> torch.Tensor:
+    """The Triton dropout, its seed drawn eagerly (see ``_run_kernels``)."""
+    from .kernels.autograd import DropoutFn as KernelDropoutFn
+    from .kernels.dropout import new_seed
+    return KernelDropoutFn.apply(input, p, new_seed(), 0)
 
 
 def _flat1(p: torch.Tensor | None) -> torch.Tensor | None:

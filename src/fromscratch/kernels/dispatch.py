@@ -11,8 +11,6 @@ This module imports nothing heavy: triton is only imported once a kernel is actu
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 
 BACKENDS = ("auto", "triton", "torch", "compile")
@@ -26,13 +24,17 @@ def check_backend(backend: str) -> str:
     return backend
 
 
-@functools.lru_cache(maxsize=None)
+_triton: list[bool] = []     # filled on the first call (a plain list: torch.compile traces this)
+
+
 def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    if not _triton:
+        try:
+            import triton  # noqa: F401
+            _triton.append(True)
+        except ImportError:
+            _triton.append(False)
+    return _triton[0]
 
 
 def use_kernels(op: str, backend: str, input: torch.Tensor, **params: torch.Tensor | None) -> bool:
