@@ -156,3 +156,20 @@ def test_non_contiguous_input(device):
     torch.manual_seed(0)
     b = F.dropout(xt.contiguous(), 0.3, backend="triton")
     assert a.shape == xt.shape and torch.equal(a, b)
+
+
+def test_activation_checkpointing_recomputes_the_same_mask(device):
+    """torch.utils.checkpoint reruns the forward in the backward with torch's RNG state
+    restored: the seed, drawn from torch's CPU generator, and so the mask, are the same."""
+    from torch.utils.checkpoint import checkpoint
+    x = rows(8, 130, torch.float32, device).requires_grad_()
+
+    def f(t):
+        return F.dropout(t, 0.3, backend="triton").sin()
+    torch.manual_seed(5)
+    y1 = f(x)
+    g1 = torch.autograd.grad(y1.sum(), x)[0]
+    torch.manual_seed(5)
+    y2 = checkpoint(f, x, use_reentrant=False)
+    g2 = torch.autograd.grad(y2.sum(), x)[0]
+    assert torch.equal(y1, y2) and torch.equal(g1, g2)

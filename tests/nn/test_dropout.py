@@ -124,3 +124,18 @@ def test_non_contiguous_input():
     assert y.shape == x.shape
     keep = y != 0
     assert torch.equal(y[keep], x[keep] * 2.0)
+
+
+def test_activation_checkpointing_recomputes_the_same_mask():
+    """torch.utils.checkpoint reruns the forward in the backward with the RNG state restored:
+    the same mask, so the same gradient as without checkpointing."""
+    from torch.utils.checkpoint import checkpoint
+    m = Dropout(0.3)
+    x = torch.randn(8, 64, requires_grad=True)
+    torch.manual_seed(5)
+    y1 = m(x).sin()
+    g1 = torch.autograd.grad(y1.sum(), x)[0]
+    torch.manual_seed(5)
+    y2 = checkpoint(lambda t: m(t).sin(), x, use_reentrant=False)
+    g2 = torch.autograd.grad(y2.sum(), x)[0]
+    assert torch.equal(y1, y2) and torch.equal(g1, g2)
