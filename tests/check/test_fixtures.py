@@ -59,7 +59,8 @@ BUGGY = [
     ("bn_no_detach.py", "batchnorm", {"running-graph": W, "fp16-overflow": F}),
     ("bn_dim0.py", "batchnorm", {"wrong-dims": W, "running-shape": W, "fp16-overflow": F}),
     ("bn_eval_updates.py", "batchnorm", {"eval-updates-running": W, "fp16-overflow": F}),
-    ("bn_one_pass.py", "batchnorm", {"one-pass-variance": F}),
+    # upcasts float16 only: in bfloat16 its one-pass variance goes negative, sqrt gives NaN
+    ("bn_one_pass.py", "batchnorm", {"one-pass-variance": F, "bf16-precision": F}),
     ("dropout_keep_prob.py", "dropout", {"keep-drop-confused": W}),
     ("dropout_no_rescale.py", "dropout", {"no-rescale": W}),
     ("dropout_fixed_mask.py", "dropout", {"mask-not-fresh": W}),
@@ -144,6 +145,38 @@ def test_hard_coded_eps_is_measured(tmp_path, eps, severity):
     assert report.ids() == {"eps-ignored": severity}, show(report)
     assert report.get("eps-ignored").title == (f"normalises with eps = {eps:.3g}, not the "
                                                f"layer's eps = 1e-06")
+
+
+HALF_CAST = """
+import torch
+from torch import nn
+
+
+class LayerNorm(nn.Module):
+    def __init__(self, hidden_size, eps=1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.bias = nn.Parameter(torch.zeros(hidden_size))
+
+    def forward(self, x):
+        half = x.dtype in (torch.float16, torch.bfloat16)
+        xf = x.float() if half else x
+        mean = xf.mean(-1, keepdim=True)
+        var = xf.var(-1, keepdim=True, unbiased=False)
+        y = (xf - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
+        return y.half() if half else y
+"""
+
+
+def test_a_cast_back_written_for_float16_only_is_caught_in_bfloat16(tmp_path):
+    """``.half()`` where ``.to(x.dtype)`` was meant: right in float16, float16 out for
+    bfloat16 input."""
+    f = tmp_path / "half.py"
+    f.write_text(HALF_CAST)
+    report = check_layer("layernorm", f"{f}:LayerNorm")
+    assert report.ids() == {"dtype-changed": F}, show(report)
+    assert report.get("dtype-changed").title == "returns float16 for bfloat16 input"
 
 
 CHANNELS_FIRST = [("BatchNorm2d", {}), ("TorchBatchNorm1d", {}),

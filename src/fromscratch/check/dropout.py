@@ -10,7 +10,8 @@ although the draws are random.
     eval           the identity, exactly
     gradient       dx = dy * keep / (1 - p), with the layer's own mask
     p              1.5 and -0.1 must raise; p = 1 gives zeros, not NaN
-    dtype, device  float16 in, float16 out; works for input on another device (meta)
+    dtype, device  float16 / bfloat16 in, the same out; works for input on another device
+                   (meta)
 """
 from __future__ import annotations
 
@@ -80,7 +81,8 @@ class DropoutBattery:
         self.evaluation()
         self.gradient()
         self.validation()
-        self.float16()
+        self.half(torch.float16)
+        self.half(torch.bfloat16)
         self.device()
 
     # -- training: keep rate, scale, fresh masks ----------------------------------------
@@ -280,21 +282,22 @@ class DropoutBattery:
                                "zeros"))
 
     # -- dtype and device -----------------------------------------------------------------
-    def float16(self) -> None:
-        x = self.x(torch.float16)
+    def half(self, dtype: torch.dtype) -> None:
+        name = str(dtype).replace("torch.", "")
+        x = self.x(dtype)
         torch.manual_seed(6)
         o = call(self.make(), x)
         if not o.ok:
-            self.r.check("float16 input", False, o.why())
+            self.r.check(f"{name} input", False, o.why())
             return
         ok = o.y.dtype == x.dtype
-        self.r.check("float16 in, float16 out", ok, str(o.y.dtype))
+        self.r.check(f"{name} in, {name} out", ok, str(o.y.dtype))
         if not ok:
-            cause = ("the mask is converted with .float(), and float32 * float16 is float32"
+            cause = (f"the mask is converted with .float(), and float32 * {name} is float32"
                      if source.mentions(self.s.cls, ".float()") else None)
-            self.r.add(finding("dtype-changed", f"float16 input gives {o.y.dtype} output",
+            self.r.add(finding("dtype-changed", f"{name} input gives {o.y.dtype} output",
                                title=f"returns {str(o.y.dtype).replace('torch.', '')} for "
-                               f"float16 input", cause=cause))
+                               f"{name} input", cause=cause))
 
     def device(self) -> None:
         inst = self.make()

@@ -240,6 +240,10 @@ CATALOG: dict[str, Entry] = {
     "fp16-precision": Entry(F, "float16 output is less accurate than float32 statistics "
                                "allow", "the statistics are accumulated in float16",
                             "compute statistics in float32 and cast the output once"),
+    "bf16-precision": Entry(F, "bfloat16 output is less accurate than float32 statistics "
+                               "allow", "the statistics are kept in bfloat16 (8 significant "
+                               "bits), or the output is formed from values rounded twice",
+                            "compute statistics in float32 and cast the output once"),
     # -- BatchNorm -----------------------------------------------------------------------
     "eval-batch-stats": Entry(W, "eval normalises with the batch's statistics, not the "
                                  "running ones", "the eval branch uses the batch mean/var",

@@ -7,8 +7,9 @@
    separately (output with a random weight and bias against weight * xhat + bias).
 2. Edges, against the model found in 1 (so a known mistake is not counted twice): rows whose
    variance is comparable to eps (where eps is placed), constant rows, a mean of 1e4 in
-   float32 (one-pass variance), float16 input in the hundreds (overflow), output dtype,
-   another device (the meta device stands in for a GPU).
+   float32 (one-pass variance), float16 input in the hundreds (overflow), float16 and
+   bfloat16 precision and output dtype, another device (the meta device stands in for a
+   GPU).
 3. Gradients in float64 with a random upstream gradient: against ``ops`` backward when the
    forward is right, else against finite differences of the layer's own forward; a
    difference is explained by the detached-statistics models.
@@ -358,7 +359,8 @@ class NormBattery:
         self.eps_placement()
         self.constant_rows()
         self.large_mean()
-        self.float16()
+        self.half(torch.float16)
+        self.half(torch.bfloat16)
         self.device()
 
     def eps_placement(self) -> None:
@@ -459,38 +461,45 @@ class NormBattery:
                                f"while two-pass float32 statistics stay within "
                                f"{float(tol.max()):.2g}"))
 
-    def float16(self) -> None:
-        e = self.e(torch.float16)
-        inst = self.make(self.size, dtype=torch.float16)
+    #: the half-precision probes: dtype -> (name, the input scales tried). bfloat16 has
+    #: float32's range, so only float16 is tried in the hundreds (overflow).
+    HALF = {torch.float16: ("float16", (("std 1", 1.0), ("std 400", 400.0))),
+            torch.bfloat16: ("bfloat16", (("std 1", 1.0),))}
+
+    def half(self, dtype: torch.dtype) -> None:
+        label16, scales = self.HALF[dtype]
+        e = self.e(dtype)
+        inst = self.make(self.size, dtype=dtype)
         results = {}
-        for label, scale in (("std 1", 1.0), ("std 400", 400.0)):
-            x = (self.spec.ordinary(self.shape, self.gen) * scale).half()
+        for label, scale in scales:
+            x = (self.spec.ordinary(self.shape, self.gen) * scale).to(dtype)
             o = call(inst, x)
-            name = f"float16 input, {label}"
+            name = f"{label16} input, {label}"
             if not o.ok:
                 self.r.check(name, False, o.why())
                 results[label] = (False, o.why(), x)
                 continue
             if label == "std 1" and o.y.dtype != x.dtype:
-                ev = f"float16 input gives {o.y.dtype} output"
+                ev = f"{label16} input gives {o.y.dtype} output"
                 if self.r.has("param-not-registered"):     # a plain tensor stayed float32
                     self.r.get("param-not-registered").evidence.append(
-                        f"{ev}: .half() does not convert plain tensors")
+                        f"{ev}: .to({label16}) does not convert plain tensors")
                 else:
                     self.r.add(finding("dtype-changed", ev, title=f"returns "
-                                       f"{str(o.y.dtype).replace('torch.', '')} for float16 input"))
+                                       f"{str(o.y.dtype).replace('torch.', '')} for {label16} "
+                                       f"input"))
             xd = x.double()
             want = self.expected(xd, self.m_eps, e)
             if want is None:
                 continue
-            want = want.half().double()
+            want = want.to(dtype).double()
             got = o.y.double()
-            # condition-aware: float16 statistics of values far from their mean lose digits
+            # condition-aware: half-precision statistics of values far from their mean lose
+            # digits
             dims = self.m_eps.dims
             spread = xd.std(dims, keepdim=True) if self.m_eps.centre else \
                 xd.abs().amax(dims, keepdim=True)
-            tol = 1e-2 + 4 * torch.finfo(torch.float16).eps * xd.abs().amax(dims, keepdim=True) \
-                / spread
+            tol = 1e-2 + 4 * torch.finfo(dtype).eps * xd.abs().amax(dims, keepdim=True) / spread
             ok = agree(got, want, self.m_eps.floor) if self.m_eps.floor else \
                 bool(torch.isfinite(got).all()) and bool(((got - want).abs() <= tol).all())
             self.r.check(name, ok, "" if ok else diff(got, want))
@@ -503,9 +512,10 @@ class NormBattery:
                         f"0 (x / inf)")
             results[label] = (ok, how, x)
         small, large = results.get("std 1"), results.get("std 400")
+        prefix = "fp16" if dtype == torch.float16 else "bf16"
         if small and not small[0]:
-            self.r.add(finding("fp16-precision", f"on {shape_str(small[2])} input with std 1: "
-                               f"{small[1]}"))
+            self.r.add(finding(f"{prefix}-precision", f"on {shape_str(small[2])} input with "
+                               f"std 1: {small[1]}"))
         elif large and not large[0]:
             self.r.add(finding("fp16-overflow", f"on {shape_str(large[2])} input with std 400 "
                                f"(x^2 up to ~1e6 > 65504): {large[1]}"))
