@@ -164,9 +164,15 @@ def _run_kernels(fn: type, *args: object) -> object:
 
 @torch.compiler.disable
 def _kernel_dropout(input: torch.Tensor, p: float) -> torch.Tensor:
-    """The Triton dropout, its seed drawn eagerly (see ``_run_kernels``)."""
+    """The Triton dropout, its seed drawn eagerly (see ``_run_kernels``). The seed is a host
+    number: a CUDA graph would replay the one it was captured with, the same mask on every
+    replay, so capturing it is refused (torch's own dropout is graph-safe)."""
     from .kernels.autograd import DropoutFn as KernelDropoutFn
     from .kernels.dropout import new_seed
+    if input.is_cuda and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError("dropout: backend='triton' cannot be captured in a CUDA graph (its "
+                           "seed is drawn on the host, so every replay would drop the same "
+                           "elements); use backend='torch' inside graphs")
     return KernelDropoutFn.apply(input, p, new_seed(), 0)
 
 

@@ -173,3 +173,20 @@ def test_activation_checkpointing_recomputes_the_same_mask(device):
     y2 = checkpoint(f, x, use_reentrant=False)
     g2 = torch.autograd.grad(y2.sum(), x)[0]
     assert torch.equal(y1, y2) and torch.equal(g1, g2)
+
+
+def test_cuda_graph_capture_is_refused(device):
+    """A captured launch would replay its host-drawn seed: the same mask every replay."""
+    if device.type != "cuda":
+        pytest.skip("CUDA graphs need a GPU")
+    x = torch.ones(4096, device=device)
+    F.dropout(x, 0.5, backend="triton")                   # compile and tune outside the graph
+    graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        graph.capture_begin()
+        try:
+            with pytest.raises(RuntimeError, match="cannot be captured in a CUDA graph"):
+                F.dropout(x, 0.5, backend="triton")
+        finally:
+            graph.capture_end()

@@ -30,6 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..ops.dropout import scale as keep_scale
 from . import _tune
 from ._common import cdiv, flat_contiguous, on_device
 
@@ -83,7 +84,7 @@ def apply(x: torch.Tensor, p: float, seed: int, offset: int = 0) -> torch.Tensor
     n = x.numel()
     if n == 0:
         return y
-    scale = 1.0 / (1.0 - p) if p < 1.0 else 0.0
+    scale = keep_scale(p)
     t = threshold16(p)
 
     def launch(cfg: tuple[int, int]) -> None:
