@@ -100,3 +100,18 @@ def test_fused_add_reference_path_and_errors():
         F.fused_add_rms_norm(x, r[:2], 8)
     with pytest.raises(ValueError, match="backend must be one of"):
         F.fused_add_rms_norm(x, r, 8, backend="gpu")
+
+
+def test_torch_func_transforms(device):
+    """Inside vmap/grad the kernels cannot run: "triton" says so, "auto" takes the reference
+    (on CUDA) and gives torch.nn's per-sample gradients."""
+    from torch.func import grad, vmap
+    x = torch.randn(4, 3, 16, device=device)
+    w = torch.ones(16, device=device)
+
+    def loss(backend):
+        return lambda xi: F.layer_norm(xi, 16, w, None, backend=backend).pow(3).sum()
+    with pytest.raises(RuntimeError, match="does not support torch.func"):
+        vmap(grad(loss("triton")))(x)
+    want = vmap(grad(lambda xi: torch.nn.functional.layer_norm(xi, (16,), w).pow(3).sum()))(x)
+    torch.testing.assert_close(vmap(grad(loss("auto")))(x), want)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from ..ops._xp import transforming
+
 BACKENDS = ("auto", "triton", "torch", "compile")
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -40,14 +42,18 @@ def triton_available() -> bool:
 def use_kernels(op: str, backend: str, input: torch.Tensor, **params: torch.Tensor | None) -> bool:
     """True when ``op`` on ``input`` (with its named tensor ``params``) should run the kernels.
 
-    ``"triton"`` raises a clear error instead of returning False when it cannot run."""
+    ``"triton"`` raises a clear error instead of returning False when it cannot run. Inside
+    a torch.func transform (vmap, grad) "auto" takes the reference, which supports them."""
     check_backend(backend)
     if backend in ("torch", "compile"):
         return False
     named = {"input": input, **{k: v for k, v in params.items() if v is not None}}
     if backend == "auto":
-        return (input.is_cuda and triton_available()
+        return (input.is_cuda and triton_available() and not transforming()
                 and all(t.device == input.device and t.dtype in _DTYPES for t in named.values()))
+    if transforming():
+        raise RuntimeError(f"{op}: backend='triton' does not support torch.func transforms "
+                           "(vmap, grad, jacrev); use backend='auto' or 'torch' there")
     if not triton_available():
         raise RuntimeError(f"{op}: backend='triton' needs the triton package "
                            "(pip install 'fromscratch[kernels]'); or use backend='torch'")
