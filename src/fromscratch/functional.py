@@ -11,7 +11,8 @@ import torch
 
 from . import _checks as check
 from .kernels.dispatch import check_backend, use_kernels
-from .nn._autograd import BatchNormFn, DropoutFn, LayerNormFn, RMSNormFn
+from .ops._xp import transforming
+from .nn._autograd import BatchNormFn, DropoutFn, LayerNormFn, RMSNormFn, everyday
 from .nn._compile import ops
 from .ops import batch_norm as bn
 
@@ -43,7 +44,7 @@ def layer_norm(input: torch.Tensor, normalized_shape: int | Sequence[int],
         from .kernels.autograd import LayerNormFn as KernelLayerNormFn
         y = _run_kernels(KernelLayerNormFn, *args)
     else:
-        y = LayerNormFn.apply(*args, ops(op, backend))[0]
+        y = _function(LayerNormFn).apply(*args, ops(op, backend))[0]
     return y.reshape(input.shape)
 
 
@@ -63,7 +64,7 @@ def rms_norm(input: torch.Tensor, normalized_shape: int | Sequence[int],
         from .kernels.autograd import RMSNormFn as KernelRMSNormFn
         y = _run_kernels(KernelRMSNormFn, *args)
     else:
-        y = RMSNormFn.apply(*args, ops(op, backend))[0]
+        y = _function(RMSNormFn).apply(*args, ops(op, backend))[0]
     return y.reshape(input.shape)
 
 
@@ -122,9 +123,9 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None,
         y = _run_kernels(KernelBatchNormFn, x, weight, bias, running_mean, running_var,
                          bool(training), float(momentum), float(eps))
         return y.reshape(input.shape)
-    y, mean, var, _ = BatchNormFn.apply(x, weight, bias, None if training else running_mean,
-                                     None if training else running_var, float(eps),
-                                     ops(op, backend))
+    y, mean, var = _function(BatchNormFn, 3).apply(
+        x, weight, bias, None if training else running_mean,
+        None if training else running_var, float(eps), ops(op, backend))[:3]
     if training and running_mean is not None and running_var is not None and x.shape[0] > 0:
         with torch.no_grad():                          # an empty batch leaves them, as torch
             new_mean, new_var = bn.update_running(running_mean, running_var, mean, var,
@@ -150,8 +151,14 @@ def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True,
     if use_kernels(op, backend, input):
         y = _kernel_dropout(input, p)
     else:
-        y = DropoutFn.apply(input, p)[0]
+        y = _function(DropoutFn).apply(input, p)[0]
     return input.copy_(y) if inplace else y
+
+
+def _function(fn: type, public: int = 1) -> type:
+    """``fn`` inside a torch.func transform, else its cheaper classic form (``everyday``)
+    returning the first ``public`` outputs."""
+    return fn if transforming() else everyday(fn, public)
 
 
 @torch.compiler.disable
