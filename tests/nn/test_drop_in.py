@@ -147,3 +147,23 @@ def test_train_eval_flags(case):
     assert ours.training
     assert not ours.eval().training
     assert ours.train().training
+
+
+def test_a_model_of_them_compiles_and_exports():
+    """torch.compile (Dynamo and AOTAutograd through the Functions; aot_eager needs no C++
+    compiler) and torch.export give the eager model's outputs and gradients."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), fnn.LayerNorm(8), nn.GELU(), fnn.RMSNorm(8),
+                          fnn.BatchNorm(8), fnn.Dropout(0.0), nn.Linear(8, 1))
+    x = torch.randn(16, 8)
+    want = model(x)
+    want_grads = torch.autograd.grad(want.sum(), list(model.parameters()))
+    torch._dynamo.reset()
+    got = torch.compile(model, backend="aot_eager")(x)
+    got_grads = torch.autograd.grad(got.sum(), list(model.parameters()))
+    torch.testing.assert_close(got, want)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w)
+    model.eval()
+    exported = torch.export.export(model, (x,)).module()
+    torch.testing.assert_close(exported(x), model(x))
