@@ -9,8 +9,8 @@ Each forward returns what its backward needs (the per-row statistics) as extra o
 marked non-differentiable, and ``setup_context`` saves them: that is the form torch.func
 accepts, so ``torch.func.grad``, ``vmap`` (per-sample gradients) and ``jacrev`` work on these
 layers as on torch.nn's (``generate_vmap_rule``: the ops are plain torch operations).
-Outside a transform the front-ends call ``everyday(Fn)``, the same Function in the classic
-form (see there), which costs the host less per call.
+Outside a transform the front-ends call ``everyday(Fn, public)``, the same Function in the
+classic form (see there), which costs the host less per call.
 """
 from __future__ import annotations
 
@@ -69,18 +69,15 @@ def output(y: torch.Tensor, like: torch.Tensor, saved: torch.Tensor) -> torch.Te
     return out.clone() if out is saved else out
 
 
-def everyday(fn: type, public: int = 1) -> type:
-    """``fn`` in the classic form: ``forward(ctx, *inputs)`` runs ``fn.forward``, hands ``ctx``
-    to ``fn.setup_context`` itself and returns the first ``public`` outputs; the backward is
-    ``fn``'s (a tuple, as ``fn``'s). Same maths and the same saved tensors. Why: with ``setup_context`` defined,
-    ``Function.apply`` binds the arguments with ``inspect.signature`` on every call (~12 us)
-    and materialises zero gradients for the statistics; at small sizes that was a quarter
-    of a step. torch.func transforms need ``fn`` itself (``transforming()`` tells)."""
-    return _classic(fn, public)
-
-
 @functools.lru_cache(maxsize=None)              # one class per (fn, public), made once
-def _classic(fn: type, public: int) -> type:
+def everyday(fn: type, public: int) -> type:
+    """``fn`` in the classic form: ``forward(ctx, *inputs)`` runs ``fn.forward``, hands ``ctx``
+    to ``fn.setup_context`` itself and returns the first ``public`` outputs (a tuple, as
+    ``fn``'s); the backward is ``fn``'s. Same maths, same saved tensors. Why: with
+    ``setup_context`` defined, ``Function.apply`` binds the arguments with
+    ``inspect.signature`` on every call (~12 us) and materialises zero gradients for the
+    statistics; at small sizes that was a quarter of a step. torch.func transforms need
+    ``fn`` itself (``transforming()`` tells)."""
     def forward(ctx: Any, *inputs: Any) -> Any:
         outputs = fn.forward(*inputs)
         fn.setup_context(ctx, inputs, outputs)

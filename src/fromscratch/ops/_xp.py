@@ -63,8 +63,7 @@ def may_overwrite(a: Array) -> bool:
     only while autograd is not recording, never under torch.compile (a graph of pure array
     expressions is what the compiler fuses into one loop, ``nn._compile``) and never inside
     a torch.func transform (its batched tensors take no ``out=``)."""
-    return not is_torch(a) or not (torch.is_grad_enabled() or _compiling() or
-                                   _peek() is not None)
+    return not is_torch(a) or not (torch.is_grad_enabled() or _compiling() or transforming())
 
 
 _compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
