@@ -19,9 +19,14 @@ forward+backward step (``torch.autograd.grad(f(x), params, dy)``, as gpu_kernels
   autograd (what the launch tuner times);
 - ``fwd`` and ``bwd only``: the forward alone, and the backward alone through autograd (one
   graph kept with ``retain_graph``), raw milliseconds: which half holds the gap;
-- ``host``: wall time per step on the host, 20 steps enqueued back to back, no sync inside:
-  what it costs the CPU to issue one step;
+- ``host``: wall time per step on the host, 50 steps enqueued back to back, no sync inside:
+  what it costs the CPU to issue one step (and again with the backward on the calling thread);
 - the CUDA kernels one step launches (torch.profiler): name, count and device time.
+
+Rows: ours; ours with every kernel launched through Triton's ``kernel[grid]`` instead of
+``kernels._launch``'s shortcut; torch eager; and a floor, an autograd Function that
+allocates its output and launches nothing (what the harness, autograd and its thread
+handoff cost by themselves: no implementation's host time can go below it).
 
 If ``graph`` is near ``kernels`` and ``do_bench`` is not, the gap is the host (and if
 ``1 thread`` closes it, the handoff to autograd's worker thread); if ``graph`` is slow too,
@@ -50,6 +55,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--ops", default=",".join(OPS))
     ap.add_argument("--out", default="gpu_diagnose.md")
     ap.add_argument("--smoke", action="store_true", help="CPU under TRITON_INTERPRET=1, 64x96")
+    ap.add_argument("--trace", default=None, metavar="DIR",
+                    help="also write a Chrome trace (CPU and GPU timelines) of 5 steps of ours, "
+                         "one .json.gz per op, into DIR (open in chrome://tracing or Perfetto)")
     args = ap.parse_args(argv)
     # what gpu_kernels.Bench reads
     args.no_compile, args.quick, args.runs = True, True, 1
@@ -79,7 +87,33 @@ def direct(op: str, d: dict[str, Any]) -> Callable[[], Any]:
     return step
 
 
-def host_us(fn: Callable[[], Any], bench: Bench, steps: int = 20) -> float:
+class _Floor(torch.autograd.Function):
+    """Allocates its outputs and launches nothing: what the harness, autograd and its
+    thread handoff cost alone."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return torch.empty_like(x)
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> torch.Tensor:
+        return torch.empty_like(dy)
+
+
+def floor_step(x: torch.Tensor) -> Callable[[], Any]:
+    return lambda: _Floor.apply(x)
+
+
+def _launch_shortcut(on: bool) -> None:
+    """Our kernels launched through ``kernels._launch``'s shortcut, or through Triton's
+    ``kernel[grid]`` every time (the row "ours, Triton's launch")."""
+    from fromscratch.kernels import _launch
+    if not _launch._SUPPORTED:
+        _launch._SUPPORTED.append(_launch._supported())
+    _launch._SUPPORTED[0] = on and _launch._supported()
+
+
+def host_us(fn: Callable[[], Any], bench: Bench, steps: int = 50) -> float:
     bench.sync()
     start = time.perf_counter()
     for _ in range(steps):
@@ -89,36 +123,27 @@ def host_us(fn: Callable[[], Any], bench: Bench, steps: int = 20) -> float:
     return issued / steps * 1e6
 
 
-def graph_ms(fn: Callable[[], Any], bench: Bench) -> float | None:
-    """Median ms of replaying ``fn`` captured in a CUDA graph (None off CUDA or on failure)."""
-    if bench.device.type != "cuda":
-        return None
-    try:
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(3):                   # warm: tuner choices and allocator pools
-                fn()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
-        return bench.time_ms(graph.replay)
-    except Exception as e:                       # noqa: BLE001 - report, go on
-        log(f"  CUDA graph capture failed: {type(e).__name__}: {str(e)[:200]}")
-        return None
-
-
-def kernel_table(fn: Callable[[], Any], bench: Bench, steps: int = 5
-                 ) -> list[tuple[str, float, float]]:
-    """(kernel, launches per step, device us per step) of one step, from torch.profiler."""
+def kernel_table(fn: Callable[[], Any], bench: Bench, steps: int = 5,
+                 trace: str | None = None) -> list[tuple[str, float, float]]:
+    """(kernel, launches per step, device us per step) of one step, from torch.profiler;
+    with ``trace`` the CPU and GPU timelines are also written there (Chrome trace, gzipped)."""
+    import gzip
+    import shutil
     from torch.profiler import ProfilerActivity, profile
     acts = [ProfilerActivity.CUDA] if bench.device.type == "cuda" else [ProfilerActivity.CPU]
+    if trace is not None:
+        acts = list(dict.fromkeys([ProfilerActivity.CPU, *acts]))
     bench.sync()
     with profile(activities=acts) as prof:
         for _ in range(steps):
             fn()
         bench.sync()
+    if trace is not None:
+        raw = trace + ".tmp.json"
+        prof.export_chrome_trace(raw)
+        with open(raw, "rb") as src, gzip.open(trace + ".json.gz", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        os.remove(raw)
     rows = []
     for e in prof.key_averages():
         us = (e.device_time_total if bench.device.type == "cuda" else e.self_cpu_time_total)
@@ -143,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
              f"- torch {torch.__version__}; copy bandwidth {copy:.0f} GB/s; "
              f"command: `python benchmarks/gpu_diagnose.py {argv_text}`",
              "", "| op | impl | do_bench ms (% copy) | 1 thread ms (% copy) | graph ms (% copy) "
-             "| kernels ms (% copy) | fwd ms | bwd only ms | host us / step |",
-             "|---|---|---|---|---|---|---:|---:|---:|"]
+             "| kernels ms (% copy) | fwd ms | bwd only ms | host us / step | host us, 1 thread |",
+             "|---|---|---|---|---|---|---:|---:|---:|---:|"]
     tables = []
     for op in [o.strip() for o in args.ops.split(",") if o.strip()]:
         d = bench.inputs(op, m, n)
@@ -155,34 +180,45 @@ def main(argv: list[str] | None = None) -> int:
                 return "-"
             return f"{ms:.3f} ({100 * bytes_ / (ms * 1e-3) / 1e9 / copy:.0f}%)"
 
-        for impl, (fwd, params, grads) in bench.impls(op, m, n, d).items():
-            if impl not in ("ours", "torch"):
-                continue
+        impls = {k: v for k, v in bench.impls(op, m, n, d).items() if k in ("ours", "torch")}
+        impls["ours, Triton's launch"] = impls["ours"]
+        impls["floor"] = (floor_step(d["x"]), [d["x"]], [d["dy"]])
+        for impl, (fwd, params, grads) in impls.items():
 
             def step(fwd=fwd, params=params, grads=grads) -> Any:
                 out = fwd()
                 return torch.autograd.grad(out if isinstance(out, tuple) else (out,), params,
                                            grads)
             log(f"{op} {impl}")
+            _launch_shortcut(impl != "ours, Triton's launch")
             step()
             bench.sync()
-            kern = direct(op, d) if impl == "ours" else None
+            kern = direct(op, d) if impl.startswith("ours") else None
             if kern is not None:
                 kern()
             with torch.autograd.set_multithreading_enabled(False):
                 one_thread = bench.time_ms(step)
+                host_one_thread = host_us(step, bench)
+            do_bench_ms, fwd_ms = bench.time_ms(step), bench.time_ms(fwd)
             out0 = fwd()                         # one graph, its backward timed again and again
             outs0 = out0 if isinstance(out0, tuple) else (out0,)
 
             def bwd_only(outs0=outs0, params=params, grads=grads) -> Any:
                 return torch.autograd.grad(outs0, params, grads, retain_graph=True)
-            lines.append(f"| {op} | {impl} | {cell(bench.time_ms(step))} | {cell(one_thread)} "
-                         f"| {cell(graph_ms(step, bench))} "
+            bwd_ms = bench.time_ms(bwd_only)
+            del out0, outs0, bwd_only            # a graph kept alive breaks a capture
+            lines.append(f"| {op} | {impl} | {cell(do_bench_ms)} | {cell(one_thread)} "
+                         f"| {cell(bench.graph_ms(step))} "
                          f"| {cell(None if kern is None else bench.time_ms(kern))} "
-                         f"| {bench.time_ms(fwd):.3f} | {bench.time_ms(bwd_only):.3f} "
-                         f"| {host_us(step, bench):.0f} |")
+                         f"| {fwd_ms:.3f} | {bwd_ms:.3f} | {host_us(step, bench):.0f} "
+                         f"| {host_one_thread:.0f} |")
+            _launch_shortcut(True)
             if impl == "ours":
-                tables.append((op, kernel_table(step, bench)))
+                trace = None
+                if args.trace:
+                    Path(args.trace).mkdir(parents=True, exist_ok=True)
+                    trace = str(Path(args.trace) / f"trace-{op}-{m}x{n}")
+                tables.append((op, kernel_table(step, bench, trace=trace)))
     for op, rows in tables:
         lines += ["", f"## {op}, ours: kernels of one step", "",
                   "| kernel | launches / step | us / step |", "|---|---:|---:|"]

@@ -8,35 +8,55 @@
 # Liger-Kernel (a peer) is used when importable; the GPU machine has no network, so fetch
 # its wheel here first and carry it:  pip download liger-kernel==0.8.5 --no-deps -d .whl
 # (the script installs any wheel in .whl/ into a private folder, without dependencies).
+#
+# PHASES picks the steps (default: all): launchtest (the launch shortcut's CUDA test alone),
+# diagnose (DIAG_SHAPES, default both), host, pytest (all kernel tests), bench. Reports go to
+# $OUT/work and come back packed in $OUT/session.tgz (the device tool returns at most 8
+# files); the tables are also printed. Compiled kernels are cached in .cache/ (Triton's and
+# Inductor's caches, packed in $OUT/cache.tgz): unpack that here and carry .cache to skip
+# compiling again in the next call.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
-mkdir -p "$OUT"
+PHASES=${PHASES:-diagnose host pytest bench}
+W="$OUT/work"
+mkdir -p "$W" .cache/triton .cache/inductor
+export TRITON_CACHE_DIR=$PWD/.cache/triton TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor
 PY=${PYTHON:-python3}
 site=$(mktemp -d)
 if ls .whl/*.whl >/dev/null 2>&1; then
     $PY -m pip install -q --no-index --no-deps --target "$site" .whl/*.whl \
-        > "$OUT/pip.txt" 2>&1 || echo "wheel install failed: see $OUT/pip.txt"
+        > "$W/pip.txt" 2>&1 || echo "wheel install failed: see pip.txt"
 fi
 export PYTHONPATH="src:$site${PYTHONPATH:+:$PYTHONPATH}"
-export TRITON_DEFAULT_FP_FUSION=${TRITON_DEFAULT_FP_FUSION:-1}
+export TRITON_DEFAULT_FP_FUSION=${TRITON_DEFAULT_FP_FUSION:-1} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,power.draw,temperature.gpu --format=csv \
-    > "$OUT/nvidia-smi.csv" 2>&1
-lscpu > "$OUT/lscpu.txt" 2>&1; uptime >> "$OUT/lscpu.txt" 2>&1
+    > "$W/nvidia-smi.csv" 2>&1
+lscpu > "$W/lscpu.txt" 2>&1; uptime >> "$W/lscpu.txt" 2>&1
 
 step() {  # name, timeout in seconds, command...
     local name=$1 limit=$2; shift 2
     local t0=$SECONDS
-    timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+    timeout "$limit" "$@" > "$W/$name.log" 2>&1
     echo "$name: exit $? in $((SECONDS - t0)) s"
 }
-step diagnose-32768x4096 130 $PY benchmarks/gpu_diagnose.py --out "$OUT/diagnose-32768x4096.md"
-step diagnose-131072x1024 100 $PY benchmarks/gpu_diagnose.py --shape 131072x1024 \
-    --out "$OUT/diagnose-131072x1024.md"
-step host-overhead 40 $PY benchmarks/host_overhead.py --steps 300
-step pytest-kernels 120 $PY -m pytest -q tests/kernels
-step gpu-kernels 200 $PY benchmarks/gpu_kernels.py --out "$OUT/gpu_results.md" --budget-s 120
-tail -n 3 "$OUT"/*.log
+has() { [[ " $PHASES " == *" $1 "* ]]; }
+has launchtest && step pytest-launch 90 $PY -m pytest -q tests/kernels/test_launch.py
+if has diagnose; then
+    for shape in ${DIAG_SHAPES:-32768x4096 131072x1024}; do
+        step diagnose-$shape ${DIAG_S:-130} $PY benchmarks/gpu_diagnose.py --shape $shape \
+            --out "$W/diagnose-$shape.md" --trace "$W/traces"
+    done
+fi
+has host && step host-overhead 40 $PY benchmarks/host_overhead.py --steps 300
+has pytest && step pytest-kernels ${PYTEST_S:-120} $PY -m pytest -q tests/kernels
+has bench && step gpu-kernels ${BENCH_S:-200} $PY benchmarks/gpu_kernels.py \
+    --out "$W/gpu_results.md" --budget-s ${BENCH_BUDGET_S:-120}
+tail -n 3 "$W"/*.log
+tar czf "$OUT/session.tgz" -C "$W" .
+tar czf "$OUT/cache.tgz" .cache
+ls -la "$OUT"
 # the tables themselves, so they are in the call's output even if the files do not come back
-cat "$OUT"/diagnose-*.md "$OUT/host-overhead.log" 2>/dev/null
-grep -A 12 "## Targets" "$OUT/gpu_results.md" 2>/dev/null
+cat "$W"/diagnose-*.md "$W/host-overhead.log" 2>/dev/null
+grep -A 12 "## Targets" "$W/gpu_results.md" 2>/dev/null
+rm -rf "$W"

@@ -36,28 +36,44 @@ from _results import RESULTS, machine, write_section  # noqa: E402
 OPS = ("layer_norm", "rms_norm", "fused_add_rms_norm", "dropout", "batch_norm")
 
 
-class _NoLaunch:
-    """Stands in for a ``@triton.jit`` kernel: ``kernel[grid](...)`` does nothing and returns
-    what the launch wrappers read from a compiled kernel (its register count)."""
+class _Compiled:
+    """What the launch wrappers read from a compiled kernel; its launcher does nothing."""
+    n_regs = 64
+    metadata = None
+    function = packed_metadata = None
 
-    class _Compiled:
-        n_regs = 64
-        metadata = None
+    @staticmethod
+    def run(*args: Any) -> None:
+        pass
+
+
+class _NoLaunch:
+    """Stands in for a ``@triton.jit`` kernel (same parameter names): ``kernel[grid](...)``
+    does nothing and returns a ``_Compiled``."""
+
+    def __init__(self, kernel: Any):
+        self.arg_names = kernel.arg_names
 
     def __getitem__(self, grid: Any) -> Callable[..., Any]:
-        return lambda *args, **kwargs: self._Compiled()
+        return lambda *args, **kwargs: _Compiled()
 
 
 @contextlib.contextmanager
 def no_launches() -> Iterator[None]:
-    """Replace every ``*_kernel`` of the kernel modules by ``_NoLaunch`` for the duration."""
-    from fromscratch.kernels import (_reduce, _row_backward, batch_norm, dropout, layer_norm,
-                                     rms_norm)
+    """Replace every ``*_kernel`` of the kernel modules by ``_NoLaunch`` for the duration, and
+    let ``kernels._launch`` take its shortcut on CPU tensors as it does on CUDA ones (so the
+    second launch of a variant costs here what it costs there, less the driver call)."""
+    from fromscratch.kernels import (_launch, _reduce, _row_backward, batch_norm, dropout,
+                                     layer_norm, rms_norm)
     saved = [(m, name, getattr(m, name)) for m in (_reduce, _row_backward, batch_norm, dropout,
                                                    layer_norm, rms_norm)
              for name in dir(m) if name.endswith("_kernel")]
-    for m, name, _ in saved:
-        setattr(m, name, _NoLaunch())
+    saved += [(_launch, name, getattr(_launch, name)) for name in ("_SUPPORTED", "_eligible",
+                                                                   "_stream", "_hooks_idle")]
+    for m, name, k in saved[:-4]:
+        setattr(m, name, _NoLaunch(k))
+    _launch._SUPPORTED, _launch._eligible = [True], lambda t: True
+    _launch._stream, _launch._hooks_idle = lambda index: 0, lambda: True
     try:
         yield
     finally:

@@ -67,6 +67,12 @@ def flat_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.is_contiguous() else t.contiguous()
 
 
+def vector(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A per-feature parameter as the kernels read it, ``W + cols``: contiguous (a strided
+    one, such as ``weight[::2]`` or a column of a packed tensor, is copied); None stays."""
+    return t if t is None or t.is_contiguous() else t.contiguous()
+
+
 def same_device(op: str, *tensors: torch.Tensor | None) -> torch.device:
     """The one device all given tensors live on; ``ValueError`` naming them otherwise."""
     devices = {t.device for t in tensors if t is not None}

@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _launch
 from ._common import cdiv, next_pow2, on_device
 
 
@@ -47,7 +48,7 @@ def sum_rows(p: torch.Tensor, dtype: torch.dtype, q: torch.Tensor | None = None,
     block_n = 16
     block_g = min(512, next_pow2(g))
     with on_device(p):
-        _sum_rows_kernel[(cdiv(n, block_n),)](
+        _launch.run(_sum_rows_kernel, (cdiv(n, block_n),),
             p, out, q if q is not None else p, out_q if out_q is not None else out, g, n,
             HAS_Q=q is not None, BLOCK_G=block_g, BLOCK_N=block_n,
             num_warps=8 if block_g >= 256 else 4)

@@ -25,10 +25,10 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _tune
+from . import _launch, _tune
 from ._common import (interleaved_grid, next_pow2, note_resident, num_sms, on_device,
                       partials, persistent_grid, resident_programs, row_bwd_configs,
-                      unit_last_stride)
+                      unit_last_stride, vector)
 from ._reduce import sum_rows
 
 
@@ -188,8 +188,7 @@ def backward(op: str, dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | 
     """(dx, dweight, dbias) of ``op`` ("layer_norm" when ``mean`` is given, else "rms_norm")
     for x (M, N); dweight/dbias in the parameters' dtypes, None when absent. Rows longer than
     ``max_fused`` go to the looped kernel, which walks them ``loop_block`` at a time."""
-    x = unit_last_stride(x)
-    dy = unit_last_stride(dy)
+    x, dy, weight = unit_last_stride(x), unit_last_stride(dy), vector(weight)
     m, n = x.shape
     centre, has_w, has_ds = mean is not None, weight is not None, ds is not None
     ds = unit_last_stride(ds) if has_ds else x
@@ -210,9 +209,9 @@ def backward(op: str, dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | 
             dw_p = torch.zeros((g, n) if has_w else (1,), dtype=torch.float32, device=x.device)
             db_p = torch.zeros((g, n) if has_bias else (1,), dtype=torch.float32,
                                device=x.device)
-            _bwd_looped_kernel[(g,)](x, dy, ds, dx, w, mu, rstd, dw_p, db_p, m, n, *strides,
-                                     rows, BLOCK_N=min(next_pow2(n), loop_block), num_warps=8,
-                                     **flags)
+            _launch.run(_bwd_looped_kernel, (g,), x, dy, ds, dx, w, mu, rstd, dw_p, db_p, m, n,
+                        *strides, rows, BLOCK_N=min(next_pow2(n), loop_block), num_warps=8,
+                        **flags)
         else:
             block_n = next_pow2(n)
             parts: dict[str, torch.Tensor] = {}
@@ -223,10 +222,10 @@ def backward(op: str, dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | 
                 g = interleaved_grid(m, bm, sms * waves * resident_programs(variant))
                 parts["dw"] = partials(parts.get("dw"), (g, n) if has_w else (1,), x.device)
                 parts["db"] = partials(parts.get("db"), (g, n) if has_bias else (1,), x.device)
-                k = _bwd_kernel[(g,)](x, dy, ds, dx, w, mu, rstd, parts["dw"], parts["db"], m,
-                                      n, *strides, PREFETCH=prefetch, STAGES=stages,
-                                      BLOCK_M=bm, BLOCK_N=block_n, num_warps=warps,
-                                      num_stages=stages, **flags)
+                k = _launch.run(_bwd_kernel, (g,), x, dy, ds, dx, w, mu, rstd, parts["dw"],
+                                parts["db"], m, n, *strides, PREFETCH=prefetch, STAGES=stages,
+                                BLOCK_M=bm, BLOCK_N=block_n, num_warps=warps,
+                                num_stages=stages, **flags)
                 note_resident(variant, k, warps, x.device)
 
             key = (op + "_bwd", has_ds, n, x.dtype, w.dtype, _tune.rows_bucket(m))

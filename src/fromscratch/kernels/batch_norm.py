@@ -31,9 +31,9 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _tune
+from . import _launch, _tune
 from ._common import (cdiv, next_pow2, note_resident, num_sms, on_device, resident_programs,
-                      unit_last_stride)
+                      unit_last_stride, vector)
 from ._reduce import sum_rows
 
 
@@ -245,7 +245,7 @@ def _normalize(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
 
     def launch(cfg: tuple[int, int, int]) -> None:
         bm, bc, warps = cfg
-        _normalize_kernel[(cdiv(m, bm), cdiv(c, bc))](
+        _launch.run(_normalize_kernel, (cdiv(m, bm), cdiv(c, bc)),
             x, y, mean, rstd, weight if weight is not None else x,
             bias if bias is not None else x, m, c, x.stride(0), y.stride(0),
             HAS_W=weight is not None, HAS_B=bias is not None, BLOCK_M=bm, BLOCK_C=bc,
@@ -264,15 +264,15 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
 
     Training: batch statistics; the running buffers, when given, are updated in place.
     Otherwise: the running statistics normalise (both must be given)."""
-    x = unit_last_stride(x)
+    x, weight, bias = unit_last_stride(x), vector(weight), vector(bias)
     m, c = x.shape
     if m == 0 and training:                    # an empty batch: empty output, buffers unchanged
         nan = torch.full((c,), float("nan"), dtype=torch.float32, device=x.device)
         return torch.empty_like(x), nan, nan, nan
     with on_device(x):
         if not training:
-            mean = running_mean.float()
-            var = running_var.float()
+            mean = vector(running_mean.float())
+            var = vector(running_var.float())
             rstd = torch.rsqrt(var + eps)
             return _normalize(x, mean, rstd, weight, bias), mean, var, rstd
         sms = num_sms(x.device)
@@ -285,10 +285,9 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
             parts.update(p=p, rows=rows,
                          mean=torch.empty((p, c), dtype=torch.float32, device=x.device),
                          m2=torch.empty((p, c), dtype=torch.float32, device=x.device))
-            k = _stats_kernel[(p, cdiv(c, bc))](x, parts["mean"], parts["m2"], m, c,
-                                                       x.stride(0), rows, PREFETCH=prefetch,
-                                                       STAGES=stages, BLOCK_M=bm, BLOCK_C=bc,
-                                                       num_warps=warps, num_stages=stages)
+            k = _launch.run(_stats_kernel, (p, cdiv(c, bc)), x, parts["mean"], parts["m2"], m, c,
+                            x.stride(0), rows, PREFETCH=prefetch, STAGES=stages, BLOCK_M=bm,
+                            BLOCK_C=bc, num_warps=warps, num_stages=stages)
             note_resident(variant, k, warps, x.device)
 
         launch(_tune.choose(("batch_norm_stats", c, x.dtype, _tune.rows_bucket(m)),
@@ -298,12 +297,18 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
         var = torch.empty_like(mean)
         rstd = torch.empty_like(mean)
         has_running = running_mean is not None and running_var is not None
+        # the combine kernel updates the buffers in place: a strided one is updated through a
+        # contiguous copy, written back below
+        rm, rv = (vector(running_mean), vector(running_var)) if has_running else (None, None)
         block_c = 64
-        _combine_kernel[(cdiv(c, block_c),)](
+        _launch.run(_combine_kernel, (cdiv(c, block_c),),
             mean_p, m2_p, p, m, rows, mean, var, rstd,
-            running_mean if has_running else mean, running_var if has_running else var,
+            rm if has_running else mean, rv if has_running else var,
             c, 1.0 / m, m / (m - 1) if m > 1 else 1.0, float(momentum), float(eps),
             HAS_RUNNING=has_running, BLOCK_P=32, BLOCK_C=block_c, num_warps=4)
+        for buf, copy in ((running_mean, rm), (running_var, rv)):
+            if copy is not buf:
+                buf.copy_(copy)
         return _normalize(x, mean, rstd, weight, bias), mean, var, rstd
 
 
@@ -312,7 +317,7 @@ def backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, has
              bias_dtype: torch.dtype | None = None
              ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """(dx, dweight, dbias) for x (M, C); ``batch_stats`` False means mean/rstd were constants."""
-    x = unit_last_stride(x)
+    x, weight = unit_last_stride(x), vector(weight)
     dy = unit_last_stride(dy)
     m, c = x.shape
     dx = torch.empty((m, c), dtype=x.dtype, device=x.device)
@@ -330,7 +335,7 @@ def backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, has
             p, rows = _row_split(m, c, cfg, sms * waves * resident_programs(variant))
             parts["sdy"] = torch.empty((p, c), dtype=torch.float32, device=x.device)
             parts["sdyx"] = torch.empty((p, c), dtype=torch.float32, device=x.device)
-            k = _bwd_sums_kernel[(p, cdiv(c, bc))](
+            k = _launch.run(_bwd_sums_kernel, (p, cdiv(c, bc)),
                 x, dy, mean, rstd, parts["sdy"], parts["sdyx"], m, c, x.stride(0), dy.stride(0),
                 rows, PREFETCH=prefetch, STAGES=stages, BLOCK_M=bm, BLOCK_C=bc,
                 num_warps=warps, num_stages=stages)
@@ -343,7 +348,7 @@ def backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, has
 
         def launch_dx(cfg: tuple[int, int, int]) -> None:
             bm, bc, warps = cfg
-            _dx_kernel[(cdiv(m, bm), cdiv(c, bc))](
+            _launch.run(_dx_kernel, (cdiv(m, bm), cdiv(c, bc)),
                 x, dy, dx, mean, rstd, w, sdy, sdyx, m, c, x.stride(0), dy.stride(0),
                 dx.stride(0), 1.0 / m, HAS_W=weight is not None, BATCH_STATS=batch_stats,
                 BLOCK_M=bm, BLOCK_C=bc, num_warps=warps)

@@ -47,10 +47,12 @@ def use_kernels(op: str, backend: str, input: torch.Tensor, **params: torch.Tens
     check_backend(backend)
     if backend in ("torch", "compile"):
         return False
-    named = {"input": input, **{k: v for k, v in params.items() if v is not None}}
     if backend == "auto":
-        return (input.is_cuda and triton_available() and not transforming()
-                and all(t.device == input.device and t.dtype in _DTYPES for t in named.values()))
+        return (input.is_cuda and input.dtype in _DTYPES and triton_available()
+                and not transforming()
+                and all(t is None or (t.device == input.device and t.dtype in _DTYPES)
+                        for t in params.values()))
+    named = {"input": input, **{k: v for k, v in params.items() if v is not None}}
     if transforming():
         raise RuntimeError(f"{op}: backend='triton' does not support torch.func transforms "
                            "(vmap, grad, jacrev); use backend='auto' or 'torch' there")

@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from ..ops.dropout import scale as keep_scale
-from . import _tune
+from . import _launch, _tune
 from ._common import cdiv, flat_contiguous, on_device
 
 
@@ -89,8 +89,8 @@ def apply(x: torch.Tensor, p: float, seed: int, offset: int = 0) -> torch.Tensor
 
     def launch(cfg: tuple[int, int]) -> None:
         block, warps = cfg
-        _dropout_kernel[(cdiv(n, block),)](x, y, n, t, scale, seed, offset, BLOCK=block,
-                                                  num_warps=warps)
+        _launch.run(_dropout_kernel, (cdiv(n, block),), x, y, n, t, scale, seed, offset,
+                    BLOCK=block, num_warps=warps)
 
     with on_device(x):
         launch(_tune.choose(("dropout", x.dtype, _tune.rows_bucket(n)), _CONFIGS, launch,
@@ -104,7 +104,7 @@ def uniforms(n: int, seed: int, offset: int = 0, device: torch.device | str = "c
     u = torch.empty(n, dtype=torch.float32, device=device)
     if n:
         with on_device(u):
-            _uniform_kernel[(cdiv(n, 1024),)](u, n, seed, offset, BLOCK=1024)
+            _launch.run(_uniform_kernel, (cdiv(n, 1024),), u, n, seed, offset, BLOCK=1024)
     return u
 
 

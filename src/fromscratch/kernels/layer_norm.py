@@ -20,8 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _row_backward, _tune
-from ._common import cdiv, next_pow2, on_device, row_fwd_configs, unit_last_stride
+from . import _launch, _row_backward, _tune
+from ._common import cdiv, next_pow2, on_device, row_fwd_configs, unit_last_stride, vector
 
 #: widest row kept whole in registers by the forward / backward kernels; wider rows loop.
 MAX_FUSED_FWD = 16384
@@ -91,7 +91,7 @@ def _fwd_looped_kernel(X, Y, W, B, MEAN, RSTD, N, stride_x, stride_y, eps,
 def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
             eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x (M, N) -> (y (M, N) in x's dtype, mean (M,) float32, rstd (M,) float32)."""
-    x = unit_last_stride(x)
+    x, weight, bias = unit_last_stride(x), vector(weight), vector(bias)
     m, n = x.shape
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     mean = torch.empty(m, dtype=torch.float32, device=x.device)
@@ -103,17 +103,17 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
     flags = {"HAS_W": weight is not None, "HAS_B": bias is not None}
     with on_device(x):
         if n > MAX_FUSED_FWD:
-            _fwd_looped_kernel[(m,)](x, y, w, b, mean, rstd, n, x.stride(0), y.stride(0), eps,
-                                     BLOCK_N=min(next_pow2(n), LOOP_BLOCK), num_warps=8, **flags)
+            _launch.run(_fwd_looped_kernel, (m,), x, y, w, b, mean, rstd, n, x.stride(0),
+                        y.stride(0), eps, BLOCK_N=min(next_pow2(n), LOOP_BLOCK), num_warps=8,
+                        **flags)
             return y, mean, rstd
         block_n = next_pow2(n)
 
         def launch(cfg: tuple[int, int]) -> None:
             bm, warps = cfg
-            _fwd_kernel[(cdiv(m, bm),)](x, y, w, b, mean, rstd, m, n, x.stride(0),
-                                               y.stride(0), eps, EVEN_N=n == block_n,
-                                               BLOCK_M=bm, BLOCK_N=block_n, num_warps=warps,
-                                               **flags)
+            _launch.run(_fwd_kernel, (cdiv(m, bm),), x, y, w, b, mean, rstd, m, n, x.stride(0),
+                        y.stride(0), eps, EVEN_N=n == block_n, BLOCK_M=bm, BLOCK_N=block_n,
+                        num_warps=warps, **flags)
 
         key = ("layer_norm_fwd", n, x.dtype, w.dtype, _tune.rows_bucket(m))
         launch(_tune.choose(key, row_fwd_configs(block_n), launch, x.device))

@@ -21,8 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _row_backward, _tune
-from ._common import cdiv, next_pow2, on_device, row_fwd_configs, unit_last_stride
+from . import _launch, _row_backward, _tune
+from ._common import cdiv, next_pow2, on_device, row_fwd_configs, unit_last_stride, vector
 
 MAX_FUSED_FWD = 16384
 MAX_FUSED_BWD = 8192
@@ -90,7 +90,7 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """x (M, N) -> (y, rstd (M,) float32, s); with ``residual``, s = x + residual (x's dtype)
     is what was normalised, else s is None."""
-    x = unit_last_stride(x)
+    x, weight = unit_last_stride(x), vector(weight)
     m, n = x.shape
     has_res = residual is not None
     r = unit_last_stride(residual) if has_res else x
@@ -104,16 +104,15 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
     strides = (x.stride(0), r.stride(0), s.stride(0), y.stride(0))
     with on_device(x):
         if n > MAX_FUSED_FWD:
-            _fwd_looped_kernel[(m,)](x, r, s, y, w, rstd, n, *strides, eps,
-                                     BLOCK_N=min(next_pow2(n), LOOP_BLOCK), num_warps=8, **flags)
+            _launch.run(_fwd_looped_kernel, (m,), x, r, s, y, w, rstd, n, *strides, eps,
+                        BLOCK_N=min(next_pow2(n), LOOP_BLOCK), num_warps=8, **flags)
         else:
             block_n = next_pow2(n)
 
             def launch(cfg: tuple[int, int]) -> None:
                 bm, warps = cfg
-                _fwd_kernel[(cdiv(m, bm),)](x, r, s, y, w, rstd, m, n, *strides, eps,
-                                                   BLOCK_M=bm, BLOCK_N=block_n,
-                                                   num_warps=warps, **flags)
+                _launch.run(_fwd_kernel, (cdiv(m, bm),), x, r, s, y, w, rstd, m, n, *strides, eps,
+                            BLOCK_M=bm, BLOCK_N=block_n, num_warps=warps, **flags)
 
             key = ("rms_norm_fwd", has_res, n, x.dtype, w.dtype, _tune.rows_bucket(m))
             launch(_tune.choose(key, row_fwd_configs(block_n), launch, x.device))

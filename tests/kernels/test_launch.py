@@ -1,0 +1,160 @@
+"""The launch shortcut (``kernels._launch``): after one launch through ``kernel[grid]`` a
+variant is launched through its compiled launcher, and only when every fact Triton
+specialises on is the same. On CPU a stand-in kernel records which path each call took; on
+a GPU the real kernels are checked against the reference through the shortcut."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fromscratch.kernels import _launch
+
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+
+
+class FakeCompiled:
+    function, packed_metadata = "cu-function", "packed-metadata"
+
+    def __init__(self) -> None:
+        self.launches: list[tuple] = []
+
+    def run(self, *args: object) -> None:                  # the compiled launcher
+        self.launches.append(args)
+
+
+class FakeKernel:
+    """A ``@triton.jit`` kernel ``(X, Y, n, scale, BLOCK: constexpr)``."""
+    arg_names = ["X", "Y", "n", "scale", "BLOCK"]
+
+    def __init__(self) -> None:
+        self.compiled = FakeCompiled()
+        self.slow: list[tuple] = []
+
+    def __getitem__(self, grid: tuple):
+        def launch(*args: object, **kwargs: object) -> FakeCompiled:
+            self.slow.append((grid, args, kwargs))
+            return self.compiled
+        return launch
+
+
+@pytest.fixture
+def fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shortcut switched on for CPU tensors, the stream handle a constant."""
+    monkeypatch.setattr(_launch, "_SUPPORTED", [True])
+    monkeypatch.setattr(_launch, "_eligible", lambda t: True)
+    monkeypatch.setattr(_launch, "_stream", lambda index: 7)
+    monkeypatch.setattr(_launch, "_compiled", {})
+    monkeypatch.setattr(_launch, "_hooks_idle", lambda: True)
+
+
+def test_second_launch_takes_the_compiled_launcher(fast: None) -> None:
+    k = FakeKernel()
+    x, y = torch.zeros(64), torch.zeros(64)
+    _launch.run(k, (4,), x, y, 64, 0.5, BLOCK=16, num_warps=2)
+    assert len(k.slow) == 1 and k.slow[0][2] == {"num_warps": 2, "BLOCK": 16}
+    assert k.compiled.launches == []
+    _launch.run(k, (5,), x, y, 64, 0.25, BLOCK=16, num_warps=2)
+    assert len(k.slow) == 1
+    # grid padded to 3-D, stream, function, metadata, no hooks, then every argument in the
+    # kernel's order (the constexpr too)
+    # tensors as their addresses (the launcher then skips its per-pointer driver query)
+    assert k.compiled.launches == [(5, 1, 1, 7, "cu-function", "packed-metadata", None, None,
+                                    None, x.data_ptr(), y.data_ptr(), 64, 0.25, 16)]
+
+
+@pytest.mark.parametrize("change", ["misaligned", "int-not-16", "int-one", "int64",
+                                    "dtype", "constexpr", "warps", "stages"])
+def test_a_changed_specialisation_goes_through_triton(fast: None, change: str) -> None:
+    k = FakeKernel()
+    base = torch.zeros(80)
+    x, y = base[:64], torch.zeros(64)
+    args, opts = [x, y, 64, 0.5], {"BLOCK": 16, "num_warps": 4}
+    _launch.run(k, (1,), *args, **opts)
+    if change == "misaligned":
+        args[0] = base[1:65]                          # 4 bytes past a 16-byte boundary
+    elif change == "int-not-16":
+        args[2] = 40
+    elif change == "int-one":
+        args[2] = 1
+    elif change == "int64":
+        args[2] = 2**31 + 16                          # a multiple of 16 that needs int64
+    elif change == "dtype":
+        args[1] = torch.zeros(64, dtype=torch.float16)
+    elif change == "constexpr":
+        opts["BLOCK"] = 32
+    elif change == "warps":
+        opts["num_warps"] = 8
+    else:
+        opts["num_stages"] = 2
+    _launch.run(k, (1,), *args, **opts)
+    assert len(k.slow) == 2, f"{change}: a new specialisation must be compiled by Triton"
+    _launch.run(k, (1,), *args, **opts)               # and that variant is kept in turn
+    assert len(k.slow) == 2 and len(k.compiled.launches) == 1
+
+
+def test_launch_hooks_and_missing_constexprs_keep_triton_s_path(
+        fast: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    k = FakeKernel()
+    x = torch.zeros(64)
+    monkeypatch.setattr(_launch, "_hooks_idle", lambda: False)   # e.g. a profiler's hook
+    for _ in range(3):
+        _launch.run(k, (1,), x, x, 64, 0.5, BLOCK=16)
+    assert len(k.slow) == 3 and k.compiled.launches == []
+    monkeypatch.setattr(_launch, "_hooks_idle", lambda: True)
+    k2 = FakeKernel()
+    for _ in range(3):                                # BLOCK left to a default: not cached
+        _launch.run(k2, (1,), x, x, 64, 0.5)
+    assert len(k2.slow) == 3 and k2.compiled.launches == []
+
+
+def test_without_the_shortcut_every_launch_goes_through_triton(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_launch, "_SUPPORTED", [False])
+    monkeypatch.setattr(_launch, "_eligible", lambda t: True)
+    k = FakeKernel()
+    x = torch.zeros(64)
+    for _ in range(2):
+        _launch.run(k, (1,), x, x, 64, 0.5, BLOCK=16)
+    assert len(k.slow) == 2
+
+
+def test_facts() -> None:
+    f = _launch._fact
+    assert f(torch.zeros(8)) == (torch.float32, -1, True)      # dtype, device index, aligned
+    assert f(torch.zeros(8)[1:]) == (torch.float32, -1, False)
+    assert f(1) == (True, False, True) and f(32) == (False, True, True)
+    assert f(2**31) == (False, True, False) and f(-5) == (False, False, True)
+    assert f(True) == (bool, True) and f(0.5) is float and f(None) is type(None)
+
+
+@cuda_only
+def test_shortcut_on_cuda_matches_the_reference() -> None:
+    """The real kernels, launched again and again through the shortcut with aligned and
+    misaligned rows, a row stride that is not a multiple of 16, and row counts that cross
+    tuner buckets: every result equals the reference."""
+    from fromscratch import functional as FS
+    torch.manual_seed(0)
+    dev, n = "cuda", 300
+    before = _launch.fast_launches
+    buf = torch.randn(70 * 304 + 8, device=dev, dtype=torch.bfloat16)
+    w = torch.randn(n, device=dev, dtype=torch.bfloat16)
+    b = torch.randn(n, device=dev, dtype=torch.bfloat16)
+    views = {"aligned": buf[:64 * 304].view(64, 304)[:, :n],
+             "misaligned": buf[1:1 + 64 * 304].view(64, 304)[:, :n],
+             "odd stride": buf[:70 * 301].view(70, 301)[:, :n],
+             "few rows": buf[:3 * 304].view(3, 304)[:, :n]}
+    for _ in range(3):
+        for name, x in views.items():
+            x = x.detach().requires_grad_()
+            dy = torch.randn_like(x)
+            for fn in ("layer_norm", "rms_norm"):
+                args = (w, b) if fn == "layer_norm" else (w,)
+                outs = []
+                for backend in ("triton", "torch"):
+                    xx = x.detach().requires_grad_()
+                    y = getattr(FS, fn)(xx, n, *args, backend=backend)
+                    outs.append((y, *torch.autograd.grad(y, xx, dy)))
+                for mine, ref in zip(outs[0], outs[1]):
+                    torch.testing.assert_close(mine.float(), ref.float(), atol=3e-2, rtol=2e-2,
+                                               msg=lambda m: f"{fn} {name}: {m}")
+    assert _launch.fast_launches > before, "the shortcut was never taken"
