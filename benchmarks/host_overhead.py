@@ -61,19 +61,20 @@ class _NoLaunch:
 @contextlib.contextmanager
 def no_launches() -> Iterator[None]:
     """Replace every ``*_kernel`` of the kernel modules by ``_NoLaunch`` for the duration, and
-    let ``kernels._launch`` take its shortcut on CPU tensors as it does on CUDA ones (so the
-    second launch of a variant costs here what it costs there, less the driver call)."""
+    let ``kernels._launch`` take its shortcut (and the backward its replay) on CPU tensors as
+    on CUDA ones (so a step costs here what it costs there, less the driver calls)."""
     from fromscratch.kernels import (_launch, _reduce, _row_backward, batch_norm, dropout,
                                      layer_norm, rms_norm)
     saved = [(m, name, getattr(m, name)) for m in (_reduce, _row_backward, batch_norm, dropout,
                                                    layer_norm, rms_norm)
              for name in dir(m) if name.endswith("_kernel")]
-    saved += [(_launch, name, getattr(_launch, name)) for name in ("_SUPPORTED", "_eligible",
-                                                                   "_stream", "_hooks_idle")]
-    for m, name, k in saved[:-4]:
+    shortcut = ("_SUPPORTED", "_eligible", "_stream", "_hooks_idle", "replayable")
+    saved += [(_launch, name, getattr(_launch, name)) for name in shortcut]
+    for m, name, k in saved[:-len(shortcut)]:
         setattr(m, name, _NoLaunch(k))
     _launch._SUPPORTED, _launch._eligible = [True], lambda t: True
     _launch._stream, _launch._hooks_idle = lambda index: 0, lambda: True
+    _launch.replayable = lambda index: True
     try:
         yield
     finally:

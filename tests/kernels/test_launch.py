@@ -129,13 +129,17 @@ def test_facts() -> None:
 
 @cuda_only
 def test_shortcut_on_cuda_matches_the_reference() -> None:
-    """The real kernels, launched again and again through the shortcut with aligned and
-    misaligned rows, a row stride that is not a multiple of 16, and row counts that cross
-    tuner buckets: every result equals the reference."""
+    """The real kernels, launched again and again through the shortcut (and, from the third
+    step, the backward's replay) with aligned and misaligned rows, a row stride that is not
+    a multiple of 16, and row counts that cross tuner buckets: every result, gradients
+    included, equals the reference, for LayerNorm, RMSNorm, the fused residual form and
+    BatchNorm."""
     from fromscratch import functional as FS
+    from fromscratch.kernels import _replay
     torch.manual_seed(0)
     dev, n = "cuda", 300
-    before = _launch.fast_launches
+    before, replays_before = _launch.fast_launches, _replay.replays
+    wf, bf = torch.randn(n, device=dev), torch.randn(n, device=dev)
     buf = torch.randn(70 * 304 + 8, device=dev, dtype=torch.bfloat16)
     w = torch.randn(n, device=dev, dtype=torch.bfloat16)
     b = torch.randn(n, device=dev, dtype=torch.bfloat16)
@@ -143,18 +147,34 @@ def test_shortcut_on_cuda_matches_the_reference() -> None:
              "misaligned": buf[1:1 + 64 * 304].view(64, 304)[:, :n],
              "odd stride": buf[:70 * 301].view(70, 301)[:, :n],
              "few rows": buf[:3 * 304].view(3, 304)[:, :n]}
-    for _ in range(3):
+    def run(fn: str, backend: str, x: torch.Tensor, r: torch.Tensor, dy: torch.Tensor,
+            ds: torch.Tensor) -> list[torch.Tensor]:
+        leaves = [t.detach().requires_grad_() for t in
+                  ((x, w, b) if fn == "layer_norm" else (x, r, w) if fn == "fused" else
+                   (x, wf, bf) if fn == "batch_norm" else (x, w))]
+        if fn == "layer_norm":
+            outs, grads = [FS.layer_norm(leaves[0], n, *leaves[1:], backend=backend)], [dy]
+        elif fn == "rms_norm":
+            outs, grads = [FS.rms_norm(leaves[0], n, leaves[1], backend=backend)], [dy]
+        elif fn == "fused":
+            outs = list(FS.fused_add_rms_norm(*leaves[:2], n, leaves[2], backend=backend))
+            grads = [ds, dy]
+        else:
+            rm, rv = torch.zeros(n, device=dev), torch.ones(n, device=dev)
+            outs = [FS.batch_norm(leaves[0], rm, rv, *leaves[1:], True, backend=backend), rm,
+                    rv]
+            grads = [dy, None, None]
+        return [*outs, *torch.autograd.grad(outs[0] if fn == "batch_norm" else outs, leaves,
+                                            grads[0] if fn == "batch_norm" else grads)]
+
+    for _ in range(4):
         for name, x in views.items():
-            x = x.detach().requires_grad_()
-            dy = torch.randn_like(x)
-            for fn in ("layer_norm", "rms_norm"):
-                args = (w, b) if fn == "layer_norm" else (w,)
-                outs = []
-                for backend in ("triton", "torch"):
-                    xx = x.detach().requires_grad_()
-                    y = getattr(FS, fn)(xx, n, *args, backend=backend)
-                    outs.append((y, *torch.autograd.grad(y, xx, dy)))
-                for mine, ref in zip(outs[0], outs[1]):
-                    torch.testing.assert_close(mine.float(), ref.float(), atol=3e-2, rtol=2e-2,
+            dy, r, ds = (torch.randn(x.shape, device=dev, dtype=x.dtype) for _ in range(3))
+            for fn in ("layer_norm", "rms_norm", "fused", "batch_norm"):
+                outs = [run(fn, backend, x, r, dy, ds) for backend in ("triton", "torch")]
+                for mine, ref in zip(*outs):      # bf16; sums over rows scale with max|ref|
+                    atol = 4e-2 * max(1.0, float(ref.detach().abs().max()))
+                    torch.testing.assert_close(mine.float(), ref.float(), atol=atol, rtol=2e-2,
                                                msg=lambda m: f"{fn} {name}: {m}")
     assert _launch.fast_launches > before, "the shortcut was never taken"
+    assert _replay.replays > replays_before, "no backward was replayed"

@@ -83,16 +83,40 @@ def _eligible(t: torch.Tensor) -> bool:
     return t.is_cuda
 
 
+def enabled_for(t: torch.Tensor) -> bool:
+    """Whether launches with ``t`` as first argument may take the shortcut."""
+    if not _SUPPORTED:
+        _SUPPORTED.append(_supported())
+    return _SUPPORTED[0] and _eligible(t)
+
+
 def _stream(index: int | None) -> int:
     """The current CUDA stream's handle, as Triton's own launch path reads it."""
     return torch._C._cuda_getCurrentRawStream(index)
 
 
+class Bound:
+    """One compiled variant and grid, called with the stream and the runtime values only
+    (tensors as addresses, in the kernel's order): what a replay (``_row_backward``) keeps.
+    The caller owns the promise that the values have the facts the variant was keyed on."""
+    __slots__ = ("launcher", "function", "metadata", "tail", "grid")
+
+    def __init__(self, entry: tuple, grid: tuple[int, ...]):
+        _, self.launcher, self.function, self.metadata, self.tail = entry
+        self.grid = (*grid, 1, 1)[:3]
+
+    def __call__(self, stream: int, *values: object) -> None:
+        g = self.grid
+        self.launcher(g[0], g[1], g[2], stream, self.function, self.metadata, None, None, None,
+                      *values, *self.tail)
+
+
 def run(kernel: Any, grid: tuple[int, ...], *args: Any, num_warps: int = 4,
-        num_stages: int | None = None, **constexprs: Any) -> Any:
+        num_stages: int | None = None, _record: list | None = None, **constexprs: Any) -> Any:
     """``kernel[grid](*args, num_warps=..., num_stages=..., **constexprs)``: the runtime
     arguments positionally, in the kernel's order, then every constexpr by name. Returns the
-    compiled kernel (what ``kernel[grid]`` returns)."""
+    compiled kernel (what ``kernel[grid]`` returns). With ``_record``, a ``Bound`` of this
+    launch is appended to it (None when the shortcut does not apply)."""
     global fast_launches
     first = args[0]
     if not _SUPPORTED:
@@ -120,6 +144,8 @@ def run(kernel: Any, grid: tuple[int, ...], *args: Any, num_warps: int = 4,
             launcher(g[0], g[1], g[2], _stream(index), function, metadata, None, None, None,
                      *values, *tail)
             fast_launches += 1
+            if _record is not None:
+                _record.append(Bound(hit, grid))
             return compiled
     else:
         key = hit = None
@@ -131,11 +157,21 @@ def run(kernel: Any, grid: tuple[int, ...], *args: Any, num_warps: int = 4,
         tail = _ordered(kernel, len(args), constexprs)
         if tail is not None:
             try:
-                _compiled[key] = (compiled, compiled.run, compiled.function,
-                                  compiled.packed_metadata, tail)
+                hit = _compiled[key] = (compiled, compiled.run, compiled.function,
+                                        compiled.packed_metadata, tail)
             except AttributeError:           # a Triton whose compiled kernel looks different
                 _SUPPORTED[0] = False
+    if _record is not None:
+        _record.append(None if hit is None or not _hooks_idle() else Bound(hit, grid))
     return compiled
+
+
+def replayable(index: int) -> bool:
+    """Whether recorded ``Bound`` launches may run now on device ``index``: the shortcut is
+    on, no launch hook is installed and ``index`` is the current device (a launch goes to the
+    current device's context)."""
+    return bool(_SUPPORTED and _SUPPORTED[0] and _hooks_idle()
+                and torch._C._cuda_getDevice() == index)
 
 
 def _ordered(kernel: Any, n_args: int, constexprs: dict[str, Any]) -> tuple | None:

@@ -39,9 +39,12 @@ def _sum_rows_kernel(P, OUT, Q, OUT_Q, G, N, HAS_Q: tl.constexpr,
 
 
 def sum_rows(p: torch.Tensor, dtype: torch.dtype, q: torch.Tensor | None = None,
-             dtype_q: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+             dtype_q: torch.dtype | None = None, _record: list | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(p.sum(0) as ``dtype``, q.sum(0) as ``dtype_q``), float32 accumulation; p and q are
-    contiguous (G, N) float32 buffers of the same shape, q optional."""
+    contiguous (G, N) float32 buffers of the same shape, q optional. The kernel's arguments
+    are (p, out, q, out_q, G, N), with p and out passed again for q and out_q when there is
+    no q (``_record``: see ``_launch.run``)."""
     g, n = p.shape
     out = torch.empty(n, dtype=dtype, device=p.device)
     out_q = torch.empty(n, dtype=dtype_q or dtype, device=p.device) if q is not None else None
@@ -51,5 +54,5 @@ def sum_rows(p: torch.Tensor, dtype: torch.dtype, q: torch.Tensor | None = None,
         _launch.run(_sum_rows_kernel, (cdiv(n, block_n),),
             p, out, q if q is not None else p, out_q if out_q is not None else out, g, n,
             HAS_Q=q is not None, BLOCK_G=block_g, BLOCK_N=block_n,
-            num_warps=8 if block_g >= 256 else 4)
+            num_warps=8 if block_g >= 256 else 4, _record=_record)
     return out, out_q

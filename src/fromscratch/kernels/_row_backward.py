@@ -21,11 +21,13 @@ walks each row twice (the means, then dx).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
 
-from . import _launch, _tune
+from . import _launch, _replay, _tune
 from ._common import (interleaved_grid, next_pow2, note_resident, num_sms, on_device,
                       partials, persistent_grid, resident_programs, row_bwd_configs,
                       unit_last_stride, vector)
@@ -180,14 +182,73 @@ def _bwd_looped_kernel(X, DY, DS, DX, W, MEAN, RSTD, DW_PART, DB_PART, M, N, str
                 tl.store(p, tl.load(p, mask=cmask, other=0.0) + dy, mask=cmask)
 
 
+# Replay (see ``_replay``): the forward calls ``prepare``; a backward of a geometry seen
+# twice replays its two launches, ``_bwd_kernel`` and ``_sum_rows_kernel``.
+
+class _Recipe(NamedTuple):
+    bwd: _launch.Bound                     # _bwd_kernel: its grid, variant, constexprs
+    sums: _launch.Bound | None             # _sum_rows_kernel, None without weight and bias
+    dw_part: tuple[int, ...]               # shapes of the float32 partial buffers
+    db_part: tuple[int, ...]
+    w_dtype: torch.dtype | None            # dweight's dtype, None without weight
+    b_dtype: torch.dtype | None            # dbias's dtype, None without bias
+    programs: int                          # G, the partial rows
+
+
+def prepare(op: str, x: torch.Tensor, weight: torch.Tensor | None, rstd: torch.Tensor,
+            mean: torch.Tensor | None = None, has_bias: bool = False,
+            bias_dtype: torch.dtype | None = None, has_ds: bool = False, *, max_fused: int
+            ) -> tuple | None:
+    """Called by the forward with the tensors the backward will get: (facts, device, the
+    addresses of x, weight, mean-or-rstd, rstd), or None where replay does not apply (no
+    shortcut, rows wider than ``max_fused``, an empty x, strided columns or weight)."""
+    m, n = x.shape
+    if (m == 0 or n > max_fused or x.stride(1) != 1 or not _launch.enabled_for(x)
+            or (weight is not None and not weight.is_contiguous())):
+        return None
+    facts = (op, m, n, x.stride(0), x.dtype, None if weight is None else weight.dtype,
+             has_bias, bias_dtype or x.dtype, has_ds)
+    return _replay.prepared(facts, x.get_device(), x, weight if weight is not None else x,
+                            mean if mean is not None else rstd, rstd)
+
+
+def _run_recipe(r: _Recipe, prep: tuple, dy: torch.Tensor, ds: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``backward``'s result from the recipe: allocate, then the two recorded launches with
+    this call's addresses, in the kernels' argument order."""
+    (_, m, n, stride_x, dtype, *_), index, x, w, mu, rstd = prep
+    dev = dy.device
+    dx = torch.empty((m, n), dtype=dtype, device=dev)
+    dw_p = torch.empty(r.dw_part, dtype=torch.float32, device=dev)
+    db_p = torch.empty(r.db_part, dtype=torch.float32, device=dev)
+    stream = _launch._stream(index)
+    ds_ptr, stride_ds = (x, stride_x) if ds is None else (ds.data_ptr(), ds.stride(0))
+    r.bwd(stream, x, dy.data_ptr(), ds_ptr, dx.data_ptr(), w, mu, rstd, dw_p.data_ptr(),
+          db_p.data_ptr(), m, n, stride_x, dy.stride(0), stride_ds, n)
+    dw = None if r.w_dtype is None else torch.empty(n, dtype=r.w_dtype, device=dev)
+    db = None if r.b_dtype is None else torch.empty(n, dtype=r.b_dtype, device=dev)
+    if r.sums is not None:               # (p, out, q, out_q, G, N) as in _reduce.sum_rows
+        p, out = (dw_p, dw) if dw is not None else (db_p, db)
+        q, out_q = (db_p, db) if dw is not None and db is not None else (p, out)
+        r.sums(stream, p.data_ptr(), out.data_ptr(), q.data_ptr(), out_q.data_ptr(),
+               r.programs, n)
+    return dx, dw, db
+
+
 def backward(op: str, dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None,
              rstd: torch.Tensor, mean: torch.Tensor | None = None, has_bias: bool = False,
              bias_dtype: torch.dtype | None = None, ds: torch.Tensor | None = None, *,
-             max_fused: int, loop_block: int
+             max_fused: int, loop_block: int, prepared: tuple | None = None
              ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """(dx, dweight, dbias) of ``op`` ("layer_norm" when ``mean`` is given, else "rms_norm")
     for x (M, N); dweight/dbias in the parameters' dtypes, None when absent. Rows longer than
-    ``max_fused`` go to the looped kernel, which walks them ``loop_block`` at a time."""
+    ``max_fused`` go to the looped kernel, which walks them ``loop_block`` at a time.
+    ``prepared``: what ``prepare`` returned in the forward, for the replay."""
+    key, record = None, None
+    if prepared is not None:
+        key, recipe, record = _replay.begin(prepared, dy, ds)
+        if recipe is not None:
+            return _run_recipe(recipe, prepared, dy, ds)
     x, dy, weight = unit_last_stride(x), unit_last_stride(dy), vector(weight)
     m, n = x.shape
     centre, has_w, has_ds = mean is not None, weight is not None, ds is not None
@@ -216,7 +277,7 @@ def backward(op: str, dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | 
             block_n = next_pow2(n)
             parts: dict[str, torch.Tensor] = {}
 
-            def launch(cfg: tuple[int, int, int, bool, int]) -> None:
+            def launch(cfg: tuple[int, int, int, bool, int], rec: list | None = None) -> None:
                 bm, warps, waves, prefetch, stages = cfg
                 variant = (op, block_n, cfg, x.dtype, w.dtype, has_w, has_bias, has_ds)
                 g = interleaved_grid(m, bm, sms * waves * resident_programs(variant))
@@ -225,15 +286,20 @@ def backward(op: str, dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | 
                 k = _launch.run(_bwd_kernel, (g,), x, dy, ds, dx, w, mu, rstd, parts["dw"],
                                 parts["db"], m, n, *strides, PREFETCH=prefetch, STAGES=stages,
                                 BLOCK_M=bm, BLOCK_N=block_n, num_warps=warps,
-                                num_stages=stages, **flags)
+                                num_stages=stages, _record=rec, **flags)
                 note_resident(variant, k, warps, x.device)
 
-            key = (op + "_bwd", has_ds, n, x.dtype, w.dtype, _tune.rows_bucket(m))
-            launch(_tune.choose(key, row_bwd_configs(block_n), launch, x.device))
+            tune_key = (op + "_bwd", has_ds, n, x.dtype, w.dtype, _tune.rows_bucket(m))
+            launch(_tune.choose(tune_key, row_bwd_configs(block_n), launch, x.device), record)
             dw_p, db_p = parts["dw"], parts["db"]
+    if n > max_fused:
+        record = None
     if has_w and has_bias:
-        dw, db = sum_rows(dw_p, weight.dtype, db_p, db_dtype)
+        dw, db = sum_rows(dw_p, weight.dtype, db_p, db_dtype, _record=record)
     else:
-        dw = sum_rows(dw_p, weight.dtype)[0] if has_w else None
-        db = sum_rows(db_p, db_dtype)[0] if has_bias else None
+        dw = sum_rows(dw_p, weight.dtype, _record=record)[0] if has_w else None
+        db = sum_rows(db_p, db_dtype, _record=record)[0] if has_bias else None
+    _replay.keep(key, record, 1 + (has_w or has_bias), lambda bwd, sums=None: _Recipe(
+        bwd, sums, tuple(dw_p.shape), tuple(db_p.shape), weight.dtype if has_w else None,
+        db_dtype if has_bias else None, (dw_p if has_w else db_p).shape[0]))
     return dx, dw, db

@@ -41,6 +41,9 @@ class LayerNormFn(torch.autograd.Function):
         y, mean, rstd = layer_norm.forward(x, weight, bias, eps)
         ctx.save_for_backward(x, weight, mean, rstd)
         ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.prepared = (layer_norm.prepare_backward(x, weight, bias is not None, mean, rstd,
+                                                    ctx.bias_dtype)
+                        if any(ctx.needs_input_grad) else None)
         return y
 
     @staticmethod
@@ -48,7 +51,7 @@ class LayerNormFn(torch.autograd.Function):
     def backward(ctx: Any, dy: torch.Tensor):
         x, weight, mean, rstd = ctx.saved_tensors
         dx, dw, db = layer_norm.backward(dy, x, weight, ctx.bias_dtype is not None, mean, rstd,
-                                         ctx.bias_dtype)
+                                         ctx.bias_dtype, ctx.prepared)
         return dx, dw, db, None
 
 
@@ -58,13 +61,15 @@ class RMSNormFn(torch.autograd.Function):
                 eps: float) -> torch.Tensor:
         y, rstd, _ = rms_norm.forward(x, weight, eps)
         ctx.save_for_backward(x, weight, rstd)
+        ctx.prepared = (rms_norm.prepare_backward(x, weight, rstd)
+                        if any(ctx.needs_input_grad) else None)
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, dy: torch.Tensor):
         x, weight, rstd = ctx.saved_tensors
-        dx, dw = rms_norm.backward(dy, x, weight, rstd)
+        dx, dw = rms_norm.backward(dy, x, weight, rstd, prepared=ctx.prepared)
         return dx, dw, None
 
 
@@ -76,6 +81,8 @@ class FusedAddRMSNormFn(torch.autograd.Function):
                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
         s, y, rstd = residual_rms_norm.forward(x, residual, weight, eps)
         ctx.save_for_backward(s, weight, rstd)
+        ctx.prepared = (rms_norm.prepare_backward(s, weight, rstd, has_ds=True)
+                        if any(ctx.needs_input_grad) else None)
         ctx.set_materialize_grads(False)       # an unused output sends None, not zeros to read
         return s, y
 
@@ -87,7 +94,7 @@ class FusedAddRMSNormFn(torch.autograd.Function):
             d = ds if ds is not None else torch.zeros_like(s)
             dw = None if weight is None else torch.zeros_like(weight)
             return d, d, dw, None
-        d, dw = residual_rms_norm.backward(dy, ds, s, weight, rstd)
+        d, dw = residual_rms_norm.backward(dy, ds, s, weight, rstd, ctx.prepared)
         return d, d, dw, None
 
 
@@ -119,6 +126,9 @@ class BatchNormFn(torch.autograd.Function):
         ctx.save_for_backward(x, weight, mean, rstd)
         ctx.training = training
         ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.prepared = (batch_norm.prepare_backward(x, weight, bias is not None, mean, rstd,
+                                                    training, ctx.bias_dtype)
+                        if any(ctx.needs_input_grad) else None)
         return y
 
     @staticmethod
@@ -126,5 +136,5 @@ class BatchNormFn(torch.autograd.Function):
     def backward(ctx: Any, dy: torch.Tensor):
         x, weight, mean, rstd = ctx.saved_tensors
         dx, dw, db = batch_norm.backward(dy, x, weight, ctx.bias_dtype is not None, mean, rstd,
-                                         ctx.training, ctx.bias_dtype)
+                                         ctx.training, ctx.bias_dtype, ctx.prepared)
         return dx, dw, db, None, None, None, None, None

@@ -26,12 +26,13 @@ need a full pass before the first output can be written.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
-from . import _launch, _tune
+from . import _launch, _replay, _tune
 from ._common import (cdiv, next_pow2, note_resident, num_sms, on_device, resident_programs,
                       unit_last_stride, vector)
 from ._reduce import sum_rows
@@ -312,11 +313,65 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
         return _normalize(x, mean, rstd, weight, bias), mean, var, rstd
 
 
+# Replay (see ``_replay``): the forward calls ``prepare_backward``; a backward seen twice
+# replays its three launches: ``_bwd_sums_kernel``, ``_sum_rows_kernel``, ``_dx_kernel``.
+
+class _Recipe(NamedTuple):
+    sums: _launch.Bound
+    sum_rows: _launch.Bound
+    dx: _launch.Bound
+    programs: int                          # P, rows of the partial sums
+    rows: int                              # rows of x per program
+
+
+def prepare_backward(x: torch.Tensor, weight: torch.Tensor | None, has_bias: bool,
+                     mean: torch.Tensor, rstd: torch.Tensor, batch_stats: bool,
+                     bias_dtype: torch.dtype | None = None) -> tuple | None:
+    """In the forward: (facts, device, addresses of x, weight, mean, rstd) for a replay of
+    ``backward``, or None where it does not apply."""
+    m, c = x.shape
+    if (m == 0 or x.stride(1) != 1 or not _launch.enabled_for(x)
+            or (weight is not None and not weight.is_contiguous())):
+        return None
+    facts = (m, c, x.stride(0), x.dtype, None if weight is None else weight.dtype, has_bias,
+             bias_dtype or x.dtype, batch_stats)
+    return _replay.prepared(facts, x.get_device(), x, weight if weight is not None else x,
+                            mean, rstd)
+
+
+def _run_recipe(r: _Recipe, prep: tuple, dy: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``backward``'s result from the recipe, the kernels' arguments in their order."""
+    (m, c, stride_x, dtype, w_dtype, has_bias, b_dtype, _), index, x, w, mean, rstd = prep
+    dev = dy.device
+    dx = torch.empty((m, c), dtype=dtype, device=dev)
+    sdy_p = torch.empty((r.programs, c), dtype=torch.float32, device=dev)
+    sdyx_p = torch.empty((r.programs, c), dtype=torch.float32, device=dev)
+    sdy = torch.empty(c, dtype=torch.float32, device=dev)
+    sdyx = torch.empty(c, dtype=torch.float32, device=dev)
+    stream = _launch._stream(index)
+    dy_ptr, stride_dy = dy.data_ptr(), dy.stride(0)
+    r.sums(stream, x, dy_ptr, mean, rstd, sdy_p.data_ptr(), sdyx_p.data_ptr(), m, c, stride_x,
+           stride_dy, r.rows)
+    r.sum_rows(stream, sdy_p.data_ptr(), sdy.data_ptr(), sdyx_p.data_ptr(), sdyx.data_ptr(),
+               r.programs, c)
+    r.dx(stream, x, dy_ptr, dx.data_ptr(), mean, rstd, w, sdy.data_ptr(), sdyx.data_ptr(), m, c,
+         stride_x, stride_dy, c, 1.0 / m)
+    return (dx, None if w_dtype is None else sdyx.to(w_dtype),
+            sdy.to(b_dtype) if has_bias else None)
+
+
 def backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, has_bias: bool,
              mean: torch.Tensor, rstd: torch.Tensor, batch_stats: bool,
-             bias_dtype: torch.dtype | None = None
+             bias_dtype: torch.dtype | None = None, prepared: tuple | None = None
              ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """(dx, dweight, dbias) for x (M, C); ``batch_stats`` False means mean/rstd were constants."""
+    """(dx, dweight, dbias) for x (M, C); ``batch_stats`` False means mean/rstd were constants.
+    ``prepared``: what ``prepare_backward`` returned in the forward, for the replay."""
+    key, record = None, None
+    if prepared is not None:
+        key, recipe, record = _replay.begin(prepared, dy)
+        if recipe is not None:
+            return _run_recipe(recipe, prepared, dy)
     x, weight = unit_last_stride(x), vector(weight)
     dy = unit_last_stride(dy)
     m, c = x.shape
@@ -329,32 +384,36 @@ def backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, has
     with on_device(x):
         parts: dict[str, torch.Tensor] = {}
 
-        def launch_sums(cfg: tuple[int, int, int, int, bool, int]) -> None:
+        def launch_sums(cfg: tuple[int, int, int, int, bool, int], rec: list | None = None
+                        ) -> None:
             bm, bc, warps, waves, prefetch, stages = cfg
             variant = ("batch_norm_bwd_sums", cfg, x.dtype)
             p, rows = _row_split(m, c, cfg, sms * waves * resident_programs(variant))
-            parts["sdy"] = torch.empty((p, c), dtype=torch.float32, device=x.device)
-            parts["sdyx"] = torch.empty((p, c), dtype=torch.float32, device=x.device)
+            parts.update(p=p, rows=rows,
+                         sdy=torch.empty((p, c), dtype=torch.float32, device=x.device),
+                         sdyx=torch.empty((p, c), dtype=torch.float32, device=x.device))
             k = _launch.run(_bwd_sums_kernel, (p, cdiv(c, bc)),
                 x, dy, mean, rstd, parts["sdy"], parts["sdyx"], m, c, x.stride(0), dy.stride(0),
                 rows, PREFETCH=prefetch, STAGES=stages, BLOCK_M=bm, BLOCK_C=bc,
-                num_warps=warps, num_stages=stages)
+                num_warps=warps, num_stages=stages, _record=rec)
             note_resident(variant, k, warps, x.device)
 
         launch_sums(_tune.choose(("batch_norm_bwd_sums", c, x.dtype, _tune.rows_bucket(m)),
-                                 _reduce_configs(c), launch_sums, x.device))
-        sdy, sdyx = sum_rows(parts["sdy"], torch.float32, parts["sdyx"])
+                                 _reduce_configs(c), launch_sums, x.device), record)
+        sdy, sdyx = sum_rows(parts["sdy"], torch.float32, parts["sdyx"], _record=record)
         w = weight if weight is not None else x
 
-        def launch_dx(cfg: tuple[int, int, int]) -> None:
+        def launch_dx(cfg: tuple[int, int, int], rec: list | None = None) -> None:
             bm, bc, warps = cfg
             _launch.run(_dx_kernel, (cdiv(m, bm), cdiv(c, bc)),
                 x, dy, dx, mean, rstd, w, sdy, sdyx, m, c, x.stride(0), dy.stride(0),
                 dx.stride(0), 1.0 / m, HAS_W=weight is not None, BATCH_STATS=batch_stats,
-                BLOCK_M=bm, BLOCK_C=bc, num_warps=warps)
+                BLOCK_M=bm, BLOCK_C=bc, num_warps=warps, _record=rec)
 
-        key = ("batch_norm_dx", batch_stats, c, x.dtype, _tune.rows_bucket(m))
-        launch_dx(_tune.choose(key, _elementwise_configs(c), launch_dx, x.device))
+        tune_key = ("batch_norm_dx", batch_stats, c, x.dtype, _tune.rows_bucket(m))
+        launch_dx(_tune.choose(tune_key, _elementwise_configs(c), launch_dx, x.device), record)
+    _replay.keep(key, record, 3, lambda sums, sum_rows, dx: _Recipe(
+        sums, sum_rows, dx, parts["p"], parts["rows"]))
     dw = sdyx.to(weight.dtype) if weight is not None else None
     db = sdy.to(bias_dtype or x.dtype) if has_bias else None
     return dx, dw, db

@@ -120,10 +120,19 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
     return y, mean, rstd
 
 
+def prepare_backward(x: torch.Tensor, weight: torch.Tensor | None, has_bias: bool,
+                     mean: torch.Tensor, rstd: torch.Tensor,
+                     bias_dtype: torch.dtype | None = None) -> tuple | None:
+    """In the forward: what lets ``backward`` replay its launches (``_row_backward.prepare``)."""
+    return _row_backward.prepare("layer_norm", x, weight, rstd, mean, has_bias, bias_dtype,
+                                 max_fused=MAX_FUSED_BWD)
+
+
 def backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None,
              has_bias: bool, mean: torch.Tensor, rstd: torch.Tensor,
-             bias_dtype: torch.dtype | None = None
+             bias_dtype: torch.dtype | None = None, prepared: tuple | None = None
              ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """(dx, dweight, dbias); dweight/dbias in the parameters' dtypes, None when absent."""
     return _row_backward.backward("layer_norm", dy, x, weight, rstd, mean, has_bias,
-                                  bias_dtype, max_fused=MAX_FUSED_BWD, loop_block=LOOP_BLOCK)
+                                  bias_dtype, max_fused=MAX_FUSED_BWD, loop_block=LOOP_BLOCK,
+                                  prepared=prepared)

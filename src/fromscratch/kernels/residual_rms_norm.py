@@ -27,7 +27,8 @@ def forward(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None
 
 
 def backward(dy: torch.Tensor, ds: torch.Tensor | None, s: torch.Tensor,
-             weight: torch.Tensor | None, rstd: torch.Tensor
+             weight: torch.Tensor | None, rstd: torch.Tensor, prepared: tuple | None = None
              ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(d(sum), dweight): d(sum) is the gradient of both x and residual."""
-    return rms_norm.backward(dy, s, weight, rstd, ds=ds)
+    """(d(sum), dweight): d(sum) is the gradient of both x and residual. ``prepared``:
+    ``rms_norm.prepare_backward(s, weight, rstd, has_ds=True)`` from the forward."""
+    return rms_norm.backward(dy, s, weight, rstd, ds=ds, prepared=prepared)

@@ -119,10 +119,20 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
     return y, rstd, s if has_res else None
 
 
+def prepare_backward(x: torch.Tensor, weight: torch.Tensor | None, rstd: torch.Tensor,
+                     has_ds: bool = False) -> tuple | None:
+    """In the forward: what lets ``backward`` replay its launches (``_row_backward.prepare``);
+    ``has_ds`` for the fused residual form, whose backward also gets ds."""
+    return _row_backward.prepare("rms_norm", x, weight, rstd, has_ds=has_ds,
+                                 max_fused=MAX_FUSED_BWD)
+
+
 def backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, rstd: torch.Tensor,
-             ds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+             ds: torch.Tensor | None = None, prepared: tuple | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(dx, dweight). ``x`` is what was normalised (s for the fused residual form) and ``ds``,
     if given, the gradient that reached it directly; it is added to dx."""
     dx, dw, _ = _row_backward.backward("rms_norm", dy, x, weight, rstd, ds=ds,
-                                       max_fused=MAX_FUSED_BWD, loop_block=LOOP_BLOCK)
+                                       max_fused=MAX_FUSED_BWD, loop_block=LOOP_BLOCK,
+                                       prepared=prepared)
     return dx, dw

@@ -1,0 +1,70 @@
+"""Replaying a backward's launches: the work of issuing it done once, ahead.
+
+For CUDA tensors autograd runs a backward on its own worker thread, where our Python was
+measured about three times slower per operation than on the calling thread (an H200
+machine's host: ``benchmarks/gpu_diagnose.py``). A backward wrapper spends ~80 operations
+working out what is the same at every step (geometry, tuned configuration, the
+specialisation facts of every argument), and the GPU waited for it. So:
+
+1. the forward, on the calling thread, calls the op's ``prepare``: the *facts* of what the
+   backward will read (shapes, strides, dtypes, device) and their addresses;
+2. the second backward with the same facts (and gradient facts) records its launches as
+   ``_launch.Bound`` objects, a *recipe* (the first one tunes and measures occupancy);
+3. from then on a backward with those facts allocates its outputs and calls the recipe's
+   launches with this step's addresses: ~20 operations.
+
+The facts are everything the launches' variants were keyed on and every value the recipe
+bakes in, so a replay launches exactly what the full path would. Alignment is not a fact
+here: ``prepare`` returns None for any misaligned address (the full path handles those).
+This module keeps the bookkeeping; each op writes its own ``prepare`` and replay, with its
+kernels' arguments spelled out in order.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from . import _launch
+
+_recipes: dict[tuple, Any] = {}
+_seen: set[tuple] = set()     # keys backpropagated once: that call tunes and measures
+replays = 0                   # backwards that were replays (the tests read it)
+
+
+def prepared(facts: tuple, index: int, *tensors: torch.Tensor) -> tuple | None:
+    """(facts, device index, addresses of ``tensors``), or None when an address is not
+    16-byte aligned."""
+    ptrs = tuple(t.data_ptr() for t in tensors)
+    aligned = 0
+    for p in ptrs:
+        aligned |= p
+    return None if aligned & 15 else (facts, index, *ptrs)
+
+
+def begin(prep: tuple, *grads: torch.Tensor | None) -> tuple[tuple, Any, list | None]:
+    """(key, recipe to replay or None, list to record this call's launches into or None)
+    for a backward given ``prep`` (from the forward) and its incoming gradients."""
+    key = (prep[0], prep[1], *[None if g is None else
+                      (g.dtype, g.get_device(), g.stride(0), g.stride(-1),
+                       not g.data_ptr() & 15) for g in grads])
+    recipe = _recipes.get(key)
+    if recipe is not None:
+        if _launch.replayable(prep[1]):
+            global replays
+            replays += 1
+            return key, recipe, None
+        return key, None, None
+    record = None
+    if all(g is None or g.stride(-1) == 1 for g in grads):   # no copy in the full path
+        if key in _seen:
+            record = []
+        _seen.add(key)
+    return key, None, record
+
+
+def keep(key: tuple, record: list | None, expected: int, make: Any) -> None:
+    """Store ``make(*record)`` as the recipe for ``key`` when the call recorded
+    ``expected`` launches, each of which can be replayed."""
+    if record is not None and len(record) == expected and None not in record:
+        _recipes[key] = make(*record)

@@ -1,0 +1,195 @@
+"""The backward's replay (``_row_backward``): from the third backward of a geometry on, the
+recorded launches run again with the new addresses, no wrapper Python in between.
+
+Replay needs compiled launchers, which only a GPU has; here each kernel is wrapped so that
+Triton's interpreter stands in for the launcher. The stand-in gets what a real launcher
+gets, addresses as ints, and finds the tensors behind them in an address book of every
+tensor the wrappers allocate or the test creates, so a wrong address, a wrong argument
+order or a stale pointer makes the results wrong and the test fail."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any, Callable
+
+import pytest
+import torch
+
+from fromscratch import functional as F
+from fromscratch.kernels import (_common, _launch, _reduce, _replay, _row_backward,
+                                 batch_norm, layer_norm, rms_norm)
+from tests.kernels._helpers import close, f64, param, rows
+
+
+class AddressBook(dict):
+    """data_ptr -> tensor, for every tensor the kernel wrappers make (``empty``,
+    ``empty_like``, ``rsqrt``) or the test gives to ``add``."""
+
+    def add(self, *ts: torch.Tensor) -> None:
+        for t in ts:
+            self[t.data_ptr()] = t
+
+    def empty(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        t = torch.empty(*args, **kwargs)
+        self.add(t)
+        return t
+
+    def empty_like(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        t = torch.empty_like(*args, **kwargs)
+        self.add(t)
+        return t
+
+    def rsqrt(self, *args: Any, **kwargs: Any) -> torch.Tensor:   # eval BatchNorm's rstd
+        t = torch.rsqrt(*args, **kwargs)
+        self.add(t)
+        return t
+
+
+class Interpreted:
+    """Stands in for a ``@triton.jit`` kernel: ``k[grid](...)`` runs it in the interpreter
+    and returns a "compiled kernel" whose launcher, given addresses, looks the tensors up
+    in the address book and runs the interpreter again."""
+
+    def __init__(self, kernel: Any, book: AddressBook):
+        self.kernel, self.book, self.arg_names = kernel, book, kernel.arg_names
+        self.n_runtime = 0
+        self.launches = 0
+
+    def __getitem__(self, grid: tuple) -> Callable[..., Any]:
+        def launch(*args: Any, num_warps: int = 4, num_stages: int | None = None,
+                   **constexprs: Any) -> SimpleNamespace:
+            self.n_runtime = len(args)
+            self.kernel[grid](*args, **constexprs)
+            return SimpleNamespace(run=self.launcher, function=None, packed_metadata=None,
+                                   n_regs=64, metadata=None)
+        return launch
+
+    def launcher(self, g0: int, g1: int, g2: int, stream: int, function: Any, metadata: Any,
+                 launch_metadata: Any, enter_hook: Any, exit_hook: Any, *values: Any) -> None:
+        self.launches += 1
+        runtime = [self.book[v] if type(v) is int and v in self.book else v
+                   for v in values[:self.n_runtime]]
+        assert not any(type(v) is int and v > 2**32 for v in runtime), \
+            "an address that no tensor of this test has"
+        constexprs = dict(zip(self.arg_names[self.n_runtime:], values[self.n_runtime:]))
+        self.kernel[(g0, g1, g2)](*runtime, **constexprs)
+
+
+@pytest.fixture
+def interpreted(monkeypatch: pytest.MonkeyPatch) -> tuple[AddressBook, dict[str, Interpreted]]:
+    """The launch shortcut and the replay switched on for CPU tensors, the interpreter in
+    place of compiled launchers."""
+    from fromscratch.kernels._common import interpreting
+    if not interpreting():
+        pytest.skip("runs Triton's interpreter in place of compiled launchers")
+    book = AddressBook()
+    stand_ins = {}
+    modules = (_row_backward, _reduce, layer_norm, rms_norm, batch_norm)
+    for module in modules:
+        for name in [n for n in dir(module) if n.endswith("_kernel")]:
+            stand_ins[f"{module.__name__}.{name}"] = Interpreted(getattr(module, name), book)
+            monkeypatch.setattr(module, name, stand_ins[f"{module.__name__}.{name}"])
+    recording_torch = SimpleNamespace(**{k: getattr(torch, k) for k in dir(torch)
+                                         if not k.startswith("__")})
+    recording_torch.empty, recording_torch.empty_like = book.empty, book.empty_like
+    recording_torch.rsqrt = book.rsqrt
+    for module in (*modules, _common):
+        monkeypatch.setattr(module, "torch", recording_torch)
+    for name, value in (("_SUPPORTED", [True]), ("_eligible", lambda t: True),
+                        ("_stream", lambda index: 0), ("_hooks_idle", lambda: True),
+                        ("replayable", lambda index: True), ("_compiled", {})):
+        monkeypatch.setattr(_launch, name, value)
+    monkeypatch.setattr(_replay, "_recipes", {})
+    monkeypatch.setattr(_replay, "_seen", set())
+    monkeypatch.setattr(_replay, "replays", 0)
+    return book, stand_ins
+
+
+def step(op: str, backend: str, x: torch.Tensor, r: torch.Tensor, w: torch.Tensor,
+         b: torch.Tensor, dy: torch.Tensor, ds: torch.Tensor) -> list[torch.Tensor]:
+    """Forward and backward of ``op``: its outputs, then the gradients of its inputs."""
+    n = x.shape[-1]
+    if op == "layer_norm":
+        leaves = [t.detach().requires_grad_() for t in (x, w, b)]
+        outs = [F.layer_norm(*leaves[:1], n, *leaves[1:], backend=backend)]
+        grads_out = [dy]
+    elif op == "rms_norm":
+        leaves = [t.detach().requires_grad_() for t in (x, w)]
+        outs = [F.rms_norm(leaves[0], n, leaves[1], 1e-6, backend=backend)]
+        grads_out = [dy]
+    else:
+        leaves = [t.detach().requires_grad_() for t in (x, r, w)]
+        outs = list(F.fused_add_rms_norm(leaves[0], leaves[1], n, leaves[2], 1e-6,
+                                         backend=backend))
+        grads_out = [ds, dy]
+    return [*outs, *torch.autograd.grad(outs, leaves, grads_out)]
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm", "fused_add_rms_norm"])
+def test_replayed_backward_matches_the_reference(interpreted, op: str) -> None:
+    """Five steps with new tensors each time (new addresses, new values): the third and
+    later backwards are replays, and every result equals backend='torch''s."""
+    book, stand_ins = interpreted
+    m, n = 6, 40
+    w, b = param(n, torch.float32, "cpu", 1, 1.0), param(n, torch.float32, "cpu", 2)
+    book.add(w, b)
+    for i in range(5):
+        x = rows(m, n, torch.float32, "cpu", seed=i)
+        r = rows(m, n, torch.float32, "cpu", seed=10 + i, shifted=False)
+        dy = rows(m, n, torch.float32, "cpu", seed=20 + i, shifted=False)
+        ds = rows(m, n, torch.float32, "cpu", seed=30 + i, shifted=False)
+        book.add(x, r, dy, ds)
+        mine = step(op, "triton", x, r, w, b, dy, ds)
+        ref = step(op, "torch", x, r, w, b, dy, ds)
+        for j, (a, e) in enumerate(zip(mine, ref)):
+            close(a, f64(e), f"{op} step {i} result {j}", torch.float32, reduced_over=m,
+                  cond=1e-4 * float(e.detach().abs().max()))
+    assert _replay.replays == 3, "backwards 3, 4 and 5 should have been replays"
+    assert stand_ins["fromscratch.kernels._row_backward._bwd_kernel"].launches >= 3
+
+
+def test_a_gradient_with_other_strides_is_not_replayed(interpreted) -> None:
+    """A recipe recorded for a contiguous gradient is not used for a row-strided one (a
+    column slice of a wider tensor): that backward takes the full path, and is right."""
+    book, _ = interpreted
+    m, n = 6, 40
+    w, b = param(n, torch.float32, "cpu", 1, 1.0), param(n, torch.float32, "cpu", 2)
+    book.add(w, b)
+    for i in range(4):
+        x = rows(m, n, torch.float32, "cpu", seed=i)
+        wide = rows(m, n + 8, torch.float32, "cpu", seed=20 + i, shifted=False)
+        book.add(x, wide)
+        dy = wide[:, :n] if i == 3 else wide[:, :n].contiguous()
+        book.add(dy)
+        mine = step("layer_norm", "triton", x, x, w, b, dy, dy)
+        ref = step("layer_norm", "torch", x, x, w, b, dy, dy)
+        for j, (a, e) in enumerate(zip(mine, ref)):
+            close(a, f64(e), f"step {i} result {j}", torch.float32, reduced_over=m,
+                  cond=1e-4 * float(e.detach().abs().max()))
+    assert _replay.replays == 1, "only the third backward (contiguous dy) replays"
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_replayed_batch_norm_backward_matches_the_reference(interpreted, training: bool) -> None:
+    """BatchNorm's three backward launches replayed, in training (batch statistics) and
+    in eval mode with gradients (running statistics as constants). 600 rows: several
+    programs share the column sums."""
+    book, _ = interpreted
+    m, c = 600, 13
+    w, b = param(c, torch.float32, "cpu", 1, 1.0), param(c, torch.float32, "cpu", 2)
+    book.add(w, b)
+    for i in range(5):
+        x = rows(m, c, torch.float32, "cpu", seed=i)
+        dy = rows(m, c, torch.float32, "cpu", seed=20 + i, shifted=False)
+        book.add(x, dy)
+        out = {}
+        for backend in ("triton", "torch"):
+            rm, rv = torch.linspace(-1, 1, c), torch.linspace(0.5, 2, c)
+            book.add(rm, rv)
+            leaves = [t.detach().requires_grad_() for t in (x, w, b)]
+            y = F.batch_norm(leaves[0], rm, rv, leaves[1], leaves[2], training, 0.1, 1e-5,
+                             backend=backend)
+            out[backend] = [y, *torch.autograd.grad(y, leaves, dy), rm, rv]
+        for j, (a, e) in enumerate(zip(out["triton"], out["torch"])):
+            close(a, f64(e), f"step {i} result {j}", torch.float32, reduced_over=m,
+                  cond=1e-4 * float(e.detach().abs().max()))
+    assert _replay.replays == 3
