@@ -138,7 +138,7 @@ def test_shortcut_on_cuda_matches_the_reference() -> None:
     from fromscratch.kernels import _replay
     torch.manual_seed(0)
     dev, n = "cuda", 300
-    before, replays_before = _launch.fast_launches, _replay.replays
+    before, replays_before = _launch.fast_launches, sum(_replay.replays.values())
     wf, bf = torch.randn(n, device=dev), torch.randn(n, device=dev)
     buf = torch.randn(70 * 304 + 8, device=dev, dtype=torch.bfloat16)
     w = torch.randn(n, device=dev, dtype=torch.bfloat16)
@@ -177,4 +177,4 @@ def test_shortcut_on_cuda_matches_the_reference() -> None:
                     torch.testing.assert_close(mine.float(), ref.float(), atol=atol, rtol=2e-2,
                                                msg=lambda m: f"{fn} {name}: {m}")
     assert _launch.fast_launches > before, "the shortcut was never taken"
-    assert _replay.replays > replays_before, "no backward was replayed"
+    assert sum(_replay.replays.values()) > replays_before, "nothing was replayed"

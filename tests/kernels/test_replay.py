@@ -1,4 +1,4 @@
-"""The backward's replay (``_row_backward``): from the third backward of a geometry on, the
+"""Replay (``kernels._replay``): from the third forward or backward of a geometry on, the
 recorded launches run again with the new addresses, no wrapper Python in between.
 
 Replay needs compiled launchers, which only a GPU has; here each kernel is wrapped so that
@@ -8,6 +8,7 @@ tensor the wrappers allocate or the test creates, so a wrong address, a wrong ar
 order or a stale pointer makes the results wrong and the test fail."""
 from __future__ import annotations
 
+from collections import Counter
 from types import SimpleNamespace
 from typing import Any, Callable
 
@@ -100,7 +101,7 @@ def interpreted(monkeypatch: pytest.MonkeyPatch) -> tuple[AddressBook, dict[str,
         monkeypatch.setattr(_launch, name, value)
     monkeypatch.setattr(_replay, "_recipes", {})
     monkeypatch.setattr(_replay, "_seen", set())
-    monkeypatch.setattr(_replay, "replays", 0)
+    monkeypatch.setattr(_replay, "replays", Counter())
     return book, stand_ins
 
 
@@ -143,7 +144,9 @@ def test_replayed_backward_matches_the_reference(interpreted, op: str) -> None:
         for j, (a, e) in enumerate(zip(mine, ref)):
             close(a, f64(e), f"{op} step {i} result {j}", torch.float32, reduced_over=m,
                   cond=1e-4 * float(e.detach().abs().max()))
-    assert _replay.replays == 3, "backwards 3, 4 and 5 should have been replays"
+    name = "rms_norm" if op == "fused_add_rms_norm" else op
+    assert _replay.replays == {name: 3, f"{name}_fwd": 3}, \
+        "the forwards and backwards of steps 3, 4 and 5 should have been replays"
     assert stand_ins["fromscratch.kernels._row_backward._bwd_kernel"].launches >= 3
 
 
@@ -165,13 +168,14 @@ def test_a_gradient_with_other_strides_is_not_replayed(interpreted) -> None:
         for j, (a, e) in enumerate(zip(mine, ref)):
             close(a, f64(e), f"step {i} result {j}", torch.float32, reduced_over=m,
                   cond=1e-4 * float(e.detach().abs().max()))
-    assert _replay.replays == 1, "only the third backward (contiguous dy) replays"
+    assert _replay.replays["layer_norm"] == 1, "only the third backward (contiguous dy) replays"
 
 
 @pytest.mark.parametrize("training", [True, False])
 def test_replayed_batch_norm_backward_matches_the_reference(interpreted, training: bool) -> None:
-    """BatchNorm's three backward launches replayed, in training (batch statistics) and
-    in eval mode with gradients (running statistics as constants). 600 rows: several
+    """BatchNorm's three backward launches replayed, in training (batch statistics, the
+    forward's three launches replayed too, the running buffers updated) and in eval mode
+    with gradients (running statistics as constants). 600 rows: several
     programs share the column sums."""
     book, _ = interpreted
     m, c = 600, 13
@@ -192,4 +196,6 @@ def test_replayed_batch_norm_backward_matches_the_reference(interpreted, trainin
         for j, (a, e) in enumerate(zip(out["triton"], out["torch"])):
             close(a, f64(e), f"step {i} result {j}", torch.float32, reduced_over=m,
                   cond=1e-4 * float(e.detach().abs().max()))
-    assert _replay.replays == 3
+    # the forward replays in training only (eval mode normalises with the running statistics)
+    assert _replay.replays == ({"batch_norm": 3, "batch_norm_fwd": 3} if training
+                               else {"batch_norm": 3})

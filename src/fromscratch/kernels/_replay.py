@@ -13,6 +13,9 @@ specialisation facts of every argument), and the GPU waited for it. So:
 3. from then on a backward with those facts allocates its outputs and calls the recipe's
    launches with this step's addresses: ~20 operations.
 
+The row norms' forwards replay the same way (their facts computed on the spot): cheaper
+on the calling thread too, which issues the forward while the GPU runs the previous step.
+
 The facts are everything the launches' variants were keyed on and every value the recipe
 bakes in, so a replay launches exactly what the full path would. Alignment is not a fact
 here: ``prepare`` returns None for any misaligned address (the full path handles those).
@@ -21,6 +24,7 @@ kernels' arguments spelled out in order.
 """
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import torch
@@ -28,8 +32,9 @@ import torch
 from . import _launch
 
 _recipes: dict[tuple, Any] = {}
-_seen: set[tuple] = set()     # keys backpropagated once: that call tunes and measures
-replays = 0                   # backwards that were replays (the tests read it)
+_seen: set[tuple] = set()     # keys run once: that call tunes and measures
+#: replays so far by the name that opens the facts ("layer_norm", "layer_norm_fwd", ...)
+replays: Counter[str] = Counter()
 
 
 def prepared(facts: tuple, index: int, *tensors: torch.Tensor) -> tuple | None:
@@ -44,15 +49,15 @@ def prepared(facts: tuple, index: int, *tensors: torch.Tensor) -> tuple | None:
 
 def begin(prep: tuple, *grads: torch.Tensor | None) -> tuple[tuple, Any, list | None]:
     """(key, recipe to replay or None, list to record this call's launches into or None)
-    for a backward given ``prep`` (from the forward) and its incoming gradients."""
+    for a backward given ``prep`` (from the forward) and its incoming gradients; a forward
+    (which gets ``prepared`` in the same call) passes no gradients."""
     key = (prep[0], prep[1], *[None if g is None else
                       (g.dtype, g.get_device(), g.stride(0), g.stride(-1),
                        not g.data_ptr() & 15) for g in grads])
     recipe = _recipes.get(key)
     if recipe is not None:
         if _launch.replayable(prep[1]):
-            global replays
-            replays += 1
+            replays[prep[0][0]] += 1
             return key, recipe, None
         return key, None, None
     record = None

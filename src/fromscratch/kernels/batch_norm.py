@@ -240,21 +240,54 @@ def _row_split(m: int, c: int, cfg: tuple, programs: int) -> tuple[int, int]:
 
 
 def _normalize(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
-               weight: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+               weight: torch.Tensor | None, bias: torch.Tensor | None,
+               record: list | None = None) -> torch.Tensor:
     m, c = x.shape
     y = torch.empty((m, c), dtype=x.dtype, device=x.device)
 
-    def launch(cfg: tuple[int, int, int]) -> None:
+    def launch(cfg: tuple[int, int, int], rec: list | None = None) -> None:
         bm, bc, warps = cfg
         _launch.run(_normalize_kernel, (cdiv(m, bm), cdiv(c, bc)),
             x, y, mean, rstd, weight if weight is not None else x,
             bias if bias is not None else x, m, c, x.stride(0), y.stride(0),
             HAS_W=weight is not None, HAS_B=bias is not None, BLOCK_M=bm, BLOCK_C=bc,
-            num_warps=warps)
+            num_warps=warps, _record=rec)
 
     key = ("batch_norm_normalize", c, x.dtype, _tune.rows_bucket(m))
-    launch(_tune.choose(key, _elementwise_configs(c), launch, x.device))
+    launch(_tune.choose(key, _elementwise_configs(c), launch, x.device), record)
     return y
+
+
+# Replay (see ``_replay``) of a training forward: ``_stats_kernel``, ``_combine_kernel`` and
+# ``_normalize_kernel``; and of a backward: ``_bwd_sums_kernel``, ``_sum_rows_kernel`` and
+# ``_dx_kernel`` (``prepare_backward`` in the forward).
+
+class _Recipe(NamedTuple):
+    first: _launch.Bound                   # forward: stats;  backward: sums
+    second: _launch.Bound                  # forward: combine;  backward: sum_rows
+    third: _launch.Bound                   # forward: normalize;  backward: dx
+    programs: int                          # P, rows of the partial sums
+    rows: int                              # rows of x per program
+
+
+def _forward_replay(r: _Recipe, prep: tuple, device: torch.device, momentum: float,
+                    eps: float) -> tuple[torch.Tensor, ...]:
+    """``forward``'s result in training from the recipe, the kernels' arguments in order."""
+    (_, m, c, stride_x, dtype, *_, has_running), index, x, w, b, rm, rv = prep
+    mean_p = torch.empty((r.programs, c), dtype=torch.float32, device=device)
+    m2_p = torch.empty((r.programs, c), dtype=torch.float32, device=device)
+    mean = torch.empty(c, dtype=torch.float32, device=device)
+    var = torch.empty_like(mean)
+    rstd = torch.empty_like(mean)
+    y = torch.empty((m, c), dtype=dtype, device=device)
+    stream = _launch._stream(index)
+    r.first(stream, x, mean_p.data_ptr(), m2_p.data_ptr(), m, c, stride_x, r.rows)
+    mean_ptr, var_ptr = mean.data_ptr(), var.data_ptr()
+    r.second(stream, mean_p.data_ptr(), m2_p.data_ptr(), r.programs, m, r.rows, mean_ptr, var_ptr,
+             rstd.data_ptr(), rm if has_running else mean_ptr, rv if has_running else var_ptr,
+             c, 1.0 / m, m / (m - 1) if m > 1 else 1.0, float(momentum), float(eps))
+    r.third(stream, x, y.data_ptr(), mean_ptr, rstd.data_ptr(), w, b, m, c, stride_x, c)
+    return y, mean, var, rstd
 
 
 def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
@@ -270,6 +303,20 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
     if m == 0 and training:                    # an empty batch: empty output, buffers unchanged
         nan = torch.full((c,), float("nan"), dtype=torch.float32, device=x.device)
         return torch.empty_like(x), nan, nan, nan
+    has_running = running_mean is not None and running_var is not None
+    key = record = None
+    if (training and m > 0 and _launch.enabled_for(x)
+            and (not has_running or running_mean.is_contiguous() and running_var.is_contiguous())):
+        rm, rv = (running_mean, running_var) if has_running else (x, x)
+        w = weight if weight is not None else x
+        b = bias if bias is not None else x
+        prep = _replay.prepared(("batch_norm_fwd", m, c, x.stride(0), x.dtype, w.dtype, b.dtype,
+                                 rm.dtype, rv.dtype, weight is None, bias is None, has_running),
+                                x.get_device(), x, w, b, rm, rv)
+        if prep is not None:
+            key, recipe, record = _replay.begin(prep)
+            if recipe is not None:
+                return _forward_replay(recipe, prep, x.device, momentum, eps)
     with on_device(x):
         if not training:
             mean = vector(running_mean.float())
@@ -279,7 +326,7 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
         sms = num_sms(x.device)
         parts: dict[str, object] = {}
 
-        def launch(cfg: tuple[int, int, int, int, bool, int]) -> None:
+        def launch(cfg: tuple[int, int, int, int, bool, int], rec: list | None = None) -> None:
             bm, bc, warps, waves, prefetch, stages = cfg
             variant = ("batch_norm_stats", cfg, x.dtype)
             p, rows = _row_split(m, c, cfg, sms * waves * resident_programs(variant))
@@ -288,16 +335,15 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
                          m2=torch.empty((p, c), dtype=torch.float32, device=x.device))
             k = _launch.run(_stats_kernel, (p, cdiv(c, bc)), x, parts["mean"], parts["m2"], m, c,
                             x.stride(0), rows, PREFETCH=prefetch, STAGES=stages, BLOCK_M=bm,
-                            BLOCK_C=bc, num_warps=warps, num_stages=stages)
+                            BLOCK_C=bc, num_warps=warps, num_stages=stages, _record=rec)
             note_resident(variant, k, warps, x.device)
 
         launch(_tune.choose(("batch_norm_stats", c, x.dtype, _tune.rows_bucket(m)),
-                            _reduce_configs(c), launch, x.device))
+                            _reduce_configs(c), launch, x.device), record)
         p, rows, mean_p, m2_p = parts["p"], parts["rows"], parts["mean"], parts["m2"]
         mean = torch.empty(c, dtype=torch.float32, device=x.device)
         var = torch.empty_like(mean)
         rstd = torch.empty_like(mean)
-        has_running = running_mean is not None and running_var is not None
         # the combine kernel updates the buffers in place: a strided one is updated through a
         # contiguous copy, written back below
         rm, rv = (vector(running_mean), vector(running_var)) if has_running else (None, None)
@@ -306,22 +352,14 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
             mean_p, m2_p, p, m, rows, mean, var, rstd,
             rm if has_running else mean, rv if has_running else var,
             c, 1.0 / m, m / (m - 1) if m > 1 else 1.0, float(momentum), float(eps),
-            HAS_RUNNING=has_running, BLOCK_P=32, BLOCK_C=block_c, num_warps=4)
+            HAS_RUNNING=has_running, BLOCK_P=32, BLOCK_C=block_c, num_warps=4,
+            _record=record)
         for buf, copy in ((running_mean, rm), (running_var, rv)):
             if copy is not buf:
                 buf.copy_(copy)
-        return _normalize(x, mean, rstd, weight, bias), mean, var, rstd
-
-
-# Replay (see ``_replay``): the forward calls ``prepare_backward``; a backward seen twice
-# replays its three launches: ``_bwd_sums_kernel``, ``_sum_rows_kernel``, ``_dx_kernel``.
-
-class _Recipe(NamedTuple):
-    sums: _launch.Bound
-    sum_rows: _launch.Bound
-    dx: _launch.Bound
-    programs: int                          # P, rows of the partial sums
-    rows: int                              # rows of x per program
+        y = _normalize(x, mean, rstd, weight, bias, record)
+    _replay.keep(key, record, 3, lambda *bound: _Recipe(*bound, p, rows))
+    return y, mean, var, rstd
 
 
 def prepare_backward(x: torch.Tensor, weight: torch.Tensor | None, has_bias: bool,
@@ -333,16 +371,16 @@ def prepare_backward(x: torch.Tensor, weight: torch.Tensor | None, has_bias: boo
     if (m == 0 or x.stride(1) != 1 or not _launch.enabled_for(x)
             or (weight is not None and not weight.is_contiguous())):
         return None
-    facts = (m, c, x.stride(0), x.dtype, None if weight is None else weight.dtype, has_bias,
-             bias_dtype or x.dtype, batch_stats)
+    facts = ("batch_norm", m, c, x.stride(0), x.dtype, None if weight is None else weight.dtype,
+             has_bias, bias_dtype or x.dtype, batch_stats)
     return _replay.prepared(facts, x.get_device(), x, weight if weight is not None else x,
                             mean, rstd)
 
 
-def _run_recipe(r: _Recipe, prep: tuple, dy: torch.Tensor
+def _backward_replay(r: _Recipe, prep: tuple, dy: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """``backward``'s result from the recipe, the kernels' arguments in their order."""
-    (m, c, stride_x, dtype, w_dtype, has_bias, b_dtype, _), index, x, w, mean, rstd = prep
+    (_, m, c, stride_x, dtype, w_dtype, has_bias, b_dtype, _), index, x, w, mean, rstd = prep
     dev = dy.device
     dx = torch.empty((m, c), dtype=dtype, device=dev)
     sdy_p = torch.empty((r.programs, c), dtype=torch.float32, device=dev)
@@ -351,12 +389,12 @@ def _run_recipe(r: _Recipe, prep: tuple, dy: torch.Tensor
     sdyx = torch.empty(c, dtype=torch.float32, device=dev)
     stream = _launch._stream(index)
     dy_ptr, stride_dy = dy.data_ptr(), dy.stride(0)
-    r.sums(stream, x, dy_ptr, mean, rstd, sdy_p.data_ptr(), sdyx_p.data_ptr(), m, c, stride_x,
-           stride_dy, r.rows)
-    r.sum_rows(stream, sdy_p.data_ptr(), sdy.data_ptr(), sdyx_p.data_ptr(), sdyx.data_ptr(),
-               r.programs, c)
-    r.dx(stream, x, dy_ptr, dx.data_ptr(), mean, rstd, w, sdy.data_ptr(), sdyx.data_ptr(), m, c,
-         stride_x, stride_dy, c, 1.0 / m)
+    r.first(stream, x, dy_ptr, mean, rstd, sdy_p.data_ptr(), sdyx_p.data_ptr(), m, c,
+            stride_x, stride_dy, r.rows)                                      # sums
+    r.second(stream, sdy_p.data_ptr(), sdy.data_ptr(), sdyx_p.data_ptr(), sdyx.data_ptr(),
+             r.programs, c)                                                   # sum_rows
+    r.third(stream, x, dy_ptr, dx.data_ptr(), mean, rstd, w, sdy.data_ptr(), sdyx.data_ptr(),
+            m, c, stride_x, stride_dy, c, 1.0 / m)                           # dx
     return (dx, None if w_dtype is None else sdyx.to(w_dtype),
             sdy.to(b_dtype) if has_bias else None)
 
@@ -371,7 +409,7 @@ def backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, has
     if prepared is not None:
         key, recipe, record = _replay.begin(prepared, dy)
         if recipe is not None:
-            return _run_recipe(recipe, prepared, dy)
+            return _backward_replay(recipe, prepared, dy)
     x, weight = unit_last_stride(x), vector(weight)
     dy = unit_last_stride(dy)
     m, c = x.shape
@@ -412,8 +450,7 @@ def backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, has
 
         tune_key = ("batch_norm_dx", batch_stats, c, x.dtype, _tune.rows_bucket(m))
         launch_dx(_tune.choose(tune_key, _elementwise_configs(c), launch_dx, x.device), record)
-    _replay.keep(key, record, 3, lambda sums, sum_rows, dx: _Recipe(
-        sums, sum_rows, dx, parts["p"], parts["rows"]))
+    _replay.keep(key, record, 3, lambda *bound: _Recipe(*bound, parts["p"], parts["rows"]))
     dw = sdyx.to(weight.dtype) if weight is not None else None
     db = sdy.to(bias_dtype or x.dtype) if has_bias else None
     return dx, dw, db

@@ -44,14 +44,17 @@ def use_kernels(op: str, backend: str, input: torch.Tensor, **params: torch.Tens
 
     ``"triton"`` raises a clear error instead of returning False when it cannot run. Inside
     a torch.func transform (vmap, grad) "auto" takes the reference, which supports them."""
-    check_backend(backend)
-    if backend in ("torch", "compile"):
-        return False
-    if backend == "auto":
-        return (input.is_cuda and input.dtype in _DTYPES and triton_available()
+    if backend == "auto" or backend == "triton":
+        # the usual case, decided in a few checks (this runs on every call)
+        fits = (input.is_cuda and input.dtype in _DTYPES and triton_available()
                 and not transforming()
                 and all(t is None or (t.device == input.device and t.dtype in _DTYPES)
                         for t in params.values()))
+        if fits or backend == "auto":
+            return fits
+    check_backend(backend)
+    if backend in ("torch", "compile"):
+        return False
     named = {"input": input, **{k: v for k, v in params.items() if v is not None}}
     if transforming():
         raise RuntimeError(f"{op}: backend='triton' does not support torch.func transforms "
