@@ -7,12 +7,13 @@
 On a GPU a forward+backward of a norm is a few hundred microseconds of device time; if the
 host needs as long to issue it (argument checks, autograd, launch geometry, Triton's
 dispatch), the device waits. This script measures the Python side that is ours: every
-``*_kernel`` of ``fromscratch.kernels`` is replaced by a no-op launch, and the functional
-front-ends (``backend="triton"``, CPU tensors, so Triton's interpreter is switched on but
-never runs a kernel) are timed per step, forward and forward+backward through
-``torch.autograd.grad``. Beside it, torch.nn.functional on a 2x8 CPU tensor: its host path
-in C++, plus a negligible kernel. Triton's launcher (~10 us a launch in recent versions)
-comes on top of ours on a GPU; ``gpu_diagnose.py`` measures the whole on the card.
+``*_kernel`` of ``fromscratch.kernels`` is replaced by a no-op launch (whose "compiled
+launcher" does nothing, so ``kernels._launch``'s shortcut and the replay run as on a GPU),
+and the functional front-ends (``backend="triton"``, CPU tensors, so Triton's interpreter is
+switched on but never runs a kernel) are timed per step, forward and forward+backward
+through ``torch.autograd.grad``. Beside it, torch.nn.functional on a 2x8 CPU tensor: its host
+path in C++, plus a negligible kernel. On a GPU the driver's launch calls and CUDA
+allocations come on top of ours; ``gpu_diagnose.py`` measures the whole on the card.
 """
 from __future__ import annotations
 
@@ -171,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
              f"- date: {time.strftime('%Y-%m-%d')}; command: "
              f"`python benchmarks/host_overhead.py {argv_text}`",
              f"- ours: the functional front-ends with backend='triton' on {args.rows}x{args.cols} "
-             "bf16, every Triton launch replaced by a no-op (so: our Python and autograd, not "
-             "Triton's launcher); torch: torch.nn.functional on 2x8 bf16 CPU tensors; "
+             "bf16, every compiled launcher replaced by a no-op, the launch shortcut and the "
+             "replay on as on a GPU (so: our Python and autograd, not the driver); torch: "
+             "torch.nn.functional on 2x8 bf16 CPU tensors; "
              f"median of {args.rounds} rounds of {args.steps} steps, microseconds per step", "",
              "| op | ours fwd | ours fwd+bwd | torch fwd | torch fwd+bwd |",
              "|---|---:|---:|---:|---:|", *rows]

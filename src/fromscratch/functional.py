@@ -18,7 +18,11 @@ from .ops import batch_norm as bn
 
 
 def _flat(x: torch.Tensor, k: int) -> torch.Tensor:
-    """(..., *normalized_shape) -> (M, prod(normalized_shape))."""
+    """(..., *normalized_shape) -> (M, prod(normalized_shape)). A 2-D x with k = 1 is
+    returned as it is: a reshape would be a view, one more autograd node to run (and on CUDA
+    on autograd's worker thread) for nothing."""
+    if k == 1 and x.dim() == 2:
+        return x
     n = 1
     for s in x.shape[x.dim() - k:]:
         n *= s
@@ -45,7 +49,7 @@ def layer_norm(input: torch.Tensor, normalized_shape: int | Sequence[int],
         y = _run_kernels(KernelLayerNormFn, *args)
     else:
         y = _function(LayerNormFn).apply(*args, ops(op, backend))[0]
-    return y.reshape(input.shape)
+    return _unflat(y, input.shape)
 
 
 def rms_norm(input: torch.Tensor, normalized_shape: int | Sequence[int],
@@ -65,7 +69,7 @@ def rms_norm(input: torch.Tensor, normalized_shape: int | Sequence[int],
         y = _run_kernels(KernelRMSNormFn, *args)
     else:
         y = _function(RMSNormFn).apply(*args, ops(op, backend))[0]
-    return y.reshape(input.shape)
+    return _unflat(y, input.shape)
 
 
 def fused_add_rms_norm(input: torch.Tensor, residual: torch.Tensor,
@@ -95,7 +99,7 @@ def fused_add_rms_norm(input: torch.Tensor, residual: torch.Tensor,
             eps = torch.finfo(torch.float32).eps
         s, y = _run_kernels(FusedAddRMSNormFn, _flat(input, len(shape)),
                             _flat(residual, len(shape)), _flat1(weight), float(eps))
-        return s.reshape(input.shape), y.reshape(input.shape)
+        return _unflat(s, input.shape), _unflat(y, input.shape)
     s = input + residual
     return s, rms_norm(s, shape, weight, eps, "compile" if backend == "compile" else "torch")
 
@@ -116,13 +120,13 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None,
         check.param_shape(op, name, t, (c,))
     if not training and (running_mean is None or running_var is None):
         raise ValueError(f"{op}: running_mean and running_var are required when not training")
-    x = input.reshape(-1, c)
+    x = input if input.dim() == 2 else input.reshape(-1, c)
     if use_kernels(op, backend, input, weight=weight, bias=bias, running_mean=running_mean,
                    running_var=running_var):
         from .kernels.autograd import BatchNormFn as KernelBatchNormFn
         y = _run_kernels(KernelBatchNormFn, x, weight, bias, running_mean, running_var,
                          bool(training), float(momentum), float(eps))
-        return y.reshape(input.shape)
+        return _unflat(y, input.shape)
     y, mean, var = _function(BatchNormFn, 3).apply(
         x, weight, bias, None if training else running_mean,
         None if training else running_var, float(eps), ops(op, backend))[:3]
@@ -132,7 +136,7 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None,
                                                   x.shape[0], momentum)
             running_mean.copy_(new_mean)
             running_var.copy_(new_var)
-    return y.reshape(input.shape)
+    return _unflat(y, input.shape)
 
 
 def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True,
@@ -191,4 +195,9 @@ def _kernel_dropout(input: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def _flat1(p: torch.Tensor | None) -> torch.Tensor | None:
-    return None if p is None else p.reshape(-1)
+    return p if p is None or p.dim() == 1 else p.reshape(-1)
+
+
+def _unflat(y: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """y reshaped to ``shape``; y itself when it has it already (no view node)."""
+    return y if y.shape == shape else y.reshape(shape)
