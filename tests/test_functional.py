@@ -117,3 +117,30 @@ def test_working_dtypes_return_input_dtype_and_are_accurate(dtype):
         assert mine.dtype == dtype, f"{name} returned {mine.dtype}"
         assert_close(mine, ref, f"{name} {dtype}", *tol(dtype))
     assert F.dropout(x, 0.5).dtype == dtype
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_two_d_inputs_add_no_reshape_nodes(backend):
+    """A 2-D input with 1-D parameters goes to the op as it is: the output's grad_fn is the
+    op's own node and its inputs' are the leaves' AccumulateGrad, no ViewBackward between
+    (each such node is work for autograd; on CUDA on its worker thread). A 3-D input still
+    flattens, and its gradient still arrives."""
+    from fromscratch.kernels._common import interpreting
+    if backend == "triton" and not interpreting():
+        pytest.skip("backend='triton' on CPU tensors needs TRITON_INTERPRET=1")
+    x = torch.randn(4, 6, requires_grad=True)
+    w, b = torch.randn(6, requires_grad=True), torch.randn(6, requires_grad=True)
+    outs = {"layer_norm": F.layer_norm(x, 6, w, b, backend=backend),
+            "rms_norm": F.rms_norm(x, 6, w, backend=backend),
+            "batch_norm": F.batch_norm(x, None, None, w, b, True, backend=backend)}
+    for name, y in outs.items():
+        node = y.grad_fn
+        assert "View" not in node.name(), f"{name}: {node.name()}"
+        leaves = [f for f, _ in node.next_functions if f is not None]
+        assert leaves and all(f.name().endswith("AccumulateGrad") for f in leaves), \
+            f"{name}: {[f.name() for f in leaves]}"
+    x3 = torch.randn(2, 2, 6, requires_grad=True)
+    y3 = F.layer_norm(x3, 6, w, b, backend=backend)
+    assert y3.shape == x3.shape
+    (g,) = torch.autograd.grad(y3.sum() + (y3 * y3).sum(), x3)
+    assert g.shape == x3.shape and torch.isfinite(g).all()
