@@ -125,6 +125,13 @@ def step(op: str, backend: str, x: torch.Tensor, r: torch.Tensor, w: torch.Tenso
     return [*outs, *torch.autograd.grad(outs, leaves, grads_out)]
 
 
+def same(mine: list[torch.Tensor], ref: list[torch.Tensor], what: str, rows: int) -> None:
+    """Each result against backend='torch''s, float32 tolerances (sums over ``rows``)."""
+    for j, (a, e) in enumerate(zip(mine, ref)):
+        close(a, f64(e), f"{what} result {j}", torch.float32, reduced_over=rows,
+              cond=1e-4 * float(e.detach().abs().max()))
+
+
 @pytest.mark.parametrize("op", ["layer_norm", "rms_norm", "fused_add_rms_norm"])
 def test_replayed_backward_matches_the_reference(interpreted, op: str) -> None:
     """Five steps with new tensors each time (new addresses, new values): the third and
@@ -139,11 +146,8 @@ def test_replayed_backward_matches_the_reference(interpreted, op: str) -> None:
         dy = rows(m, n, torch.float32, "cpu", seed=20 + i, shifted=False)
         ds = rows(m, n, torch.float32, "cpu", seed=30 + i, shifted=False)
         book.add(x, r, dy, ds)
-        mine = step(op, "triton", x, r, w, b, dy, ds)
-        ref = step(op, "torch", x, r, w, b, dy, ds)
-        for j, (a, e) in enumerate(zip(mine, ref)):
-            close(a, f64(e), f"{op} step {i} result {j}", torch.float32, reduced_over=m,
-                  cond=1e-4 * float(e.detach().abs().max()))
+        same(step(op, "triton", x, r, w, b, dy, ds), step(op, "torch", x, r, w, b, dy, ds),
+             f"{op} step {i}", m)
     name = "rms_norm" if op == "fused_add_rms_norm" else op
     assert _replay.replays == {name: 3, f"{name}_fwd": 3}, \
         "the forwards and backwards of steps 3, 4 and 5 should have been replays"
@@ -163,11 +167,8 @@ def test_a_gradient_with_other_strides_is_not_replayed(interpreted) -> None:
         book.add(x, wide)
         dy = wide[:, :n] if i == 3 else wide[:, :n].contiguous()
         book.add(dy)
-        mine = step("layer_norm", "triton", x, x, w, b, dy, dy)
-        ref = step("layer_norm", "torch", x, x, w, b, dy, dy)
-        for j, (a, e) in enumerate(zip(mine, ref)):
-            close(a, f64(e), f"step {i} result {j}", torch.float32, reduced_over=m,
-                  cond=1e-4 * float(e.detach().abs().max()))
+        same(step("layer_norm", "triton", x, x, w, b, dy, dy),
+             step("layer_norm", "torch", x, x, w, b, dy, dy), f"step {i}", m)
     assert _replay.replays["layer_norm"] == 1, "only the third backward (contiguous dy) replays"
 
 
@@ -193,9 +194,7 @@ def test_replayed_batch_norm_backward_matches_the_reference(interpreted, trainin
             y = F.batch_norm(leaves[0], rm, rv, leaves[1], leaves[2], training, 0.1, 1e-5,
                              backend=backend)
             out[backend] = [y, *torch.autograd.grad(y, leaves, dy), rm, rv]
-        for j, (a, e) in enumerate(zip(out["triton"], out["torch"])):
-            close(a, f64(e), f"step {i} result {j}", torch.float32, reduced_over=m,
-                  cond=1e-4 * float(e.detach().abs().max()))
+        same(out["triton"], out["torch"], f"step {i}", m)
     # the forward replays in training only (eval mode normalises with the running statistics)
     assert _replay.replays == ({"batch_norm": 3, "batch_norm_fwd": 3} if training
                                else {"batch_norm": 3})
