@@ -198,3 +198,20 @@ def test_replayed_batch_norm_backward_matches_the_reference(interpreted, trainin
     # the forward replays in training only (eval mode normalises with the running statistics)
     assert _replay.replays == ({"batch_norm": 3, "batch_norm_fwd": 3} if training
                                else {"batch_norm": 3})
+
+
+def test_bookkeeping_is_bounded(interpreted, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row count that changes every step adds a key each time: past MAX_KEYS the seen
+    keys and the recipes start over instead of growing without bound."""
+    book, _ = interpreted
+    monkeypatch.setattr(_replay, "MAX_KEYS", 3)
+    n = 16
+    w = param(n, torch.float32, "cpu", 1, 1.0)
+    book.add(w)
+    for m in range(1, 9):
+        for _ in range(3):
+            x = rows(m, n, torch.float32, "cpu", seed=m)
+            book.add(x)
+            y = F.rms_norm(x, n, w, backend="triton")
+        assert len(_replay._seen) <= 3 and len(_replay._recipes) <= 3
+        torch.testing.assert_close(y, F.rms_norm(x, n, w, backend="torch"))

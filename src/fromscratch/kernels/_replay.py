@@ -13,8 +13,8 @@ specialisation facts of every argument), and the GPU waited for it. So:
 3. from then on a backward with those facts allocates its outputs and calls the recipe's
    launches with this step's addresses: ~20 operations.
 
-The row norms' forwards replay the same way (their facts computed on the spot): cheaper
-on the calling thread too, which issues the forward while the GPU runs the previous step.
+The row norms' forwards and BatchNorm's training forward replay the same way (their facts
+computed on the spot): cheaper on the calling thread too.
 
 The facts are everything the launches' variants were keyed on and every value the recipe
 bakes in, so a replay launches exactly what the full path would. Alignment is not a fact
@@ -33,6 +33,8 @@ from . import _launch
 
 _recipes: dict[tuple, Any] = {}
 _seen: set[tuple] = set()     # keys run once: that call tunes and measures
+#: more distinct keys than this (say, a row count that changes every step) start both over
+MAX_KEYS = 4096
 #: replays so far by the name that opens the facts ("layer_norm", "layer_norm_fwd", ...)
 replays: Counter[str] = Counter()
 
@@ -64,6 +66,9 @@ def begin(prep: tuple, *grads: torch.Tensor | None) -> tuple[tuple, Any, list | 
     if all(g is None or g.stride(-1) == 1 for g in grads):   # no copy in the full path
         if key in _seen:
             record = []
+        elif len(_seen) >= MAX_KEYS:
+            _seen.clear()
+            _recipes.clear()
         _seen.add(key)
     return key, None, record
 
