@@ -120,6 +120,7 @@ class Bench:
         self.liger = self._import_liger()
         self.compiled: dict[tuple, Callable] = {}
         self.checks: list[dict[str, Any]] = []
+        self.tag = ""                   # prefixed to each check's name (the checks after timing)
 
     # --- timing ---------------------------------------------------------------------------
     def time_ms(self, fn: Callable[[], Any]) -> float:
@@ -290,6 +291,7 @@ class Bench:
         else:
             err = float(diff.max())
             ok = bool(torch.all(diff <= tol + tol * r.abs()))
+        what = self.tag + what
         self.checks.append({"op": op, "shape": list(shape), "what": what, "ok": ok,
                             "max_err": err, "kind": "rel-to-max" if reduced else "abs"})
         if not ok:
@@ -544,6 +546,8 @@ def report(meta: dict[str, Any], results: dict[str, Any], checks: list[dict[str,
              f"(runs: {', '.join(f'{v:.0f}' for v in meta['copy_runs'])})",
              "- bf16 activations; byte model of the design notes (see benchmarks/gpu_kernels.py); "
              f"timing: {meta['timer']}",
+             f"- steps that replayed their launches (fromscratch.kernels._replay), per op: "
+             f"{meta['replays'] or 'none'}",
              f"- Liger-Kernel: {'installed' if meta['liger'] else 'not installed'}; "
              f"torch.compile: {meta['compile']}", ""]
     bad = [c for c in checks if not c["ok"]]
@@ -711,6 +715,19 @@ def main(argv: list[str] | None = None) -> int:
             break
         done_runs = run + 1
         log(f"run {run + 1}/{runs} done ({time.time() - bench.t0:.0f} s)")
+    # The checks above ran each op's first steps; every later step replayed its launches
+    # (fromscratch.kernels._replay). Check those again, on the same tensors, now.
+    log("check again after timing (the steps now replay their launches)")
+    bench.tag = "after timing: "
+    for m, n in shapes:
+        for op in [o for o in ops if o != "dropout"]:       # dropout does not replay
+            try:
+                bench.check(op, m, n, problems[(op, m, n)])
+            except Exception as e:                      # noqa: BLE001 - report, go on
+                bench.checks.append({"op": op, "shape": [m, n], "ok": False, "max_err": 0.0,
+                                     "what": f"after timing: {type(e).__name__}: "
+                                             f"{str(e)[:300]}", "kind": "error"})
+    bench.tag = ""
     if not args.no_graph and time.time() < hard_deadline:
         log("fwd+bwd in a CUDA graph (device time, no host in the way)")
         graph_step(bench, problems, results, shapes, ops, copy["GBps"])
@@ -734,7 +751,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"int64 check: {type(e).__name__}: {str(e)[:200]}")
     n_bad = sum(not c["ok"] for c in bench.checks)
 
-    from fromscratch.kernels import _common, _tune
+    from fromscratch.kernels import _common, _replay, _tune
     meta = {"device": dev_name, "torch": torch.__version__, "triton": triton.__version__,
             "cuda": torch.version.cuda, "python": platform.python_version(),
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -745,6 +762,7 @@ def main(argv: list[str] | None = None) -> int:
             "liger": bench.liger is not None,
             "timer": "perf_counter on CPU (smoke: the numbers mean nothing)" if args.smoke
             else "triton.testing.do_bench, CUDA events, median, L2 flushed before each call",
+            "replays": dict(_replay.replays),
             "compile": "off" if (args.no_compile or args.quick or args.smoke)
             else "dynamic=False, per shape, LayerNorm and RMSNorm"}
     chosen = {str(k): v for k, v in _tune.chosen().items()}
