@@ -98,7 +98,7 @@ def _stream(index: int | None) -> int:
 
 class Bound:
     """One compiled variant and grid, called with the stream and the runtime values only
-    (tensors as addresses, in the kernel's order): what a replay (``_row_backward``) keeps.
+    (tensors as addresses, in the kernel's order): what a replay (``_replay``) keeps.
     The caller owns the promise that the values have the facts the variant was keyed on."""
     __slots__ = ("launcher", "function", "metadata", "tail", "grid")
 

@@ -212,7 +212,7 @@ def prepare(op: str, x: torch.Tensor, weight: torch.Tensor | None, rstd: torch.T
                             mean if mean is not None else rstd, rstd)
 
 
-def _run_recipe(r: _Recipe, prep: tuple, dy: torch.Tensor, ds: torch.Tensor | None
+def _backward_replay(r: _Recipe, prep: tuple, dy: torch.Tensor, ds: torch.Tensor | None
                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """``backward``'s result from the recipe: allocate, then the two recorded launches with
     this call's addresses, in the kernels' argument order."""
@@ -248,7 +248,7 @@ def backward(op: str, dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | 
     if prepared is not None:
         key, recipe, record = _replay.begin(prepared, dy, ds)
         if recipe is not None:
-            return _run_recipe(recipe, prepared, dy, ds)
+            return _backward_replay(recipe, prepared, dy, ds)
     x, dy, weight = unit_last_stride(x), unit_last_stride(dy), vector(weight)
     m, n = x.shape
     centre, has_w, has_ds = mean is not None, weight is not None, ds is not None
@@ -292,8 +292,6 @@ def backward(op: str, dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | 
             tune_key = (op + "_bwd", has_ds, n, x.dtype, w.dtype, _tune.rows_bucket(m))
             launch(_tune.choose(tune_key, row_bwd_configs(block_n), launch, x.device), record)
             dw_p, db_p = parts["dw"], parts["db"]
-    if n > max_fused:
-        record = None
     if has_w and has_bias:
         dw, db = sum_rows(dw_p, weight.dtype, db_p, db_dtype, _record=record)
     else:
