@@ -108,9 +108,7 @@ def _launch_shortcut(on: bool) -> None:
     """Our kernels launched through ``kernels._launch``'s shortcut, or through Triton's
     ``kernel[grid]`` every time (the row "ours, Triton's launch")."""
     from fromscratch.kernels import _launch
-    if not _launch._SUPPORTED:
-        _launch._SUPPORTED.append(_launch._supported())
-    _launch._SUPPORTED[0] = on and _launch._supported()
+    _launch._SUPPORTED[:] = [on and _launch._supported()]
 
 
 def host_us(fn: Callable[[], Any], bench: Bench, steps: int = 50) -> float:

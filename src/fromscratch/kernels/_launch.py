@@ -120,9 +120,7 @@ def run(kernel: Any, grid: tuple[int, ...], *args: Any, num_warps: int = 4,
     launch is appended to it (None when the shortcut does not apply)."""
     global fast_launches
     first = args[0]
-    if not _SUPPORTED:
-        _SUPPORTED.append(_supported())
-    if _SUPPORTED[0] and _eligible(first):
+    if enabled_for(first):
         index = first.device.index
         facts: list[object] = [id(kernel), index, num_warps, num_stages, *constexprs.items()]
         values: list[object] = []         # what the launcher gets: tensors as their addresses

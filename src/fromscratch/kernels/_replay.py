@@ -18,7 +18,8 @@ computed on the spot): cheaper on the calling thread too.
 
 The facts are everything the launches' variants were keyed on and every value the recipe
 bakes in, so a replay launches exactly what the full path would. Alignment is not a fact
-here: ``prepare`` returns None for any misaligned address (the full path handles those).
+here: ``prepared`` returns None for any misaligned address or strided last dimension (the
+full path handles those).
 This module keeps the bookkeeping; each op writes its own ``prepare`` and replay, with its
 kernels' arguments spelled out in order.
 """
@@ -39,14 +40,20 @@ MAX_KEYS = 4096
 replays: Counter[str] = Counter()
 
 
-def prepared(facts: tuple, index: int, *tensors: torch.Tensor) -> tuple | None:
-    """(facts, device index, addresses of ``tensors``), or None when an address is not
-    16-byte aligned."""
-    ptrs = tuple(t.data_ptr() for t in tensors)
-    aligned = 0
-    for p in ptrs:
-        aligned |= p
-    return None if aligned & 15 else (facts, index, *ptrs)
+def prepared(facts: tuple, *tensors: torch.Tensor) -> tuple | None:
+    """(facts, device index, addresses of ``tensors``), or None where replay does not apply
+    to them: the launch shortcut is off for the first (CPU, interpreter, switched off), a
+    tensor's last dimension is strided, or an address is not 16-byte aligned."""
+    first = tensors[0]
+    if not _launch.enabled_for(first):
+        return None
+    ptrs, bits = [], 0
+    for t in tensors:
+        if t.stride(-1) != 1:
+            return None
+        ptrs.append(t.data_ptr())
+        bits |= ptrs[-1]
+    return None if bits & 15 else (facts, first.get_device(), *ptrs)
 
 
 def begin(prep: tuple, *grads: torch.Tensor | None) -> tuple[tuple, Any, list | None]:

@@ -200,15 +200,14 @@ def prepare(op: str, x: torch.Tensor, weight: torch.Tensor | None, rstd: torch.T
             bias_dtype: torch.dtype | None = None, has_ds: bool = False, *, max_fused: int
             ) -> tuple | None:
     """Called by the forward with the tensors the backward will get: (facts, device, the
-    addresses of x, weight, mean-or-rstd, rstd), or None where replay does not apply (no
-    shortcut, rows wider than ``max_fused``, an empty x, strided columns or weight)."""
+    addresses of x, weight, mean-or-rstd, rstd), or None where replay does not apply (rows
+    wider than ``max_fused``, an empty x, and ``_replay.prepared``'s cases)."""
     m, n = x.shape
-    if (m == 0 or n > max_fused or x.stride(1) != 1 or not _launch.enabled_for(x)
-            or (weight is not None and not weight.is_contiguous())):
+    if m == 0 or n > max_fused:
         return None
     facts = (op, m, n, x.stride(0), x.dtype, None if weight is None else weight.dtype,
              has_bias, bias_dtype or x.dtype, has_ds)
-    return _replay.prepared(facts, x.get_device(), x, weight if weight is not None else x,
+    return _replay.prepared(facts, x, weight if weight is not None else x,
                             mean if mean is not None else rstd, rstd)
 
 

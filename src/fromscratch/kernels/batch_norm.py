@@ -305,14 +305,13 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
         return torch.empty_like(x), nan, nan, nan
     has_running = running_mean is not None and running_var is not None
     key = record = None
-    if (training and m > 0 and _launch.enabled_for(x)
-            and (not has_running or running_mean.is_contiguous() and running_var.is_contiguous())):
+    if training and m > 0:
         rm, rv = (running_mean, running_var) if has_running else (x, x)
         w = weight if weight is not None else x
         b = bias if bias is not None else x
         prep = _replay.prepared(("batch_norm_fwd", m, c, x.stride(0), x.dtype, w.dtype, b.dtype,
                                  rm.dtype, rv.dtype, weight is None, bias is None, has_running),
-                                x.get_device(), x, w, b, rm, rv)
+                                x, w, b, rm, rv)
         if prep is not None:
             key, recipe, record = _replay.begin(prep)
             if recipe is not None:
@@ -366,19 +365,17 @@ def prepare_backward(x: torch.Tensor, weight: torch.Tensor | None, has_bias: boo
                      mean: torch.Tensor, rstd: torch.Tensor, batch_stats: bool,
                      bias_dtype: torch.dtype | None = None) -> tuple | None:
     """In the forward: (facts, device, addresses of x, weight, mean, rstd) for a replay of
-    ``backward``, or None where it does not apply."""
+    ``backward``, or None where it does not apply (an empty x, ``_replay.prepared``'s cases)."""
     m, c = x.shape
-    if (m == 0 or x.stride(1) != 1 or not _launch.enabled_for(x)
-            or (weight is not None and not weight.is_contiguous())):
+    if m == 0:
         return None
     facts = ("batch_norm", m, c, x.stride(0), x.dtype, None if weight is None else weight.dtype,
              has_bias, bias_dtype or x.dtype, batch_stats)
-    return _replay.prepared(facts, x.get_device(), x, weight if weight is not None else x,
-                            mean, rstd)
+    return _replay.prepared(facts, x, weight if weight is not None else x, mean, rstd)
 
 
 def _backward_replay(r: _Recipe, prep: tuple, dy: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """``backward``'s result from the recipe, the kernels' arguments in their order."""
     (_, m, c, stride_x, dtype, w_dtype, has_bias, b_dtype, _), index, x, w, mean, rstd = prep
     dev = dy.device
