@@ -125,6 +125,13 @@ def step(op: str, backend: str, x: torch.Tensor, r: torch.Tensor, w: torch.Tenso
     return [*outs, *torch.autograd.grad(outs, leaves, grads_out)]
 
 
+def affine(n: int, book: AddressBook) -> tuple[torch.Tensor, torch.Tensor]:
+    """A float32 weight (around 1) and bias of length n, in the address book."""
+    w, b = param(n, torch.float32, "cpu", 1, 1.0), param(n, torch.float32, "cpu", 2)
+    book.add(w, b)
+    return w, b
+
+
 def same(mine: list[torch.Tensor], ref: list[torch.Tensor], what: str, rows: int) -> None:
     """Each result against backend='torch''s, float32 tolerances (sums over ``rows``)."""
     for j, (a, e) in enumerate(zip(mine, ref)):
@@ -138,8 +145,7 @@ def test_replayed_backward_matches_the_reference(interpreted, op: str) -> None:
     later backwards are replays, and every result equals backend='torch''s."""
     book, stand_ins = interpreted
     m, n = 6, 40
-    w, b = param(n, torch.float32, "cpu", 1, 1.0), param(n, torch.float32, "cpu", 2)
-    book.add(w, b)
+    w, b = affine(n, book)
     for i in range(5):
         x = rows(m, n, torch.float32, "cpu", seed=i)
         r = rows(m, n, torch.float32, "cpu", seed=10 + i, shifted=False)
@@ -159,8 +165,7 @@ def test_a_gradient_with_other_strides_is_not_replayed(interpreted) -> None:
     column slice of a wider tensor): that backward takes the full path, and is right."""
     book, _ = interpreted
     m, n = 6, 40
-    w, b = param(n, torch.float32, "cpu", 1, 1.0), param(n, torch.float32, "cpu", 2)
-    book.add(w, b)
+    w, b = affine(n, book)
     for i in range(4):
         x = rows(m, n, torch.float32, "cpu", seed=i)
         wide = rows(m, n + 8, torch.float32, "cpu", seed=20 + i, shifted=False)
@@ -180,8 +185,7 @@ def test_replayed_batch_norm_backward_matches_the_reference(interpreted, trainin
     programs share the column sums."""
     book, _ = interpreted
     m, c = 600, 13
-    w, b = param(c, torch.float32, "cpu", 1, 1.0), param(c, torch.float32, "cpu", 2)
-    book.add(w, b)
+    w, b = affine(c, book)
     for i in range(5):
         x = rows(m, c, torch.float32, "cpu", seed=i)
         dy = rows(m, c, torch.float32, "cpu", seed=20 + i, shifted=False)
