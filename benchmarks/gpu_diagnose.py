@@ -44,6 +44,7 @@ from typing import Any, Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _floor import floor_step  # noqa: E402
 from gpu_kernels import Bench, log  # noqa: E402
 
 OPS = ("layer_norm", "rms_norm", "batch_norm")
@@ -85,23 +86,6 @@ def direct(op: str, d: dict[str, Any]) -> Callable[[], Any]:
             y, mean, _, rstd = batch_norm.forward(x, w, b, 1e-5, True, rm, rv, 0.1)
             return batch_norm.backward(dy, x, w, True, mean, rstd, True, b.dtype)
     return step
-
-
-class _Floor(torch.autograd.Function):
-    """Allocates its outputs and launches nothing: what the harness, autograd and its
-    thread handoff cost alone."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        return torch.empty_like(x)
-
-    @staticmethod
-    def backward(ctx: Any, dy: torch.Tensor) -> torch.Tensor:
-        return torch.empty_like(dy)
-
-
-def floor_step(x: torch.Tensor) -> Callable[[], Any]:
-    return lambda: _Floor.apply(x)
 
 
 def _launch_shortcut(on: bool) -> None:

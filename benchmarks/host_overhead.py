@@ -9,11 +9,18 @@ host needs as long to issue it (argument checks, autograd, launch geometry, Trit
 dispatch), the device waits. This script measures the Python side that is ours: every
 ``*_kernel`` of ``fromscratch.kernels`` is replaced by a no-op launch (whose "compiled
 launcher" does nothing, so ``kernels._launch``'s shortcut and the replay run as on a GPU),
-and the functional front-ends (``backend="triton"``, CPU tensors, so Triton's interpreter is
-switched on but never runs a kernel) are timed per step, forward and forward+backward
-through ``torch.autograd.grad``. Beside it, torch.nn.functional on a 2x8 CPU tensor: its host
-path in C++, plus a negligible kernel. On a GPU the driver's launch calls and CUDA
-allocations come on top of ours; ``gpu_diagnose.py`` measures the whole on the card.
+and the functional front-ends (``backend="triton"``, CPU tensors taking the path CUDA ones
+take, so Triton's interpreter is switched on but never runs a kernel) are timed per step,
+forward and forward+backward through ``torch.autograd.grad``. Beside it, torch.nn.functional
+on a 2x8 CPU tensor: its host path in C++, plus a negligible kernel; and the floor, an
+autograd Function that allocates and launches nothing (``_floor.py``).
+
+The column that decides whether a GPU waits is "to the backward's launch": host time from the
+start of a step to the backward's first kernel launch. The GPU runs the forward kernel
+meanwhile; if the host needs longer than the forward kernel (plus the L2 flush do_bench issues
+before each step) to get there, the GPU idles. On a GPU the driver's launch calls and CUDA
+allocations come on top of ours, and the backward runs on autograd's worker thread (a thread
+handoff); ``gpu_diagnose.py`` measures the whole on the card.
 """
 from __future__ import annotations
 
@@ -32,20 +39,25 @@ import torch  # noqa: E402
 import torch.nn.functional as TF  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _floor import Floor, floor_step  # noqa: E402
 from _results import RESULTS, machine, write_section  # noqa: E402
 
 OPS = ("layer_norm", "rms_norm", "fused_add_rms_norm", "dropout", "batch_norm")
 
 
+#: the host clock at each launch of the current step (``time.perf_counter_ns``)
+launch_times: list[int] = []
+
+
 class _Compiled:
-    """What the launch wrappers read from a compiled kernel; its launcher does nothing."""
+    """What the launch wrappers read from a compiled kernel; its launcher only notes the time."""
     n_regs = 64
     metadata = None
     function = packed_metadata = None
 
     @staticmethod
     def run(*args: Any) -> None:
-        pass
+        launch_times.append(time.perf_counter_ns())
 
 
 class _NoLaunch:
@@ -62,17 +74,20 @@ class _NoLaunch:
 @contextlib.contextmanager
 def no_launches() -> Iterator[None]:
     """Replace every ``*_kernel`` of the kernel modules by ``_NoLaunch`` for the duration, and
-    let ``kernels._launch`` take its shortcut (and the backward its replay) on CPU tensors as
-    on CUDA ones (so a step costs here what it costs there, less the driver calls)."""
-    from fromscratch.kernels import (_launch, _reduce, _row_backward, batch_norm, dropout,
-                                     layer_norm, rms_norm)
+    let dispatch and ``kernels._launch`` take their CUDA paths (the launch shortcut, the
+    backward's replay) on CPU tensors (so a step costs here what it costs there, less the
+    driver calls)."""
+    from fromscratch.kernels import (_launch, _reduce, _row_backward, batch_norm, dispatch,
+                                     dropout, layer_norm, rms_norm)
     saved = [(m, name, getattr(m, name)) for m in (_reduce, _row_backward, batch_norm, dropout,
                                                    layer_norm, rms_norm)
              for name in dir(m) if name.endswith("_kernel")]
     shortcut = ("_SUPPORTED", "_eligible", "_stream", "_hooks_idle", "replayable")
     saved += [(_launch, name, getattr(_launch, name)) for name in shortcut]
-    for m, name, k in saved[:-len(shortcut)]:
+    saved.append((dispatch, "_on_gpu", dispatch._on_gpu))
+    for m, name, k in saved[:-len(shortcut) - 1]:
         setattr(m, name, _NoLaunch(k))
+    dispatch._on_gpu = lambda t: True
     _launch._SUPPORTED, _launch._eligible = [True], lambda t: True
     _launch._stream, _launch._hooks_idle = lambda index: 0, lambda: True
     _launch.replayable = lambda index: True
@@ -139,6 +154,22 @@ def per_step_us(fn: Callable[[], Any], steps_per_round: int, rounds: int) -> flo
     return statistics.median(times)
 
 
+def to_backward_us(fwd: Callable[[], Any], both: Callable[[], Any], steps: int) -> float:
+    """Median host time from the start of a step (``both``) to the backward's first launch:
+    the launch after the forward's own (``fwd``'s launches are counted first)."""
+    launch_times.clear()
+    fwd()
+    n_fwd = len(launch_times)
+    times = []
+    for i in range(max(10, steps // 10) + steps):
+        launch_times.clear()
+        t = time.perf_counter_ns()
+        both()
+        if i >= steps // 10 and len(launch_times) > n_fwd:
+            times.append((launch_times[n_fwd] - t) / 1e3)
+    return statistics.median(times)
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS)
@@ -151,20 +182,41 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def grad_step(fwd: Callable[[], Any], params: list, grads: list) -> Callable[[], Any]:
+    def both() -> Any:
+        out = fwd()
+        return torch.autograd.grad(out if isinstance(out, tuple) else (out,), params, grads)
+    return both
+
+
+def fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     rows = []
+    timed = lambda f: per_step_us(f, args.steps, args.rounds)    # noqa: E731
     with no_launches():
         for op in args.ops:
-            cells = []
+            cells: list[float | None] = []
             for impl, (fwd, params, grads) in steps(op, args.rows, args.cols).items():
-                def both(fwd=fwd, params=params, grads=grads):
-                    out = fwd()
-                    return torch.autograd.grad(out if isinstance(out, tuple) else (out,),
-                                               params, grads)
-                cells += [per_step_us(fwd, args.steps, args.rounds),
-                          per_step_us(both, args.steps, args.rounds)]
-            rows.append(f"| {op} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
+                both = grad_step(fwd, params, grads)
+                cells += [timed(fwd), timed(both)]
+                if impl == "ours":
+                    cells.append(to_backward_us(fwd, both, args.steps))
+            rows.append(f"| {op} | " + " | ".join(map(fmt, cells)) + " |")
+        x = torch.randn(args.rows, args.cols).to(torch.bfloat16).requires_grad_()
+        dy = torch.randn(args.rows, args.cols).to(torch.bfloat16)
+        fwd = floor_step(x)
+        both = grad_step(fwd, [x], [dy])
+        Floor.on_backward = lambda dx: launch_times.append(time.perf_counter_ns())
+        try:
+            floor = [timed(fwd), timed(both), to_backward_us(fwd, both, args.steps)]
+        finally:
+            Floor.on_backward = None
+        rows.append("| floor (autograd, nothing else) | " + " | ".join(map(fmt, floor))
+                    + " | - | - |")
     argv_text = " ".join(sys.argv[1:] if argv is None else argv)
     lines = ["## Host cost of one step (benchmarks/host_overhead.py)", "",
              f"- machine: {machine()}; torch {torch.__version__}, Python "
@@ -174,10 +226,14 @@ def main(argv: list[str] | None = None) -> int:
              f"- ours: the functional front-ends with backend='triton' on {args.rows}x{args.cols} "
              "bf16, every compiled launcher replaced by a no-op, the launch shortcut and the "
              "replay on as on a GPU (so: our Python and autograd, not the driver); torch: "
-             "torch.nn.functional on 2x8 bf16 CPU tensors; "
-             f"median of {args.rounds} rounds of {args.steps} steps, microseconds per step", "",
-             "| op | ours fwd | ours fwd+bwd | torch fwd | torch fwd+bwd |",
-             "|---|---:|---:|---:|---:|", *rows]
+             "torch.nn.functional on 2x8 bf16 CPU tensors; floor: an autograd Function that "
+             "allocates its output and gradient and launches nothing (benchmarks/_floor.py); "
+             f"median of {args.rounds} rounds of {args.steps} steps, microseconds per step; "
+             "to the backward's launch: from the start of a step to the backward's first "
+             "launch (the floor: to its gradient's allocation), median of the steps", "",
+             "| op | ours fwd | ours fwd+bwd | ours, to the backward's launch | torch fwd "
+             "| torch fwd+bwd |",
+             "|---|---:|---:|---:|---:|---:|", *rows]
     print("\n".join(lines))
     if args.write:
         write_section("host_overhead", lines, args.results)

@@ -5,7 +5,7 @@ dimension but the last.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -45,8 +45,7 @@ def layer_norm(input: torch.Tensor, normalized_shape: int | Sequence[int],
     check.param_shape(op, "bias", bias, shape)
     args = (_flat(input, len(shape)), _flat1(weight), _flat1(bias), float(eps))
     if use_kernels(op, backend, input, weight=weight, bias=bias):
-        from .kernels.autograd import LayerNormFn as KernelLayerNormFn
-        y = _run_kernels(KernelLayerNormFn, *args)
+        y = _run_kernels(_kernels().LayerNormFn, *args)
     else:
         y = _function(LayerNormFn).apply(*args, ops(op, backend))[0]
     return _unflat(y, input.shape)
@@ -65,8 +64,7 @@ def rms_norm(input: torch.Tensor, normalized_shape: int | Sequence[int],
         eps = torch.finfo(torch.float64 if input.dtype == torch.float64 else torch.float32).eps
     args = (_flat(input, len(shape)), _flat1(weight), float(eps))
     if use_kernels(op, backend, input, weight=weight):
-        from .kernels.autograd import RMSNormFn as KernelRMSNormFn
-        y = _run_kernels(KernelRMSNormFn, *args)
+        y = _run_kernels(_kernels().RMSNormFn, *args)
     else:
         y = _function(RMSNormFn).apply(*args, ops(op, backend))[0]
     return _unflat(y, input.shape)
@@ -94,10 +92,9 @@ def fused_add_rms_norm(input: torch.Tensor, residual: torch.Tensor,
                                "fused kernel takes one dtype for both")
     if residual.dtype == input.dtype and use_kernels(op, backend, input, residual=residual,
                                                      weight=weight):
-        from .kernels.autograd import FusedAddRMSNormFn
         if eps is None:
             eps = torch.finfo(torch.float32).eps
-        s, y = _run_kernels(FusedAddRMSNormFn, _flat(input, len(shape)),
+        s, y = _run_kernels(_kernels().FusedAddRMSNormFn, _flat(input, len(shape)),
                             _flat(residual, len(shape)), _flat1(weight), float(eps))
         return _unflat(s, input.shape), _unflat(y, input.shape)
     s = input + residual
@@ -123,8 +120,7 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None,
     x = input if input.dim() == 2 else input.reshape(-1, c)
     if use_kernels(op, backend, input, weight=weight, bias=bias, running_mean=running_mean,
                    running_var=running_var):
-        from .kernels.autograd import BatchNormFn as KernelBatchNormFn
-        y = _run_kernels(KernelBatchNormFn, x, weight, bias, running_mean, running_var,
+        y = _run_kernels(_kernels().BatchNormFn, x, weight, bias, running_mean, running_var,
                          bool(training), float(momentum), float(eps))
         return _unflat(y, input.shape)
     y, mean, var = _function(BatchNormFn, 3).apply(
@@ -163,6 +159,19 @@ def _function(fn: type, public: int = 1) -> type:
     """``fn`` inside a torch.func transform, else its cheaper classic form (``everyday``)
     returning the first ``public`` outputs."""
     return fn if transforming() else everyday(fn, public)
+
+
+_autograd: list = []      # fromscratch.kernels.autograd once imported
+
+
+def _kernels() -> Any:
+    """The kernels' autograd Functions (``fromscratch.kernels.autograd``), imported on first
+    use: it imports triton, which the other backends do not need. A list lookup afterwards,
+    cheaper than an import statement on every call."""
+    if not _autograd:
+        from .kernels import autograd
+        _autograd.append(autograd)
+    return _autograd[0]
 
 
 def _run_kernels(fn: type, *args: object) -> object:

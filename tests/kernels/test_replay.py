@@ -29,6 +29,21 @@ class AddressBook(dict):
         for t in ts:
             self[t.data_ptr()] = t
 
+    def find(self, address: Any) -> Any:
+        """The tensor at ``address``; inside a contiguous tensor of the book (one allocation
+        holding two buffers), its flat tail from there; anything else as it is."""
+        if type(address) is not int:
+            return address
+        if address in self:
+            return self[address]
+        for ptr, t in self.items():
+            end = ptr + t.numel() * t.element_size()
+            if ptr < address < end and t.is_contiguous():
+                offset, rest = divmod(address - ptr, t.element_size())
+                assert rest == 0, "an address between two elements"
+                return t.reshape(-1)[offset:]
+        return address
+
     def empty(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         t = torch.empty(*args, **kwargs)
         self.add(t)
@@ -67,8 +82,7 @@ class Interpreted:
     def launcher(self, g0: int, g1: int, g2: int, stream: int, function: Any, metadata: Any,
                  launch_metadata: Any, enter_hook: Any, exit_hook: Any, *values: Any) -> None:
         self.launches += 1
-        runtime = [self.book[v] if type(v) is int and v in self.book else v
-                   for v in values[:self.n_runtime]]
+        runtime = [self.book.find(v) for v in values[:self.n_runtime]]
         assert not any(type(v) is int and v > 2**32 for v in runtime), \
             "an address that no tensor of this test has"
         constexprs = dict(zip(self.arg_names[self.n_runtime:], values[self.n_runtime:]))

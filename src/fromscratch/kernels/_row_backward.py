@@ -188,8 +188,8 @@ def _bwd_looped_kernel(X, DY, DS, DX, W, MEAN, RSTD, DW_PART, DB_PART, M, N, str
 class _Recipe(NamedTuple):
     bwd: _launch.Bound                     # _bwd_kernel: its grid, variant, constexprs
     sums: _launch.Bound | None             # _sum_rows_kernel, None without weight and bias
-    dw_part: tuple[int, ...]               # shapes of the float32 partial buffers
-    db_part: tuple[int, ...]
+    db_offset: int                         # the float32 partials of dw, then of db, in one
+    parts: int                             # allocation: where db's start, and the total
     w_dtype: torch.dtype | None            # dweight's dtype, None without weight
     b_dtype: torch.dtype | None            # dbias's dtype, None without bias
     programs: int                          # G, the partial rows
@@ -218,19 +218,19 @@ def _backward_replay(r: _Recipe, prep: tuple, dy: torch.Tensor, ds: torch.Tensor
     (_, m, n, stride_x, dtype, *_), index, x, w, mu, rstd = prep
     dev = dy.device
     dx = torch.empty((m, n), dtype=dtype, device=dev)
-    dw_p = torch.empty(r.dw_part, dtype=torch.float32, device=dev)
-    db_p = torch.empty(r.db_part, dtype=torch.float32, device=dev)
+    parts = torch.empty(r.parts, dtype=torch.float32, device=dev)
+    dw_p = parts.data_ptr()
+    db_p = dw_p + 4 * r.db_offset                 # 16-byte aligned: db_offset % 4 == 0
     stream = _launch._stream(index)
     ds_ptr, stride_ds = (x, stride_x) if ds is None else (ds.data_ptr(), ds.stride(0))
-    r.bwd(stream, x, dy.data_ptr(), ds_ptr, dx.data_ptr(), w, mu, rstd, dw_p.data_ptr(),
-          db_p.data_ptr(), m, n, stride_x, dy.stride(0), stride_ds, n)
+    r.bwd(stream, x, dy.data_ptr(), ds_ptr, dx.data_ptr(), w, mu, rstd, dw_p, db_p, m, n,
+          stride_x, dy.stride(0), stride_ds, n)
     dw = None if r.w_dtype is None else torch.empty(n, dtype=r.w_dtype, device=dev)
     db = None if r.b_dtype is None else torch.empty(n, dtype=r.b_dtype, device=dev)
     if r.sums is not None:               # (p, out, q, out_q, G, N) as in _reduce.sum_rows
         p, out = (dw_p, dw) if dw is not None else (db_p, db)
         q, out_q = (db_p, db) if dw is not None and db is not None else (p, out)
-        r.sums(stream, p.data_ptr(), out.data_ptr(), q.data_ptr(), out_q.data_ptr(),
-               r.programs, n)
+        r.sums(stream, p, out.data_ptr(), q, out_q.data_ptr(), r.programs, n)
     return dx, dw, db
 
 
@@ -296,7 +296,8 @@ def backward(op: str, dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | 
     else:
         dw = sum_rows(dw_p, weight.dtype, _record=record)[0] if has_w else None
         db = sum_rows(db_p, db_dtype, _record=record)[0] if has_bias else None
+    db_offset = -(-dw_p.numel() // 4) * 4
     _replay.keep(key, record, 1 + (has_w or has_bias), lambda bwd, sums=None: _Recipe(
-        bwd, sums, tuple(dw_p.shape), tuple(db_p.shape), weight.dtype if has_w else None,
+        bwd, sums, db_offset, db_offset + db_p.numel(), weight.dtype if has_w else None,
         db_dtype if has_bias else None, (dw_p if has_w else db_p).shape[0]))
     return dx, dw, db

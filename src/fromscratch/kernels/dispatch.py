@@ -39,6 +39,12 @@ def triton_available() -> bool:
     return _triton[0]
 
 
+def _on_gpu(t: torch.Tensor) -> bool:
+    """Whether ``t`` lives where "auto" takes the kernels (``benchmarks/host_overhead.py``
+    swaps this to time the GPU's path with CPU tensors)."""
+    return t.is_cuda
+
+
 def use_kernels(op: str, backend: str, input: torch.Tensor, **params: torch.Tensor | None) -> bool:
     """True when ``op`` on ``input`` (with its named tensor ``params``) should run the kernels.
 
@@ -46,7 +52,7 @@ def use_kernels(op: str, backend: str, input: torch.Tensor, **params: torch.Tens
     a torch.func transform (vmap, grad) "auto" takes the reference, which supports them."""
     if backend == "auto" or backend == "triton":
         # the usual case, decided in a few checks (this runs on every call)
-        fits = (input.is_cuda and input.dtype in _DTYPES and triton_available()
+        fits = (_on_gpu(input) and input.dtype in _DTYPES and triton_available()
                 and not transforming()
                 and all(t is None or (t.device == input.device and t.dtype in _DTYPES)
                         for t in params.values()))

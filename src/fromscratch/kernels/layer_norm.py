@@ -91,17 +91,16 @@ def _fwd_looped_kernel(X, Y, W, B, MEAN, RSTD, N, stride_x, stride_y, eps,
 def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
             eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x (M, N) -> (y (M, N) in x's dtype, mean (M,) float32, rstd (M,) float32)."""
-    x, weight, bias = unit_last_stride(x), vector(weight), vector(bias)
     m, n = x.shape
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     mean = torch.empty(m, dtype=torch.float32, device=x.device)
     rstd = torch.empty(m, dtype=torch.float32, device=x.device)
     if m == 0:
         return y, mean, rstd
-    w = weight if weight is not None else x                # placeholder pointer, never read
-    b = bias if bias is not None else x
-    key = record = prep = None
-    if n <= MAX_FUSED_FWD:                                 # replay: see _replay
+    key = record = None
+    if n <= MAX_FUSED_FWD:      # replay (see _replay): only for unit last strides, so no copies
+        w = weight if weight is not None else x            # placeholder pointer, never read
+        b = bias if bias is not None else x
         prep = _replay.prepared(("layer_norm_fwd", m, n, x.stride(0), x.dtype, w.dtype, b.dtype,
                                  weight is None, bias is None), x, w, b)
         if prep is not None:
@@ -110,6 +109,9 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
                 recipe(_launch._stream(prep[1]), prep[2], y.data_ptr(), prep[3], prep[4],
                        mean.data_ptr(), rstd.data_ptr(), m, n, x.stride(0), n, eps)
                 return y, mean, rstd
+    x, weight, bias = unit_last_stride(x), vector(weight), vector(bias)
+    w = weight if weight is not None else x
+    b = bias if bias is not None else x
     flags = {"HAS_W": weight is not None, "HAS_B": bias is not None}
     with on_device(x):
         if n > MAX_FUSED_FWD:
