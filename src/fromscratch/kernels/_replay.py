@@ -80,6 +80,14 @@ def begin(prep: tuple, *grads: torch.Tensor | None) -> tuple[tuple, Any, list | 
     return key, None, record
 
 
+def aligned(n: int) -> int:
+    """``n`` float32 elements rounded up to whole 16 bytes. A replay puts two scratch buffers
+    in one allocation, the second ``aligned(len(first))`` elements in: its address is then
+    16-byte aligned, as the separate allocation the launch was recorded with was, so the
+    recorded variant's specialisation holds."""
+    return -(-n // 4) * 4
+
+
 def keep(key: tuple, record: list | None, expected: int, make: Any) -> None:
     """Store ``make(*record)`` as the recipe for ``key`` when the call recorded
     ``expected`` launches, each of which can be replayed."""

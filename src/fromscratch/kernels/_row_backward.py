@@ -220,7 +220,7 @@ def _backward_replay(r: _Recipe, prep: tuple, dy: torch.Tensor, ds: torch.Tensor
     dx = torch.empty((m, n), dtype=dtype, device=dev)
     parts = torch.empty(r.parts, dtype=torch.float32, device=dev)
     dw_p = parts.data_ptr()
-    db_p = dw_p + 4 * r.db_offset                 # 16-byte aligned: db_offset % 4 == 0
+    db_p = dw_p + 4 * r.db_offset                 # db_offset = _replay.aligned(...)
     stream = _launch._stream(index)
     ds_ptr, stride_ds = (x, stride_x) if ds is None else (ds.data_ptr(), ds.stride(0))
     r.bwd(stream, x, dy.data_ptr(), ds_ptr, dx.data_ptr(), w, mu, rstd, dw_p, db_p, m, n,
@@ -296,7 +296,7 @@ def backward(op: str, dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | 
     else:
         dw = sum_rows(dw_p, weight.dtype, _record=record)[0] if has_w else None
         db = sum_rows(db_p, db_dtype, _record=record)[0] if has_bias else None
-    db_offset = -(-dw_p.numel() // 4) * 4
+    db_offset = _replay.aligned(dw_p.numel())
     _replay.keep(key, record, 1 + (has_w or has_bias), lambda bwd, sums=None: _Recipe(
         bwd, sums, db_offset, db_offset + db_p.numel(), weight.dtype if has_w else None,
         db_dtype if has_bias else None, (dw_p if has_w else db_p).shape[0]))

@@ -274,16 +274,18 @@ def _forward_replay(r: _Recipe, prep: tuple, device: torch.device, momentum: flo
                     eps: float) -> tuple[torch.Tensor, ...]:
     """``forward``'s result in training from the recipe, the kernels' arguments in order."""
     (_, m, c, stride_x, dtype, *_, has_running), index, x, w, b, rm, rv = prep
-    mean_p = torch.empty((r.programs, c), dtype=torch.float32, device=device)
-    m2_p = torch.empty((r.programs, c), dtype=torch.float32, device=device)
+    half = _replay.aligned(r.programs * c)
+    parts = torch.empty(2 * half, dtype=torch.float32, device=device)   # mean and M2 partials
+    mean_p = parts.data_ptr()
+    m2_p = mean_p + 4 * half
     mean = torch.empty(c, dtype=torch.float32, device=device)
     var = torch.empty_like(mean)
     rstd = torch.empty_like(mean)
     y = torch.empty((m, c), dtype=dtype, device=device)
     stream = _launch._stream(index)
-    r.first(stream, x, mean_p.data_ptr(), m2_p.data_ptr(), m, c, stride_x, r.rows)
+    r.first(stream, x, mean_p, m2_p, m, c, stride_x, r.rows)
     mean_ptr, var_ptr = mean.data_ptr(), var.data_ptr()
-    r.second(stream, mean_p.data_ptr(), m2_p.data_ptr(), r.programs, m, r.rows, mean_ptr, var_ptr,
+    r.second(stream, mean_p, m2_p, r.programs, m, r.rows, mean_ptr, var_ptr,
              rstd.data_ptr(), rm if has_running else mean_ptr, rv if has_running else var_ptr,
              c, 1.0 / m, m / (m - 1) if m > 1 else 1.0, float(momentum), float(eps))
     r.third(stream, x, y.data_ptr(), mean_ptr, rstd.data_ptr(), w, b, m, c, stride_x, c)
@@ -298,14 +300,13 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
 
     Training: batch statistics; the running buffers, when given, are updated in place.
     Otherwise: the running statistics normalise (both must be given)."""
-    x, weight, bias = unit_last_stride(x), vector(weight), vector(bias)
     m, c = x.shape
     if m == 0 and training:                    # an empty batch: empty output, buffers unchanged
         nan = torch.full((c,), float("nan"), dtype=torch.float32, device=x.device)
         return torch.empty_like(x), nan, nan, nan
     has_running = running_mean is not None and running_var is not None
     key = record = None
-    if training and m > 0:
+    if training and m > 0:      # replay (see _replay): only for unit last strides, so no copies
         rm, rv = (running_mean, running_var) if has_running else (x, x)
         w = weight if weight is not None else x
         b = bias if bias is not None else x
@@ -316,6 +317,7 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
             key, recipe, record = _replay.begin(prep)
             if recipe is not None:
                 return _forward_replay(recipe, prep, x.device, momentum, eps)
+    x, weight, bias = unit_last_stride(x), vector(weight), vector(bias)
     with on_device(x):
         if not training:
             mean = vector(running_mean.float())
@@ -380,16 +382,17 @@ def _backward_replay(r: _Recipe, prep: tuple, dy: torch.Tensor
     (_, m, c, stride_x, dtype, w_dtype, has_bias, b_dtype, _), index, x, w, mean, rstd = prep
     dev = dy.device
     dx = torch.empty((m, c), dtype=dtype, device=dev)
-    sdy_p = torch.empty((r.programs, c), dtype=torch.float32, device=dev)
-    sdyx_p = torch.empty((r.programs, c), dtype=torch.float32, device=dev)
+    half = _replay.aligned(r.programs * c)
+    parts = torch.empty(2 * half, dtype=torch.float32, device=dev)   # sum(dy), sum(dy xhat)
+    sdy_p = parts.data_ptr()
+    sdyx_p = sdy_p + 4 * half
     sdy = torch.empty(c, dtype=torch.float32, device=dev)
     sdyx = torch.empty(c, dtype=torch.float32, device=dev)
     stream = _launch._stream(index)
     dy_ptr, stride_dy = dy.data_ptr(), dy.stride(0)
-    r.first(stream, x, dy_ptr, mean, rstd, sdy_p.data_ptr(), sdyx_p.data_ptr(), m, c,
-            stride_x, stride_dy, r.rows)                                      # sums
-    r.second(stream, sdy_p.data_ptr(), sdy.data_ptr(), sdyx_p.data_ptr(), sdyx.data_ptr(),
-             r.programs, c)                                                   # sum_rows
+    r.first(stream, x, dy_ptr, mean, rstd, sdy_p, sdyx_p, m, c, stride_x, stride_dy,
+            r.rows)                                                           # sums
+    r.second(stream, sdy_p, sdy.data_ptr(), sdyx_p, sdyx.data_ptr(), r.programs, c)  # sum_rows
     r.third(stream, x, dy_ptr, dx.data_ptr(), mean, rstd, w, sdy.data_ptr(), sdyx.data_ptr(),
             m, c, stride_x, stride_dy, c, 1.0 / m)                           # dx
     return (dx, None if w_dtype is None else sdyx.to(w_dtype),
