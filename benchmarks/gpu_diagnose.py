@@ -21,6 +21,11 @@ forward+backward step (``torch.autograd.grad(f(x), params, dy)``, as gpu_kernels
   graph kept with ``retain_graph``), raw milliseconds: which half holds the gap;
 - ``host``: wall time per step on the host, 50 steps enqueued back to back, no sync inside:
   what it costs the CPU to issue one step (and again with the backward on the calling thread);
+- ``host / GPU``: host us per step over the GPU's us per step under do_bench (the graph's
+  time plus do_bench's L2 flush, timed alone): below 1 the host runs ahead and work piles
+  up in the queue, so do_bench times device work only; above 1 the queue drains every step
+  and do_bench's time includes the GPU's wait for the host (docs/kernels.md, "When does
+  the GPU wait?");
 - the CUDA kernels one step launches (torch.profiler): name, count and device time.
 
 Rows: ours; ours with every kernel launched through Triton's ``kernel[grid]`` instead of
@@ -105,6 +110,18 @@ def host_us(fn: Callable[[], Any], bench: Bench, steps: int = 50) -> float:
     return issued / steps * 1e6
 
 
+def flush_us(bench: Bench) -> float | None:
+    """Device us of the L2 flush do_bench issues before every timed call (None off CUDA)."""
+    if bench.device.type != "cuda":
+        return None
+    from triton import runtime
+    driver = runtime.driver.active
+    if not hasattr(driver, "clear_cache"):          # a Triton older than do_bench's flush API
+        return None
+    cache = driver.get_empty_cache_for_benchmark()
+    return bench.time_ms(lambda: driver.clear_cache(cache)) * 1e3
+
+
 def kernel_table(fn: Callable[[], Any], bench: Bench, steps: int = 5,
                  trace: str | None = None) -> list[tuple[str, float, float]]:
     """(kernel, launches per step, device us per step) of one step, from torch.profiler;
@@ -144,14 +161,17 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args)
     m, n = (64, 96) if args.smoke else map(int, args.shape.lower().split("x"))
     copy = bench.copy_bandwidth()["GBps"]
+    flush = flush_us(bench)
     dev = "CPU (Triton interpreter)" if args.smoke else torch.cuda.get_device_name()
     argv_text = " ".join(sys.argv[1:] if argv is None else argv)
     lines = [f"# Forward+backward, where the time goes: {m}x{n} bf16 on {dev}", "",
-             f"- torch {torch.__version__}; copy bandwidth {copy:.0f} GB/s; "
+             f"- torch {torch.__version__}; copy bandwidth {copy:.0f} GB/s; do_bench's L2 "
+             f"flush {'-' if flush is None else f'{flush:.0f}'} us; "
              f"command: `python benchmarks/gpu_diagnose.py {argv_text}`",
              "", "| op | impl | do_bench ms (% copy) | 1 thread ms (% copy) | graph ms (% copy) "
-             "| kernels ms (% copy) | fwd ms | bwd only ms | host us / step | host us, 1 thread |",
-             "|---|---|---|---|---|---|---:|---:|---:|---:|"]
+             "| kernels ms (% copy) | fwd ms | bwd only ms | host us / step | host us, 1 thread "
+             "| host / GPU |",
+             "|---|---|---|---|---|---|---:|---:|---:|---:|---:|"]
     tables = []
     for op in [o.strip() for o in args.ops.split(",") if o.strip()]:
         d = bench.inputs(op, m, n)
@@ -189,11 +209,14 @@ def main(argv: list[str] | None = None) -> int:
                 return torch.autograd.grad(outs0, params, grads, retain_graph=True)
             bwd_ms = bench.time_ms(bwd_only)
             del out0, outs0, bwd_only            # a graph kept alive breaks a capture
+            graph_ms, host = bench.graph_ms(step), host_us(step, bench)
+            ratio = ("-" if graph_ms is None or flush is None
+                     else f"{host / (graph_ms * 1e3 + flush):.2f}")
             lines.append(f"| {op} | {impl} | {cell(do_bench_ms)} | {cell(one_thread)} "
-                         f"| {cell(bench.graph_ms(step))} "
+                         f"| {cell(graph_ms)} "
                          f"| {cell(None if kern is None else bench.time_ms(kern))} "
-                         f"| {fwd_ms:.3f} | {bwd_ms:.3f} | {host_us(step, bench):.0f} "
-                         f"| {host_one_thread:.0f} |")
+                         f"| {fwd_ms:.3f} | {bwd_ms:.3f} | {host:.0f} "
+                         f"| {host_one_thread:.0f} | {ratio} |")
             _launch_shortcut(True)
             if impl == "ours":
                 trace = None
