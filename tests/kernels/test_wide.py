@@ -1,11 +1,11 @@
 """Hidden sizes past 65536 (the issue asks for "up to at least 65536"), not a power of two:
-the norms' looped kernels, dropout and BatchNorm over that many channels, each against its
-float64 reference. Two or three rows keep the interpreter quick."""
+the norms' looped kernels and dropout, each against its float64 reference. Two rows keep the
+interpreter quick. (BatchNorm's channels are tiled whatever their number: its tests use a
+few.)"""
 from __future__ import annotations
 
 import torch
 
-from tests.kernels import test_batch_norm as bn_tests
 from tests.kernels import test_layer_norm as ln_tests
 from tests.kernels import test_rms_norm as rms_tests
 from tests.kernels._helpers import close, param, rows
@@ -37,10 +37,3 @@ def test_dropout(device):
     close(K.apply(x, p, seed), torch.where(keep, x.double() / (1 - p), 0.0), "y",
           torch.float32)
 
-
-def test_batch_norm(device):
-    x = rows(3, N, torch.float32, device)
-    w, b = param(N, torch.float32, device, 1, shift=1.0), param(N, torch.float32, device, 2)
-    dy = rows(3, N, torch.float32, device, seed=3, shifted=False)
-    bn_tests.check_all(bn_tests.run_kernel(x, w, b, dy), bn_tests.reference(x, w, b, dy), x,
-                       torch.float32)
