@@ -53,7 +53,7 @@ def test_host_overhead_times_every_op_and_restores_the_kernels(tmp_path):
     from fromscratch.kernels import layer_norm
     kernel = layer_norm._fwd_kernel
     results = tmp_path / "RESULTS.md"
-    assert host.main(["--steps", "3", "--rounds", "1", "--write",
+    assert host.main(["--steps", "30", "--rounds", "3", "--write",
                       "--results", str(results)]) == 0
     assert layer_norm._fwd_kernel is kernel            # the no-op launches are undone
     rows = [line for line in results.read_text().splitlines() if line.startswith("| ")]

@@ -5,7 +5,7 @@ dimension but the last.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -45,7 +45,8 @@ def layer_norm(input: torch.Tensor, normalized_shape: int | Sequence[int],
     check.param_shape(op, "bias", bias, shape)
     args = (_flat(input, len(shape)), _flat1(weight), _flat1(bias), float(eps))
     if use_kernels(op, backend, input, weight=weight, bias=bias):
-        y = _run_kernels(_kernels().LayerNormFn, *args)
+        K = _kernels()
+        y = _run_kernels(K.LayerNormFn, K.library.layer_norm, *args)
     else:
         y = _function(LayerNormFn).apply(*args, ops(op, backend))[0]
     return _unflat(y, input.shape)
@@ -64,7 +65,8 @@ def rms_norm(input: torch.Tensor, normalized_shape: int | Sequence[int],
         eps = torch.finfo(torch.float64 if input.dtype == torch.float64 else torch.float32).eps
     args = (_flat(input, len(shape)), _flat1(weight), float(eps))
     if use_kernels(op, backend, input, weight=weight):
-        y = _run_kernels(_kernels().RMSNormFn, *args)
+        K = _kernels()
+        y = _run_kernels(K.RMSNormFn, K.library.rms_norm, *args)
     else:
         y = _function(RMSNormFn).apply(*args, ops(op, backend))[0]
     return _unflat(y, input.shape)
@@ -94,8 +96,10 @@ def fused_add_rms_norm(input: torch.Tensor, residual: torch.Tensor,
                                                      weight=weight):
         if eps is None:
             eps = torch.finfo(torch.float32).eps
-        s, y = _run_kernels(_kernels().FusedAddRMSNormFn, _flat(input, len(shape)),
-                            _flat(residual, len(shape)), _flat1(weight), float(eps))
+        K = _kernels()
+        s, y = _run_kernels(K.FusedAddRMSNormFn, K.library.fused_add_rms_norm,
+                            _flat(input, len(shape)), _flat(residual, len(shape)),
+                            _flat1(weight), float(eps))
         return _unflat(s, input.shape), _unflat(y, input.shape)
     s = input + residual
     return s, rms_norm(s, shape, weight, eps, "compile" if backend == "compile" else "torch")
@@ -120,8 +124,9 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None,
     x = input if input.dim() == 2 else input.reshape(-1, c)
     if use_kernels(op, backend, input, weight=weight, bias=bias, running_mean=running_mean,
                    running_var=running_var):
-        y = _run_kernels(_kernels().BatchNormFn, x, weight, bias, running_mean, running_var,
-                         bool(training), float(momentum), float(eps))
+        K = _kernels()
+        y = _run_kernels(K.BatchNormFn, K.library.batch_norm, x, weight, bias, running_mean,
+                         running_var, bool(training), float(momentum), float(eps))
         return _unflat(y, input.shape)
     y, mean, var = _function(BatchNormFn, 3).apply(
         x, weight, bias, None if training else running_mean,
@@ -165,35 +170,32 @@ _autograd: list = []      # fromscratch.kernels.autograd once imported
 
 
 def _kernels() -> Any:
-    """The kernels' autograd Functions (``fromscratch.kernels.autograd``), imported on first
-    use: it imports triton, which the other backends do not need. A list lookup afterwards,
-    cheaper than an import statement on every call."""
+    """The kernels' autograd Functions (``fromscratch.kernels.autograd``, which also holds
+    their custom ops as ``.library``), imported on first use: it imports triton, which the
+    other backends do not need. A list lookup afterwards, cheaper than an import statement on
+    every call."""
     if not _autograd:
         from .kernels import autograd
         _autograd.append(autograd)
     return _autograd[0]
 
 
-def _run_kernels(fn: type, *args: object) -> object:
-    """``fn.apply(*args)`` for a Function of the Triton kernels. Under torch.compile it is
-    left out of the graph (a graph break): the launch code (tuner, occupancy) is host Python
-    that Dynamo need not trace, and the kernels run as they do eagerly. Eagerly it is called
-    directly (``torch.compiler.disable``'s wrapper costs a few microseconds a call)."""
+def _run_kernels(fn: type, traced: Callable[..., Any], *args: object) -> Any:
+    """``fn.apply(*args)`` for a Function of the Triton kernels; under torch.compile the same
+    through ``traced``, its counterpart in ``kernels.library``: custom ops that a compiled
+    graph holds as single operators (no graph break; CUDA graphs of mode="reduce-overhead"
+    capture them). Eagerly the Function is cheaper on the host."""
     if torch.compiler.is_compiling():
-        return _outside_graph(fn, *args)
-    return fn.apply(*args)
-
-
-@torch.compiler.disable
-def _outside_graph(fn: type, *args: object) -> object:
+        return traced(*args)
     return fn.apply(*args)
 
 
 @torch.compiler.disable
 def _kernel_dropout(input: torch.Tensor, p: float) -> torch.Tensor:
-    """The Triton dropout, its seed drawn eagerly (see ``_run_kernels``). The seed is a host
-    number: a CUDA graph would replay the one it was captured with, the same mask on every
-    replay, so capturing it is refused (torch's own dropout is graph-safe)."""
+    """The Triton dropout, its seed drawn eagerly: under torch.compile it stays outside the
+    graph (a graph break). The seed is a host number: a CUDA graph would replay the one it
+    was captured with, the same mask on every replay, so capturing it is refused (torch's
+    own dropout is graph-safe)."""
     from .kernels.autograd import DropoutFn as KernelDropoutFn
     from .kernels.dropout import new_seed
     if input.is_cuda and torch.cuda.is_current_stream_capturing():

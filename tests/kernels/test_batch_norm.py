@@ -142,9 +142,14 @@ def test_non_contiguous_and_no_affine(device):
 
 def test_empty_batch(device):
     rm, rv = torch.zeros(37, device=device), torch.ones(37, device=device)
-    y = F.batch_norm(torch.empty(0, 37, device=device), rm, rv, training=True, backend="triton")
+    w, b = (param(37, torch.float32, device, s).requires_grad_() for s in (1, 2))
+    x = torch.empty(0, 37, device=device, requires_grad=True)
+    y = F.batch_norm(x, rm, rv, w, b, training=True, backend="triton")
     assert y.shape == (0, 37)
     assert torch.equal(rm, torch.zeros_like(rm)) and torch.equal(rv, torch.ones_like(rv))
+    y.sum().backward()
+    assert torch.equal(w.grad, torch.zeros(37, device=device)) and torch.equal(w.grad, b.grad)
+    assert w.grad.data_ptr() != b.grad.data_ptr(), "weight and bias share one .grad tensor"
 
 
 def test_every_launch_configuration(device, monkeypatch):

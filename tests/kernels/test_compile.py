@@ -1,36 +1,78 @@
-"""A model compiled with torch.compile runs the Triton kernels as it would eagerly (they are
-left out of the graph): same outputs and gradients as the uncompiled calls. ``aot_eager``
-traces with Dynamo and AOTAutograd without generating code, so no C++ compiler is needed."""
+"""torch.compile and the Triton kernels: a compiled model holds them as single custom ops
+(``kernels.library``), so its graph does not break around them, and its outputs, gradients
+and BatchNorm running statistics equal the uncompiled calls'. ``aot_eager`` traces with Dynamo
+and AOTAutograd (the backward too) without generating code, so no C++ compiler is needed."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fromscratch import functional as FS
+from fromscratch import nn as fnn
 
 
-def test_compiled_callers_of_the_kernels_equal_eager(device):
-    torch._dynamo.reset()
+def inputs(device):
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(6, 37, generator=g) * 2 + 1).to(device).requires_grad_()
     r = torch.randn(6, 37, generator=g).to(device).requires_grad_()
     w = (1 + 0.1 * torch.randn(37, generator=g)).to(device).requires_grad_()
     b = (0.1 * torch.randn(37, generator=g)).to(device).requires_grad_()
-    rm, rv = torch.zeros(37, device=device), torch.ones(37, device=device)
+    return x, r, w, b
 
-    def block(x, r, w, b):
+
+def aot_eager_noting(ops: list[str]):
+    """aot_eager, noting the ops of every graph Dynamo hands it."""
+    from torch._dynamo.backends.registry import lookup_backend
+    aot_eager = lookup_backend("aot_eager")
+
+    def backend(gm, example_inputs):
+        ops.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return aot_eager(gm, example_inputs)
+    return backend
+
+
+def test_compiled_model_holds_the_kernels_as_ops_and_equals_eager(device):
+    torch._dynamo.reset()
+    x, r, w, b = inputs(device)
+    buffers = {k: (torch.zeros(37, device=device), torch.ones(37, device=device))
+               for k in ("eager", "compiled")}
+
+    def block(x, r, w, b, rm, rv):
         h = FS.layer_norm(x, 37, w, b, backend="triton") * 2
         s, y = FS.fused_add_rms_norm(h, r, 37, w, backend="triton")
         z = FS.rms_norm(y + s, 37, w, backend="triton")
-        z = FS.batch_norm(z, rm, rv, w, b, training=True, backend="triton")
-        return FS.dropout(z, 0.0, backend="triton").sum(-1)
+        return FS.batch_norm(z, rm, rv, w, b, training=True, momentum=0.3,
+                             backend="triton").sum(-1)
 
-    eager = block(x, r, w, b)
+    eager = block(x, r, w, b, *buffers["eager"])
     want = torch.autograd.grad(eager.pow(2).sum(), (x, r, w, b))
-    compiled = torch.compile(block, backend="aot_eager")(x, r, w, b)
+    ops: list[str] = []
+    compiled_block = torch.compile(block, backend=aot_eager_noting(ops), fullgraph=True)
+    compiled = compiled_block(x, r, w, b, *buffers["compiled"])   # fullgraph: no graph break
     got = torch.autograd.grad(compiled.pow(2).sum(), (x, r, w, b))
+    assert {f"fromscratch.{op}.default" for op in
+            ("layer_norm", "fused_add_rms_norm", "rms_norm", "batch_norm")} <= set(ops), ops
     torch.testing.assert_close(compiled, eager)
     for a, e in zip(got, want):
         torch.testing.assert_close(a, e)
+    for a, e in zip(buffers["compiled"], buffers["eager"]):       # running statistics
+        torch.testing.assert_close(a, e)
+
+
+def test_compiled_modules_in_eval_mode(device):
+    torch._dynamo.reset()
+    x, _, _, _ = inputs(device)
+    model = torch.nn.Sequential(fnn.LayerNorm(37, backend="triton"),
+                                fnn.RMSNorm(37, backend="triton")).to(device)
+    bn = fnn.BatchNorm1d(37, backend="triton").to(device) if hasattr(fnn, "BatchNorm1d") \
+        else None
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), model(x))
+    if bn is not None:
+        bn.running_mean.uniform_(-1, 1)
+        bn.eval()
+        cbn = torch.compile(bn, backend="aot_eager", fullgraph=True)
+        torch.testing.assert_close(cbn(x), bn(x))
 
 
 def test_compiled_dropout_draws_a_new_mask_every_call(device):
@@ -40,3 +82,43 @@ def test_compiled_dropout_draws_a_new_mask_every_call(device):
     first, second = f(x), f(x)
     assert set(first.unique().tolist()) <= {0.0, 2.0}
     assert not torch.equal(first, second)
+
+
+def op_cases(device):
+    from fromscratch.kernels import library as L
+    x, r, w, b = inputs(device)
+    dy = torch.randn(6, 37, device=device)
+    stats = (torch.zeros(6, device=device), torch.ones(6, device=device))
+    rm, rv = torch.zeros(37, device=device), torch.ones(37, device=device)
+    d = [t.detach() for t in (x, w, b)]
+    return {
+        "layer_norm": (L.layer_norm_op, (x, w, b, 1e-5)),
+        "layer_norm, no parameters": (L.layer_norm_op, (x, None, None, 1e-5)),
+        "layer_norm_backward": (L.layer_norm_backward_op, (dy, *d, *stats)),
+        "rms_norm": (L.rms_norm_op, (x, w, 1e-6)),
+        "fused_add_rms_norm": (L.fused_add_rms_norm_op, (x, r, w, 1e-6)),
+        "rms_norm_backward with ds": (L.rms_norm_backward_op, (dy, d[0], d[1], stats[1], dy)),
+        "batch_norm, training": (L.batch_norm_op, (x, w, b, None, None, True, 1e-5)),
+        "batch_norm, eval": (L.batch_norm_op, (x, w, b, rm, rv, False, 1e-5)),
+        "batch_norm, empty batch": (L.batch_norm_op, (x[:0], w, b, None, None, True, 1e-5)),
+    }
+
+
+@pytest.mark.parametrize("case", list(op_cases("cpu")))
+def test_custom_ops_pass_opcheck(device, case):
+    """torch.library.opcheck: schema, fake (meta) outputs equal to the real ones, autograd
+    registration, AOTAutograd with dynamic shapes."""
+    op, args = op_cases(device)[case]
+    utils = ["test_schema", "test_autograd_registration", "test_faketensor",
+             "test_aot_dispatch_dynamic"]
+    if "empty" in case:       # NaN statistics, which the AOT test's comparison calls different
+        utils.pop()
+    torch.library.opcheck(op, args, test_utils=utils)
+
+
+def test_double_backward_through_the_ops_raises(device):
+    from fromscratch.kernels import library as L
+    x, _, w, b = inputs(device)
+    y = L.layer_norm(x, w, b, 1e-5)
+    with pytest.raises(RuntimeError, match="not differentiable"):
+        torch.autograd.grad(y.pow(2).sum(), x, create_graph=True)

@@ -113,9 +113,14 @@ def test_functional_and_module_match_torch_backend(device):
 
 
 def test_empty_batch_and_nan_row(device):
-    x = rows(0, 37, torch.float32, device)
-    y = F.layer_norm(x, 37, backend="triton")
+    x = rows(0, 37, torch.float32, device).requires_grad_()
+    w, b = (param(37, torch.float32, device, s).requires_grad_() for s in (1, 2))
+    y = F.layer_norm(x, 37, w, b, backend="triton")
     assert y.shape == (0, 37)
+    y.sum().backward()
+    assert torch.equal(w.grad, torch.zeros(37, device=device)) and torch.equal(w.grad, b.grad)
+    assert w.grad.data_ptr() != b.grad.data_ptr(), "weight and bias share one .grad tensor"
+    x = rows(0, 37, torch.float32, device)
     x = rows(3, 37, torch.float32, device, shifted=False)
     x[1, 4] = float("nan")
     y = F.layer_norm(x, 37, backend="triton")

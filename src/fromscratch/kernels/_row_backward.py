@@ -257,9 +257,10 @@ def backward(op: str, dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | 
     mu = mean if centre else rstd
     db_dtype = bias_dtype or x.dtype
     if m == 0:
-        zeros = torch.zeros(n, dtype=torch.float32, device=x.device)
-        return (dx, zeros.to(weight.dtype) if has_w else None,
-                zeros.to(db_dtype) if has_bias else None)
+        # an empty batch: zero gradients, each its own tensor (grads that share one would
+        # share it as .grad too)
+        return (dx, torch.zeros(n, dtype=weight.dtype, device=x.device) if has_w else None,
+                torch.zeros(n, dtype=db_dtype, device=x.device) if has_bias else None)
     flags = {"CENTRE": centre, "HAS_W": has_w, "HAS_B": has_bias, "HAS_DRES": has_ds}
     strides = (x.stride(0), dy.stride(0), ds.stride(0), dx.stride(0))
     sms = num_sms(x.device)

@@ -3,6 +3,7 @@
 Inputs arrive as 2-D (rows, hidden) tensors: the functional front-end flattens and
 validates them. The kernels' backward is not itself differentiable: asking for a second
 derivative (``create_graph=True``) raises; use ``backend="torch"`` for double backward.
+Under torch.compile the front-ends call the same kernels through ``library``'s custom ops.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import batch_norm, dropout, layer_norm, residual_rms_norm, rms_norm
+from . import batch_norm, dropout, layer_norm, library, residual_rms_norm, rms_norm  # noqa: F401
 
 
 def once_differentiable(backward: Callable) -> Callable:

@@ -415,9 +415,11 @@ def backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, has
     m, c = x.shape
     dx = torch.empty((m, c), dtype=x.dtype, device=x.device)
     if m == 0:
-        zeros = torch.zeros(c, dtype=torch.float32, device=x.device)
-        return (dx, zeros.to(weight.dtype) if weight is not None else None,
-                zeros.to(bias_dtype or x.dtype) if has_bias else None)
+        # an empty batch: zero gradients, each its own tensor (grads that share one would
+        # share it as .grad too)
+        zeros = functools.partial(torch.zeros, c, device=x.device)
+        return (dx, zeros(dtype=weight.dtype) if weight is not None else None,
+                zeros(dtype=bias_dtype or x.dtype) if has_bias else None)
     sms = num_sms(x.device)
     with on_device(x):
         parts: dict[str, torch.Tensor] = {}

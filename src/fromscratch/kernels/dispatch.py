@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import torch
 
-from ..ops._xp import transforming
 
 BACKENDS = ("auto", "triton", "torch", "compile")
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -37,6 +36,17 @@ def triton_available() -> bool:
         except ImportError:
             _triton.append(False)
     return _triton[0]
+
+
+_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+
+
+def transforming() -> bool:
+    """Inside torch.func.vmap / grad / jacrev, asked as ``torch.autograd.Function.apply``
+    asks it. (``ops._xp.transforming`` peeks at functorch's interpreter stack, which is not
+    empty while torch.compile traces: asked that way, a compiled model would never get the
+    kernels.)"""
+    return _active()
 
 
 def _on_gpu(t: torch.Tensor) -> bool:
