@@ -11,9 +11,10 @@
 # (the script installs any wheel in .whl/ into a private folder, without dependencies).
 #
 # PHASES picks the steps (default: launchtest diagnose bench): launchtest (tests/kernels/
-# test_launch.py, ~40 s), diagnose (gpu_diagnose.py at DIAG_SHAPES, default 32768x4096),
-# host (host_overhead.py), pytest (all of tests/kernels: over 150 s, compiling every small
-# variant), bench (gpu_kernels.py, BENCH_BUDGET_S default 90). Reports go to
+# test_launch.py and test_compile.py: the launch shortcut, replay, and the custom ops under
+# torch.compile, CUDA graphs of mode="reduce-overhead" included), diagnose (gpu_diagnose.py
+# at DIAG_SHAPES, default 32768x4096), host (host_overhead.py), pytest (all of
+# tests/kernels: over 150 s, compiling every small variant), bench (gpu_kernels.py, BENCH_BUDGET_S default 90). Reports go to
 # $OUT/work and come back packed in $OUT/session.tgz (the device tool returns at most 8
 # files); the tables are also printed. Compiled kernels are cached in .cache/ (Triton's and
 # Inductor's caches, packed in $OUT/cache.tgz): unpack that here and carry .cache to skip
@@ -44,7 +45,8 @@ step() {  # name, timeout in seconds, command...
     echo "$name: exit $? in $((SECONDS - t0)) s"
 }
 has() { [[ " $PHASES " == *" $1 "* ]]; }
-has launchtest && step pytest-launch 90 $PY -m pytest -q tests/kernels/test_launch.py
+has launchtest && step pytest-launch 150 $PY -m pytest -q tests/kernels/test_launch.py \
+    tests/kernels/test_compile.py
 if has diagnose; then
     for shape in ${DIAG_SHAPES:-32768x4096}; do
         step diagnose-$shape ${DIAG_S:-130} $PY benchmarks/gpu_diagnose.py --shape $shape \

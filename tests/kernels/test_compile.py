@@ -122,3 +122,27 @@ def test_double_backward_through_the_ops_raises(device):
     y = L.layer_norm(x, w, b, 1e-5)
     with pytest.raises(RuntimeError, match="not differentiable"):
         torch.autograd.grad(y.pow(2).sum(), x, create_graph=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_reduce_overhead_captures_the_kernels_in_cuda_graphs():
+    """mode="reduce-overhead" (Inductor, CUDA graphs of the forward and the backward): the
+    first steps warm up and record, later ones replay; every step equals eager, outputs and
+    gradients, with new inputs each time."""
+    torch._dynamo.reset()
+
+    def block(x, r, w, b):
+        h = FS.layer_norm(x, 37, w, b)                       # "auto": the kernels on CUDA
+        s, y = FS.fused_add_rms_norm(h, r, 37, w)
+        return FS.rms_norm(y + s, 37, w)
+
+    compiled = torch.compile(block, mode="reduce-overhead", fullgraph=True)
+    for step in range(4):
+        args = [t.detach().cuda().add(step).requires_grad_() for t in inputs("cpu")]
+        want = block(*args)
+        want_grads = torch.autograd.grad(want.pow(2).sum(), args)
+        got = compiled(*args)
+        got_grads = torch.autograd.grad(got.pow(2).sum(), args)
+        torch.testing.assert_close(got, want)
+        for a, e in zip(got_grads, want_grads):
+            torch.testing.assert_close(a, e)
