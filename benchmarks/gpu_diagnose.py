@@ -26,7 +26,10 @@ forward+backward step (``torch.autograd.grad(f(x), params, dy)``, as gpu_kernels
   up in the queue, so do_bench times device work only; above 1 the queue drains every step
   and do_bench's time includes the GPU's wait for the host (docs/kernels.md, "When does
   the GPU wait?");
-- the CUDA kernels one step launches (torch.profiler): name, count and device time.
+- the CUDA kernels one step launches (torch.profiler): name, count and device time;
+- with ``--compiled``, a table of ours and torch eager's functions compiled with
+  ``torch.compile(mode="reduce-overhead")`` (ours as custom ops, both steps replayed as CUDA
+  graphs by Inductor), timed as ``do_bench``: what a compiled model gets.
 
 Rows: ours; ours with every kernel launched through Triton's ``kernel[grid]`` instead of
 ``kernels._launch``'s shortcut; torch eager; and a floor, an autograd Function that
@@ -61,6 +64,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--ops", default=",".join(OPS))
     ap.add_argument("--out", default="gpu_diagnose.md")
     ap.add_argument("--smoke", action="store_true", help="CPU under TRITON_INTERPRET=1, 64x96")
+    ap.add_argument("--compiled", action="store_true",
+                    help="also time ours and torch compiled with mode='reduce-overhead' (CUDA)")
     ap.add_argument("--trace", default=None, metavar="DIR",
                     help="also write a Chrome trace (CPU and GPU timelines) of 5 steps of ours, "
                          "one .json.gz per op, into DIR (open in chrome://tracing or Perfetto)")
@@ -108,6 +113,25 @@ def host_us(fn: Callable[[], Any], bench: Bench, steps: int = 50) -> float:
     issued = time.perf_counter() - start
     bench.sync()
     return issued / steps * 1e6
+
+
+def reduce_overhead_ms(fwd: Callable[[], Any], params: list, grads: list,
+                       bench: Bench) -> float | None:
+    """do_bench ms of the forward+backward with ``fwd`` compiled by
+    ``torch.compile(mode="reduce-overhead")``; None (and a log line) where that fails."""
+    try:
+        compiled = torch.compile(fwd, mode="reduce-overhead", fullgraph=True)
+
+        def step() -> Any:
+            out = compiled()
+            return torch.autograd.grad(out if isinstance(out, tuple) else (out,), params, grads)
+        for _ in range(3):                      # compile, warm up, record the CUDA graphs
+            step()
+        bench.sync()
+        return bench.time_ms(step)
+    except Exception as e:                      # noqa: BLE001 - report, go on
+        log(f"  reduce-overhead failed: {type(e).__name__}: {str(e)[:300]}")
+        return None
 
 
 def flush_us(bench: Bench) -> float | None:
@@ -173,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
              "| host / GPU |",
              "|---|---|---|---|---|---|---:|---:|---:|---:|---:|"]
     tables = []
+    compiled_rows = []
     for op in [o.strip() for o in args.ops.split(",") if o.strip()]:
         d = bench.inputs(op, m, n)
         bytes_ = bench.bytes_moved(op, "fwd+bwd", m, n, 2)
@@ -218,12 +243,19 @@ def main(argv: list[str] | None = None) -> int:
                          f"| {fwd_ms:.3f} | {bwd_ms:.3f} | {host:.0f} "
                          f"| {host_one_thread:.0f} | {ratio} |")
             _launch_shortcut(True)
+            if args.compiled and impl in ("ours", "torch") and bench.device.type == "cuda":
+                log(f"{op} {impl}, reduce-overhead")
+                compiled_rows.append(f"| {op} | {impl} | "
+                                     f"{cell(reduce_overhead_ms(fwd, params, grads, bench))} |")
             if impl == "ours":
                 trace = None
                 if args.trace:
                     Path(args.trace).mkdir(parents=True, exist_ok=True)
                     trace = str(Path(args.trace) / f"trace-{op}-{m}x{n}")
                 tables.append((op, kernel_table(step, bench, trace=trace)))
+    if compiled_rows:
+        lines += ["", "## Compiled with torch.compile(mode=\"reduce-overhead\"), do_bench", "",
+                  "| op | impl | ms (% copy) |", "|---|---|---|", *compiled_rows]
     for op, rows in tables:
         lines += ["", f"## {op}, ours: kernels of one step", "",
                   "| kernel | launches / step | us / step |", "|---|---:|---:|"]

@@ -13,7 +13,8 @@
 # PHASES picks the steps (default: launchtest diagnose bench): launchtest (tests/kernels/
 # test_launch.py and test_compile.py: the launch shortcut, replay, and the custom ops under
 # torch.compile, CUDA graphs of mode="reduce-overhead" included), diagnose (gpu_diagnose.py
-# at DIAG_SHAPES, default 32768x4096), host (host_overhead.py), pytest (all of
+# at DIAG_SHAPES, default 32768x4096, with DIAG_ARGS default --compiled: the reduce-overhead
+# table, which compiles six steps), host (host_overhead.py), pytest (all of
 # tests/kernels: over 150 s, compiling every small variant), bench (gpu_kernels.py, BENCH_BUDGET_S default 90). Reports go to
 # $OUT/work and come back packed in $OUT/session.tgz (the device tool returns at most 8
 # files); the tables are also printed. Compiled kernels are cached in .cache/ (Triton's and
@@ -49,8 +50,8 @@ has launchtest && step pytest-launch 150 $PY -m pytest -q tests/kernels/test_lau
     tests/kernels/test_compile.py
 if has diagnose; then
     for shape in ${DIAG_SHAPES:-32768x4096}; do
-        step diagnose-$shape ${DIAG_S:-130} $PY benchmarks/gpu_diagnose.py --shape $shape \
-            --out "$W/diagnose-$shape.md" --trace "$W/traces"
+        step diagnose-$shape ${DIAG_S:-200} $PY benchmarks/gpu_diagnose.py --shape $shape \
+            --out "$W/diagnose-$shape.md" --trace "$W/traces" ${DIAG_ARGS---compiled}
     done
 fi
 has host && step host-overhead 40 $PY benchmarks/host_overhead.py --steps 300
