@@ -59,20 +59,23 @@ def test_compiled_model_holds_the_kernels_as_ops_and_equals_eager(device):
         torch.testing.assert_close(a, e)
 
 
-def test_compiled_modules_in_eval_mode(device):
+def test_compiled_modules_equal_eager_in_training_and_eval(device):
     torch._dynamo.reset()
     x, _, _, _ = inputs(device)
-    model = torch.nn.Sequential(fnn.LayerNorm(37, backend="triton"),
-                                fnn.RMSNorm(37, backend="triton")).to(device)
-    bn = fnn.BatchNorm1d(37, backend="triton").to(device) if hasattr(fnn, "BatchNorm1d") \
-        else None
-    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
-    torch.testing.assert_close(compiled(x), model(x))
-    if bn is not None:
-        bn.running_mean.uniform_(-1, 1)
-        bn.eval()
-        cbn = torch.compile(bn, backend="aot_eager", fullgraph=True)
-        torch.testing.assert_close(cbn(x), bn(x))
+    for train in (True, False):
+        twins = []
+        for _ in range(2):                      # one run eagerly, one compiled
+            torch.manual_seed(0)
+            model = torch.nn.Sequential(fnn.LayerNorm(37, backend="triton"),
+                                        fnn.RMSNorm(37, backend="triton"),
+                                        fnn.BatchNorm(37, backend="triton")).to(device)
+            model[2].running_mean.uniform_(-1, 1)
+            twins.append(model.train(train))
+        compiled = torch.compile(twins[1], backend="aot_eager", fullgraph=True)
+        for step in range(2):
+            torch.testing.assert_close(compiled(x + step), twins[0](x + step))
+        for a, e in zip(twins[1].buffers(), twins[0].buffers()):   # running statistics
+            torch.testing.assert_close(a, e)
 
 
 def test_compiled_dropout_draws_a_new_mask_every_call(device):
