@@ -5,7 +5,7 @@ dimension but the last.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -46,7 +46,7 @@ def layer_norm(input: torch.Tensor, normalized_shape: int | Sequence[int],
     args = (_flat(input, len(shape)), _flat1(weight), _flat1(bias), float(eps))
     if use_kernels(op, backend, input, weight=weight, bias=bias):
         K = _kernels()
-        y = _run_kernels(K.LayerNormFn, K.library.layer_norm, *args)
+        y = _run_kernels(K.LayerNormFn, "layer_norm", *args)
     else:
         y = _function(LayerNormFn).apply(*args, ops(op, backend))[0]
     return _unflat(y, input.shape)
@@ -66,7 +66,7 @@ def rms_norm(input: torch.Tensor, normalized_shape: int | Sequence[int],
     args = (_flat(input, len(shape)), _flat1(weight), float(eps))
     if use_kernels(op, backend, input, weight=weight):
         K = _kernels()
-        y = _run_kernels(K.RMSNormFn, K.library.rms_norm, *args)
+        y = _run_kernels(K.RMSNormFn, "rms_norm", *args)
     else:
         y = _function(RMSNormFn).apply(*args, ops(op, backend))[0]
     return _unflat(y, input.shape)
@@ -97,7 +97,7 @@ def fused_add_rms_norm(input: torch.Tensor, residual: torch.Tensor,
         if eps is None:
             eps = torch.finfo(torch.float32).eps
         K = _kernels()
-        s, y = _run_kernels(K.FusedAddRMSNormFn, K.library.fused_add_rms_norm,
+        s, y = _run_kernels(K.FusedAddRMSNormFn, "fused_add_rms_norm",
                             _flat(input, len(shape)), _flat(residual, len(shape)),
                             _flat1(weight), float(eps))
         return _unflat(s, input.shape), _unflat(y, input.shape)
@@ -125,7 +125,7 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None,
     if use_kernels(op, backend, input, weight=weight, bias=bias, running_mean=running_mean,
                    running_var=running_var):
         K = _kernels()
-        y = _run_kernels(K.BatchNormFn, K.library.batch_norm, x, weight, bias, running_mean,
+        y = _run_kernels(K.BatchNormFn, "batch_norm", x, weight, bias, running_mean,
                          running_var, bool(training), float(momentum), float(eps))
         return _unflat(y, input.shape)
     y, mean, var = _function(BatchNormFn, 3).apply(
@@ -180,13 +180,21 @@ def _kernels() -> Any:
     return _autograd[0]
 
 
-def _run_kernels(fn: type, traced: Callable[..., Any], *args: object) -> Any:
+def _run_kernels(fn: type, traced: str, *args: object) -> Any:
     """``fn.apply(*args)`` for a Function of the Triton kernels; under torch.compile the same
-    through ``traced``, its counterpart in ``kernels.library``: custom ops that a compiled
-    graph holds as single operators (no graph break; CUDA graphs of mode="reduce-overhead"
-    capture them). Eagerly the Function is cheaper on the host."""
+    through ``kernels.library.<traced>``: custom ops that a compiled graph holds as single
+    operators (no graph break; CUDA graphs of mode="reduce-overhead" capture them). Eagerly
+    the Function is cheaper on the host."""
     if torch.compiler.is_compiling():
-        return traced(*args)
+        library = _kernels().library
+        if library is None:                    # it did not load (a warning said why)
+            return _outside_graph(fn, *args)
+        return getattr(library, traced)(*args)
+    return fn.apply(*args)
+
+
+@torch.compiler.disable
+def _outside_graph(fn: type, *args: object) -> object:
     return fn.apply(*args)
 
 

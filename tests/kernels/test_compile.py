@@ -59,6 +59,25 @@ def test_compiled_model_holds_the_kernels_as_ops_and_equals_eager(device):
         torch.testing.assert_close(a, e)
 
 
+def test_without_the_custom_ops_the_kernels_run_outside_the_graph(device, monkeypatch):
+    """If kernels.library did not load (a torch without its API), a compiled model still
+    gets the kernels, eagerly between graphs, and the same numbers."""
+    from fromscratch.kernels import autograd
+    monkeypatch.setattr(autograd, "library", None)
+    torch._dynamo.reset()
+    x, r, w, b = inputs(device)
+
+    def block(x, w, b):
+        return FS.rms_norm(FS.layer_norm(x, 37, w, b, backend="triton") * 2, 37, w,
+                           backend="triton").sum(-1)
+
+    ops: list[str] = []
+    got = torch.compile(block, backend=aot_eager_noting(ops))(x, w, b)
+    torch.testing.assert_close(got, block(x, w, b))
+    assert not [op for op in ops if op.startswith("fromscratch")], ops
+    torch._dynamo.reset()
+
+
 def test_compiled_modules_equal_eager_in_training_and_eval(device):
     torch._dynamo.reset()
     x, _, _, _ = inputs(device)

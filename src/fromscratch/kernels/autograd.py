@@ -12,7 +12,16 @@ from typing import Any, Callable
 
 import torch
 
-from . import batch_norm, dropout, layer_norm, library, residual_rms_norm, rms_norm  # noqa: F401
+from . import batch_norm, dropout, layer_norm, residual_rms_norm, rms_norm
+
+try:       # the same kernels as custom ops, for torch.compile (the front-ends use them there)
+    from . import library
+except Exception as e:                          # noqa: BLE001 - a torch without that API
+    import warnings
+    warnings.warn(f"fromscratch.kernels.library did not load ({type(e).__name__}: {e}); under "
+                  "torch.compile the kernels run outside the graph (a graph break)",
+                  stacklevel=2)
+    library = None
 
 
 def once_differentiable(backward: Callable) -> Callable:
