@@ -46,3 +46,13 @@ def row_condition(x: torch.Tensor, c: float = 8.0) -> np.ndarray:
     """c * eps32 * max|x| / std per row, shaped to broadcast against (M, N)."""
     x = as64(x)
     return (c * EPS32 * np.abs(x).max(axis=-1) / (x.std(axis=-1) + 1e-30))[:, None]
+
+
+def block_inputs(device: torch.device | str) -> tuple[torch.Tensor, ...]:
+    """x, residual, weight, bias of a small block (6 rows of 37), all requiring grad."""
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(6, 37, generator=g) * 2 + 1).to(device).requires_grad_()
+    r = torch.randn(6, 37, generator=g).to(device).requires_grad_()
+    w = (1 + 0.1 * torch.randn(37, generator=g)).to(device).requires_grad_()
+    b = (0.1 * torch.randn(37, generator=g)).to(device).requires_grad_()
+    return x, r, w, b

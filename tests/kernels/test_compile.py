@@ -9,15 +9,7 @@ import torch
 
 from fromscratch import functional as FS
 from fromscratch import nn as fnn
-
-
-def inputs(device):
-    g = torch.Generator().manual_seed(0)
-    x = (torch.randn(6, 37, generator=g) * 2 + 1).to(device).requires_grad_()
-    r = torch.randn(6, 37, generator=g).to(device).requires_grad_()
-    w = (1 + 0.1 * torch.randn(37, generator=g)).to(device).requires_grad_()
-    b = (0.1 * torch.randn(37, generator=g)).to(device).requires_grad_()
-    return x, r, w, b
+from tests.kernels._helpers import block_inputs
 
 
 def aot_eager_noting(ops: list[str]):
@@ -33,7 +25,7 @@ def aot_eager_noting(ops: list[str]):
 
 def test_compiled_model_holds_the_kernels_as_ops_and_equals_eager(device):
     torch._dynamo.reset()
-    x, r, w, b = inputs(device)
+    x, r, w, b = block_inputs(device)
     buffers = {k: (torch.zeros(37, device=device), torch.ones(37, device=device))
                for k in ("eager", "compiled")}
 
@@ -65,7 +57,7 @@ def test_without_the_custom_ops_the_kernels_run_outside_the_graph(device, monkey
     from fromscratch.kernels import autograd
     monkeypatch.setattr(autograd, "library", None)
     torch._dynamo.reset()
-    x, r, w, b = inputs(device)
+    x, r, w, b = block_inputs(device)
 
     def block(x, w, b):
         return FS.rms_norm(FS.layer_norm(x, 37, w, b, backend="triton") * 2, 37, w,
@@ -80,7 +72,7 @@ def test_without_the_custom_ops_the_kernels_run_outside_the_graph(device, monkey
 
 def test_compiled_modules_equal_eager_in_training_and_eval(device):
     torch._dynamo.reset()
-    x, _, _, _ = inputs(device)
+    x, _, _, _ = block_inputs(device)
     for train in (True, False):
         twins = []
         for _ in range(2):                      # one run eagerly, one compiled
@@ -106,50 +98,6 @@ def test_compiled_dropout_draws_a_new_mask_every_call(device):
     assert not torch.equal(first, second)
 
 
-def op_cases(device):
-    from fromscratch.kernels import library as L
-    x, r, w, b = inputs(device)
-    dy = torch.randn(6, 37, device=device)
-    stats = (torch.zeros(6, device=device), torch.ones(6, device=device))
-    rm, rv = torch.zeros(37, device=device), torch.ones(37, device=device)
-    d = [t.detach() for t in (x, w, b)]
-    return {
-        "layer_norm": (L.layer_norm_op, (x, w, b, 1e-5)),
-        "layer_norm, no parameters": (L.layer_norm_op, (x, None, None, 1e-5)),
-        "layer_norm, bf16 input, float32 weight": (
-            L.layer_norm_op, (x.detach().bfloat16().requires_grad_(), w, b.bfloat16(), 1e-5)),
-        "layer_norm_backward": (L.layer_norm_backward_op, (dy, *d, *stats)),
-        "rms_norm": (L.rms_norm_op, (x, w, 1e-6)),
-        "fused_add_rms_norm": (L.fused_add_rms_norm_op, (x, r, w, 1e-6)),
-        "rms_norm_backward with ds": (L.rms_norm_backward_op, (dy, d[0], d[1], stats[1], dy)),
-        "batch_norm, training": (L.batch_norm_op, (x, w, b, None, None, True, 1e-5)),
-        "batch_norm, eval": (L.batch_norm_op, (x, w, b, rm, rv, False, 1e-5)),
-        "batch_norm, fp16 input": (L.batch_norm_op, (x.detach().half().requires_grad_(), w, b,
-                                                     None, None, True, 1e-5)),
-        "batch_norm, empty batch": (L.batch_norm_op, (x[:0], w, b, None, None, True, 1e-5)),
-    }
-
-
-@pytest.mark.parametrize("case", list(op_cases("cpu")))
-def test_custom_ops_pass_opcheck(device, case):
-    """torch.library.opcheck: schema, fake (meta) outputs equal to the real ones, autograd
-    registration, AOTAutograd with dynamic shapes."""
-    op, args = op_cases(device)[case]
-    utils = ["test_schema", "test_autograd_registration", "test_faketensor",
-             "test_aot_dispatch_dynamic"]
-    if "empty" in case:       # NaN statistics, which the AOT test's comparison calls different
-        utils.pop()
-    torch.library.opcheck(op, args, test_utils=utils)
-
-
-def test_double_backward_through_the_ops_raises(device):
-    from fromscratch.kernels import library as L
-    x, _, w, b = inputs(device)
-    y = L.layer_norm(x, w, b, 1e-5)
-    with pytest.raises(RuntimeError, match="not differentiable"):
-        torch.autograd.grad(y.pow(2).sum(), x, create_graph=True)
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_reduce_overhead_captures_the_kernels_in_cuda_graphs():
     """mode="reduce-overhead" (Inductor, CUDA graphs of the forward and the backward): the
@@ -164,7 +112,7 @@ def test_reduce_overhead_captures_the_kernels_in_cuda_graphs():
 
     compiled = torch.compile(block, mode="reduce-overhead", fullgraph=True)
     for step in range(4):
-        args = [t.detach().cuda().add(step).requires_grad_() for t in inputs("cpu")]
+        args = [t.detach().cuda().add(step).requires_grad_() for t in block_inputs("cpu")]
         want = block(*args)
         want_grads = torch.autograd.grad(want.pow(2).sum(), args)
         got = compiled(*args)
