@@ -189,6 +189,18 @@ def grad_step(fwd: Callable[[], Any], params: list, grads: list) -> Callable[[],
     return both
 
 
+def custom_op_row(args: argparse.Namespace, timed: Callable) -> list[float]:
+    """fwd, fwd+bwd and to the backward's launch of LayerNorm through ``kernels.library``'s
+    custom op instead of its autograd Function: why eager calls keep the Function."""
+    from fromscratch.kernels import library
+    x, w, b = (torch.randn(*s).to(torch.bfloat16).requires_grad_()
+               for s in ((args.rows, args.cols), (args.cols,), (args.cols,)))
+    dy = torch.randn(args.rows, args.cols).to(torch.bfloat16)
+    fwd = lambda: library.layer_norm(x, w, b, 1e-5)                 # noqa: E731
+    both = grad_step(fwd, [x, w, b], [dy])
+    return [timed(fwd), timed(both), to_backward_us(fwd, both, args.steps)]
+
+
 def fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}"
 
@@ -217,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
             Floor.on_backward = None
         rows.append("| floor (autograd, nothing else) | " + " | ".join(map(fmt, floor))
                     + " | - | - |")
+        if "layer_norm" in args.ops:            # what torch.compile's path would cost eagerly
+            rows.append("| layer_norm through its custom op, called eagerly | "
+                        + " | ".join(map(fmt, custom_op_row(args, timed))) + " | - | - |")
     argv_text = " ".join(sys.argv[1:] if argv is None else argv)
     lines = ["## Host cost of one step (benchmarks/host_overhead.py)", "",
              f"- machine: {machine()}; torch {torch.__version__}, Python "

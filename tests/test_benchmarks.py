@@ -59,6 +59,8 @@ def test_host_overhead_times_every_op_and_restores_the_kernels(tmp_path):
     rows = [line for line in results.read_text().splitlines() if line.startswith("| ")]
     table = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]] for r in rows[1:]}
     floor = table.pop("floor (autograd, nothing else)")
+    custom_op = table.pop("layer_norm through its custom op, called eagerly")
+    assert custom_op[3:] == ["-", "-"] and 0 < float(custom_op[2]) < float(custom_op[1])
     assert set(table) == set(host.OPS)
     for op, cells in table.items():        # fwd, fwd+bwd, to the backward's launch; torch's two
         fwd, both, to_bwd, *torch_cells = map(float, cells)
