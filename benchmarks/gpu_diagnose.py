@@ -83,11 +83,11 @@ def direct(op: str, d: dict[str, Any]) -> Callable[[], Any]:
         b = d["b"].detach()
 
         def step() -> Any:
-            y, mean, rstd = layer_norm.forward(x, w, b, 1e-5)
+            y, mean, rstd, _ = layer_norm.forward(x, w, b, 1e-5)
             return layer_norm.backward(dy, x, w, True, mean, rstd, b.dtype)
     elif op == "rms_norm":
         def step() -> Any:
-            y, rstd, _ = rms_norm.forward(x, w, 1e-6)
+            y, rstd, _, _ = rms_norm.forward(x, w, 1e-6)
             return rms_norm.backward(dy, x, w, rstd)
     else:
         b, rm, rv = d["b"].detach(), d["rm"], d["rv"]

@@ -168,7 +168,7 @@ def launches_for(shape: tuple[int, int], all_configs: bool, sms: int) -> list:
             layer_norm.backward(x, x, w, True, stats, stats, torch.bfloat16)
             rms_norm.forward(x, w, 1e-6)
             rms_norm.backward(x, x, w, stats)
-            s, _, rstd = residual_rms_norm.forward(x, x, w, 1e-6)
+            s, _, rstd, _ = residual_rms_norm.forward(x, x, w, 1e-6)
             residual_rms_norm.backward(x, x, s, w, rstd)
             dropout.apply(x, 0.1, seed=3)
             rm, rv = torch.empty(n, device=meta), torch.empty(n, device=meta)

@@ -233,3 +233,34 @@ def test_bookkeeping_is_bounded(interpreted, monkeypatch: pytest.MonkeyPatch) ->
             y = F.rms_norm(x, n, w, backend="triton")
         assert len(_replay._seen) <= 3 and len(_replay._recipes) <= 3
         torch.testing.assert_close(y, F.rms_norm(x, n, w, backend="torch"))
+
+
+@pytest.mark.parametrize("case", ["layer_norm", "layer_norm without weight and bias",
+                                  "rms_norm", "rms_norm without weight", "fused_add_rms_norm",
+                                  "fused_add_rms_norm without weight"])
+def test_a_replayed_forward_prepares_the_backward_as_prepare_backward_does(interpreted,
+                                                                            case: str) -> None:
+    """What a replayed forward hands the backward (``prepare=True``) equals what
+    ``prepare_backward`` says for the same tensors: the same recipe key, the same
+    addresses, so the backward replays exactly as it would have."""
+    from fromscratch.kernels import residual_rms_norm
+    book, _ = interpreted
+    m, n = 6, 40
+    w, b = affine(n, book) if "without" not in case else (None, None)
+    for i in range(3):                                   # the third forward replays
+        x = rows(m, n, torch.float32, "cpu", seed=i)
+        r = rows(m, n, torch.float32, "cpu", seed=10 + i)
+        book.add(x, r)
+        if case.startswith("layer_norm"):
+            y, mean, rstd, got = layer_norm.forward(x, w, b, 1e-5, prepare=True)
+            want = layer_norm.prepare_backward(x, w, b is not None, mean, rstd,
+                                               None if b is None else b.dtype)
+        elif case.startswith("rms_norm"):
+            y, rstd, _, got = rms_norm.forward(x, w, 1e-6, prepare=True)
+            want = rms_norm.prepare_backward(x, w, rstd)
+        else:
+            s, y, rstd, got = residual_rms_norm.forward(x, r, w, 1e-6, True)
+            want = rms_norm.prepare_backward(s, w, rstd, has_ds=True)
+        assert want is not None and got == want, (i, got, want)
+    name = "layer_norm_fwd" if case.startswith("layer_norm") else "rms_norm_fwd"
+    assert _replay.replays == {name: 1}, "the third forward should have replayed"

@@ -20,7 +20,7 @@ def reference(x, w, dy, eps=EPS):
 
 def run_kernel(x, w, dy, eps=EPS):
     from fromscratch.kernels import rms_norm as K
-    y, rstd, _ = K.forward(x, w, eps)
+    y, rstd, _, _ = K.forward(x, w, eps)
     dx, dw = K.backward(dy, x, w, rstd)
     return y, dx, dw
 
@@ -78,7 +78,7 @@ def test_non_contiguous_inputs(device):
 
 def check_fused(x, r, w, dy, ds, dtype):
     from fromscratch.kernels import residual_rms_norm as K
-    s, y, rstd = K.forward(x, r, w, EPS)
+    s, y, rstd, _ = K.forward(x, r, w, EPS)
     dsum, dw = K.backward(dy, ds, s, w, rstd)
     # s is x + residual rounded once to the dtype (round-to-nearest on a GPU; Triton's
     # interpreter truncates float32 -> bfloat16, one unit in the last place at most)

@@ -205,10 +205,26 @@ def prepare(op: str, x: torch.Tensor, weight: torch.Tensor | None, rstd: torch.T
     m, n = x.shape
     if m == 0 or n > max_fused:
         return None
-    facts = (op, m, n, x.stride(0), x.dtype, None if weight is None else weight.dtype,
-             has_bias, bias_dtype or x.dtype, has_ds)
-    return _replay.prepared(facts, x, weight if weight is not None else x,
+    return _replay.prepared(facts(op, x, weight, has_bias, bias_dtype, has_ds), x,
+                            weight if weight is not None else x,
                             mean if mean is not None else rstd, rstd)
+
+
+def facts(op: str, x: torch.Tensor, weight: torch.Tensor | None, has_bias: bool,
+          bias_dtype: torch.dtype | None, has_ds: bool) -> tuple:
+    """What a backward's recipe is keyed on besides its gradients (``prepare``'s first item)."""
+    m, n = x.shape
+    return (op, m, n, x.stride(0), x.dtype, None if weight is None else weight.dtype, has_bias,
+            bias_dtype or x.dtype, has_ds)
+
+
+def prepared_after(facts: tuple, index: int, x: int, w: int, mu: int, rstd: int
+                   ) -> tuple | None:
+    """``prepare``'s result made by a forward that has just replayed its own launch: the
+    backward's ``facts`` (kept with the forward's recipe) and the addresses the forward holds
+    (x, weight or its placeholder, mean or rstd, rstd). x and the weight passed the forward's
+    own checks; only the new statistics are left to check."""
+    return None if (mu | rstd) & 15 else (facts, index, x, w, mu, rstd)
 
 
 def _backward_replay(r: _Recipe, prep: tuple, dy: torch.Tensor, ds: torch.Tensor | None

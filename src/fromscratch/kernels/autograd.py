@@ -48,12 +48,10 @@ class LayerNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
                 bias: torch.Tensor | None, eps: float) -> torch.Tensor:
-        y, mean, rstd = layer_norm.forward(x, weight, bias, eps)
+        y, mean, rstd, ctx.prepared = layer_norm.forward(x, weight, bias, eps,
+                                                         any(ctx.needs_input_grad))
         ctx.save_for_backward(x, weight, mean, rstd)
         ctx.bias_dtype = None if bias is None else bias.dtype
-        ctx.prepared = (layer_norm.prepare_backward(x, weight, bias is not None, mean, rstd,
-                                                    ctx.bias_dtype)
-                        if any(ctx.needs_input_grad) else None)
         return y
 
     @staticmethod
@@ -69,10 +67,9 @@ class RMSNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
                 eps: float) -> torch.Tensor:
-        y, rstd, _ = rms_norm.forward(x, weight, eps)
+        y, rstd, _, ctx.prepared = rms_norm.forward(x, weight, eps,
+                                                    prepare=any(ctx.needs_input_grad))
         ctx.save_for_backward(x, weight, rstd)
-        ctx.prepared = (rms_norm.prepare_backward(x, weight, rstd)
-                        if any(ctx.needs_input_grad) else None)
         return y
 
     @staticmethod
@@ -89,10 +86,9 @@ class FusedAddRMSNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None,
                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-        s, y, rstd = residual_rms_norm.forward(x, residual, weight, eps)
+        s, y, rstd, ctx.prepared = residual_rms_norm.forward(x, residual, weight, eps,
+                                                             any(ctx.needs_input_grad))
         ctx.save_for_backward(s, weight, rstd)
-        ctx.prepared = (rms_norm.prepare_backward(s, weight, rstd, has_ds=True)
-                        if any(ctx.needs_input_grad) else None)
         ctx.set_materialize_grads(False)       # an unused output sends None, not zeros to read
         return s, y
 

@@ -89,14 +89,17 @@ def _fwd_looped_kernel(X, Y, W, B, MEAN, RSTD, N, stride_x, stride_y, eps,
 
 
 def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
-            eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """x (M, N) -> (y (M, N) in x's dtype, mean (M,) float32, rstd (M,) float32)."""
+            eps: float, prepare: bool = False
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple | None]:
+    """x (M, N) -> (y (M, N) in x's dtype, mean (M,) float32, rstd (M,) float32, prepared):
+    with ``prepare``, ``prepared`` is what lets ``backward`` replay its launches (as
+    ``prepare_backward`` would say; made from what a replayed forward holds), else None."""
     m, n = x.shape
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     mean = torch.empty(m, dtype=torch.float32, device=x.device)
     rstd = torch.empty(m, dtype=torch.float32, device=x.device)
     if m == 0:
-        return y, mean, rstd
+        return y, mean, rstd, None
     key = record = None
     if n <= MAX_FUSED_FWD:      # replay (see _replay): only for unit last strides, so no copies
         w = weight if weight is not None else x            # placeholder pointer, never read
@@ -106,9 +109,13 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
         if prep is not None:
             key, recipe, record = _replay.begin(prep)
             if recipe is not None:       # (X, Y, W, B, MEAN, RSTD, M, N, stride_x, stride_y, eps)
-                recipe(_launch._stream(prep[1]), prep[2], y.data_ptr(), prep[3], prep[4],
-                       mean.data_ptr(), rstd.data_ptr(), m, n, x.stride(0), n, eps)
-                return y, mean, rstd
+                launch, backward_facts = recipe
+                mu, r = mean.data_ptr(), rstd.data_ptr()
+                launch(_launch._stream(prep[1]), prep[2], y.data_ptr(), prep[3], prep[4], mu, r,
+                       m, n, x.stride(0), n, eps)
+                return y, mean, rstd, (_row_backward.prepared_after(
+                    backward_facts, prep[1], prep[2], prep[3], mu, r) if prepare else None)
+    raw = x, weight, bias
     x, weight, bias = unit_last_stride(x), vector(weight), vector(bias)
     w = weight if weight is not None else x
     b = bias if bias is not None else x
@@ -118,7 +125,7 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
             _launch.run(_fwd_looped_kernel, (m,), x, y, w, b, mean, rstd, n, x.stride(0),
                         y.stride(0), eps, BLOCK_N=min(next_pow2(n), LOOP_BLOCK), num_warps=8,
                         **flags)
-            return y, mean, rstd
+            return y, mean, rstd, None                     # too wide to replay
         block_n = next_pow2(n)
 
         def launch(cfg: tuple[int, int], rec: list | None = None) -> None:
@@ -129,8 +136,11 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
 
         tune_key = ("layer_norm_fwd", n, x.dtype, w.dtype, _tune.rows_bucket(m))
         launch(_tune.choose(tune_key, row_fwd_configs(block_n), launch, x.device), record)
-    _replay.keep(key, record, 1, lambda bound: bound)
-    return y, mean, rstd
+    b_dtype = None if bias is None else bias.dtype
+    _replay.keep(key, record, 1, lambda bound: (bound, _row_backward.facts(
+        "layer_norm", x, weight, bias is not None, b_dtype, False)))
+    return y, mean, rstd, (prepare_backward(raw[0], raw[1], raw[2] is not None, mean, rstd,
+                                            b_dtype) if prepare else None)
 
 
 def prepare_backward(x: torch.Tensor, weight: torch.Tensor | None, has_bias: bool,

@@ -46,7 +46,7 @@ def _once() -> None:
 def layer_norm_op(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                   eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """x (M, N) -> (y, mean, rstd): ``layer_norm.forward``."""
-    return ln.forward(x, weight, bias, eps)
+    return ln.forward(x, weight, bias, eps)[:3]
 
 
 @layer_norm_op.register_fake
@@ -100,7 +100,7 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
 @torch.library.custom_op("fromscratch::rms_norm", mutates_args=())
 def rms_norm_op(x: Tensor, weight: Optional[Tensor], eps: float) -> tuple[Tensor, Tensor]:
     """x (M, N) -> (y, rstd): ``rms_norm.forward``."""
-    y, rstd, _ = rms.forward(x, weight, eps)
+    y, rstd, _, _ = rms.forward(x, weight, eps)
     return y, rstd
 
 
@@ -113,7 +113,7 @@ def _(x: Tensor, weight: Optional[Tensor], eps: float) -> Any:
 def fused_add_rms_norm_op(x: Tensor, residual: Tensor, weight: Optional[Tensor],
                           eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """x, residual (M, N) -> (s = x + residual, y = rms_norm(s), rstd)."""
-    y, rstd, s = rms.forward(x, weight, eps, residual=residual)
+    y, rstd, s, _ = rms.forward(x, weight, eps, residual=residual)
     return s, y, rstd
 
 

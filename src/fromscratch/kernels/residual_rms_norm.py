@@ -19,16 +19,19 @@ from . import rms_norm
 
 
 def forward(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None,
-            eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """x, residual (M, N) -> (s = x + residual, y = rms_norm(s) * weight, rstd (M,) float32)."""
-    y, rstd, s = rms_norm.forward(x, weight, eps, residual=residual)
+            eps: float, prepare: bool = False
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple | None]:
+    """x, residual (M, N) -> (s = x + residual, y = rms_norm(s) * weight, rstd (M,) float32,
+    prepared): with ``prepare``, what lets ``backward`` replay (``rms_norm.forward``'s)."""
+    y, rstd, s, prepared = rms_norm.forward(x, weight, eps, residual=residual, prepare=prepare)
     assert s is not None
-    return s, y, rstd
+    return s, y, rstd, prepared
 
 
 def backward(dy: torch.Tensor, ds: torch.Tensor | None, s: torch.Tensor,
              weight: torch.Tensor | None, rstd: torch.Tensor, prepared: tuple | None = None
              ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(d(sum), dweight): d(sum) is the gradient of both x and residual. ``prepared``:
-    ``rms_norm.prepare_backward(s, weight, rstd, has_ds=True)`` from the forward."""
+    """(d(sum), dweight): d(sum) is the gradient of both x and residual. ``prepared``: what
+    ``forward`` made with ``prepare`` (or ``rms_norm.prepare_backward(s, weight, rstd,
+    has_ds=True)``)."""
     return rms_norm.backward(dy, s, weight, rstd, ds=ds, prepared=prepared)

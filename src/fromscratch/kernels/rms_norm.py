@@ -86,17 +86,19 @@ def _fwd_looped_kernel(X, R, S, Y, W, RSTD, N, stride_x, stride_r, stride_s, str
 
 
 def forward(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
-            residual: torch.Tensor | None = None
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """x (M, N) -> (y, rstd (M,) float32, s); with ``residual``, s = x + residual (x's dtype)
-    is what was normalised, else s is None."""
+            residual: torch.Tensor | None = None, prepare: bool = False
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, tuple | None]:
+    """x (M, N) -> (y, rstd (M,) float32, s, prepared); with ``residual``, s = x + residual
+    (x's dtype) is what was normalised, else s is None. With ``prepare``, ``prepared`` is what
+    lets ``backward`` replay its launches for what was normalised (as ``prepare_backward``
+    would say; made from what a replayed forward holds), else None."""
     m, n = x.shape
     has_res = residual is not None
     s = torch.empty((m, n), dtype=x.dtype, device=x.device) if has_res else x
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     rstd = torch.empty(m, dtype=torch.float32, device=x.device)
     if m == 0:
-        return y, rstd, s if has_res else None
+        return y, rstd, s if has_res else None, None
     key = record = None
     if n <= MAX_FUSED_FWD:      # replay (see _replay): only for unit last strides, so no copies
         r = residual if has_res else x
@@ -106,10 +108,15 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
         if prep is not None:
             key, recipe, record = _replay.begin(prep)
             if recipe is not None:       # (X, R, S, Y, W, RSTD, M, N, 4 strides, eps)
+                launch, backward_facts = recipe
                 s_ptr, stride_s = (s.data_ptr(), n) if has_res else (prep[2], x.stride(0))
-                recipe(_launch._stream(prep[1]), prep[2], prep[3], s_ptr, y.data_ptr(), prep[4],
-                       rstd.data_ptr(), m, n, x.stride(0), r.stride(0), stride_s, n, eps)
-                return y, rstd, s if has_res else None
+                rs = rstd.data_ptr()
+                launch(_launch._stream(prep[1]), prep[2], prep[3], s_ptr, y.data_ptr(), prep[4],
+                       rs, m, n, x.stride(0), r.stride(0), stride_s, n, eps)
+                w_ptr = prep[4] if weight is not None else s_ptr   # the backward's placeholder
+                return y, rstd, s if has_res else None, (_row_backward.prepared_after(
+                    backward_facts, prep[1], s_ptr, w_ptr, rs, rs) if prepare else None)
+    raw_s, raw_weight = s, weight
     x, weight = unit_last_stride(x), vector(weight)
     r = unit_last_stride(residual) if has_res else x
     s = s if has_res else x
@@ -120,18 +127,20 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
         if n > MAX_FUSED_FWD:
             _launch.run(_fwd_looped_kernel, (m,), x, r, s, y, w, rstd, n, *strides, eps,
                         BLOCK_N=min(next_pow2(n), LOOP_BLOCK), num_warps=8, **flags)
-        else:
-            block_n = next_pow2(n)
+            return y, rstd, s if has_res else None, None  # too wide to replay
+        block_n = next_pow2(n)
 
-            def launch(cfg: tuple[int, int], rec: list | None = None) -> None:
-                bm, warps = cfg
-                _launch.run(_fwd_kernel, (cdiv(m, bm),), x, r, s, y, w, rstd, m, n, *strides, eps,
-                            BLOCK_M=bm, BLOCK_N=block_n, num_warps=warps, _record=rec, **flags)
+        def launch(cfg: tuple[int, int], rec: list | None = None) -> None:
+            bm, warps = cfg
+            _launch.run(_fwd_kernel, (cdiv(m, bm),), x, r, s, y, w, rstd, m, n, *strides, eps,
+                        BLOCK_M=bm, BLOCK_N=block_n, num_warps=warps, _record=rec, **flags)
 
-            tune_key = ("rms_norm_fwd", has_res, n, x.dtype, w.dtype, _tune.rows_bucket(m))
-            launch(_tune.choose(tune_key, row_fwd_configs(block_n), launch, x.device), record)
-    _replay.keep(key, record, 1, lambda bound: bound)
-    return y, rstd, s if has_res else None
+        tune_key = ("rms_norm_fwd", has_res, n, x.dtype, w.dtype, _tune.rows_bucket(m))
+        launch(_tune.choose(tune_key, row_fwd_configs(block_n), launch, x.device), record)
+    _replay.keep(key, record, 1, lambda bound: (bound, _row_backward.facts(
+        "rms_norm", s, weight, False, None, has_res)))
+    return y, rstd, s if has_res else None, (prepare_backward(
+        raw_s, raw_weight, rstd, has_ds=has_res) if prepare else None)
 
 
 def prepare_backward(x: torch.Tensor, weight: torch.Tensor | None, rstd: torch.Tensor,
