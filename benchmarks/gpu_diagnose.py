@@ -93,7 +93,7 @@ def direct(op: str, d: dict[str, Any]) -> Callable[[], Any]:
         b, rm, rv = d["b"].detach(), d["rm"], d["rv"]
 
         def step() -> Any:
-            y, mean, _, rstd = batch_norm.forward(x, w, b, 1e-5, True, rm, rv, 0.1)
+            y, mean, _, rstd, _ = batch_norm.forward(x, w, b, 1e-5, True, rm, rv, 0.1)
             return batch_norm.backward(dy, x, w, True, mean, rstd, True, b.dtype)
     return step
 

@@ -172,7 +172,7 @@ def launches_for(shape: tuple[int, int], all_configs: bool, sms: int) -> list:
             residual_rms_norm.backward(x, x, s, w, rstd)
             dropout.apply(x, 0.1, seed=3)
             rm, rv = torch.empty(n, device=meta), torch.empty(n, device=meta)
-            _, mean, _, r = batch_norm.forward(x, wf, wf, 1e-5, True, rm, rv, 0.1)
+            _, mean, _, r, _ = batch_norm.forward(x, wf, wf, 1e-5, True, rm, rv, 0.1)
             batch_norm.backward(x, x, wf, True, mean, r, True, torch.float32)
     finally:
         for mod, name, value in saved:

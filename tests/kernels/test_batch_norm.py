@@ -32,7 +32,7 @@ def reference(x, w, b, dy, eps=1e-5):
 def run_kernel(x, w, b, dy, eps=1e-5, running=None, momentum=0.1):
     from fromscratch.kernels import batch_norm as K
     rm, rv = running if running is not None else (None, None)
-    y, mean, var, rstd = K.forward(x, w, b, eps, True, rm, rv, momentum)
+    y, mean, var, rstd, _ = K.forward(x, w, b, eps, True, rm, rv, momentum)
     dx, dw, db = K.backward(dy, x, w, b is not None, mean, rstd, True,
                             None if b is None else b.dtype)
     return y, dx, dw, db, mean, var
@@ -97,7 +97,7 @@ def test_eval_uses_running_statistics(device):
     w, b = param(37, torch.float32, device, 1, 1.0), param(37, torch.float32, device, 2)
     rm, rv = param(37, torch.float32, device, 4), param(37, torch.float32, device, 5, 2.0).abs()
     dy = rows(13, 37, torch.bfloat16, device, seed=3, shifted=False)
-    y, mean, _, rstd = K.forward(x, w, b, 1e-5, False, rm, rv)
+    y, mean, _, rstd, _ = K.forward(x, w, b, 1e-5, False, rm, rv)
     dx, dw, db = K.backward(dy, x, w, True, mean, rstd, False, b.dtype)
     y_ref, cache, _, _ = bn.forward(f64(x), f64(w), f64(b), 1e-5, f64(rm), f64(rv),
                                     batch_stats=False)

@@ -237,7 +237,8 @@ def test_bookkeeping_is_bounded(interpreted, monkeypatch: pytest.MonkeyPatch) ->
 
 @pytest.mark.parametrize("case", ["layer_norm", "layer_norm without weight and bias",
                                   "rms_norm", "rms_norm without weight", "fused_add_rms_norm",
-                                  "fused_add_rms_norm without weight"])
+                                  "fused_add_rms_norm without weight", "batch_norm",
+                                  "batch_norm without weight and bias"])
 def test_a_replayed_forward_prepares_the_backward_as_prepare_backward_does(interpreted,
                                                                             case: str) -> None:
     """What a replayed forward hands the backward (``prepare=True``) equals what
@@ -258,9 +259,16 @@ def test_a_replayed_forward_prepares_the_backward_as_prepare_backward_does(inter
         elif case.startswith("rms_norm"):
             y, rstd, _, got = rms_norm.forward(x, w, 1e-6, prepare=True)
             want = rms_norm.prepare_backward(x, w, rstd)
-        else:
+        elif case.startswith("fused"):
             s, y, rstd, got = residual_rms_norm.forward(x, r, w, 1e-6, True)
             want = rms_norm.prepare_backward(s, w, rstd, has_ds=True)
+        else:
+            rm, rv = torch.zeros(n), torch.ones(n)
+            book.add(rm, rv)
+            y, mean, _, rstd, got = batch_norm.forward(x, w, b, 1e-5, True, rm, rv, 0.1, True)
+            want = batch_norm.prepare_backward(x, w, b is not None, mean, rstd, True,
+                                               None if b is None else b.dtype)
         assert want is not None and got == want, (i, got, want)
-    name = "layer_norm_fwd" if case.startswith("layer_norm") else "rms_norm_fwd"
+    name = case.split()[0] + "_fwd"
+    name = "rms_norm_fwd" if name == "fused_add_rms_norm_fwd" else name
     assert _replay.replays == {name: 1}, "the third forward should have replayed"

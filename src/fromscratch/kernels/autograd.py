@@ -125,16 +125,14 @@ class BatchNormFn(torch.autograd.Function):
                 bias: torch.Tensor | None, running_mean: torch.Tensor | None,
                 running_var: torch.Tensor | None, training: bool, momentum: float,
                 eps: float) -> torch.Tensor:
-        y, mean, _, rstd = batch_norm.forward(x, weight, bias, eps, training, running_mean,
-                                              running_var, momentum)
+        y, mean, _, rstd, ctx.prepared = batch_norm.forward(
+            x, weight, bias, eps, training, running_mean, running_var, momentum,
+            any(ctx.needs_input_grad))
         if training:
             _bump(running_mean, running_var)
         ctx.save_for_backward(x, weight, mean, rstd)
         ctx.training = training
         ctx.bias_dtype = None if bias is None else bias.dtype
-        ctx.prepared = (batch_norm.prepare_backward(x, weight, bias is not None, mean, rstd,
-                                                    training, ctx.bias_dtype)
-                        if any(ctx.needs_input_grad) else None)
         return y
 
     @staticmethod

@@ -26,7 +26,7 @@ need a full pass before the first output can be written.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import triton
@@ -268,11 +268,13 @@ class _Recipe(NamedTuple):
     third: _launch.Bound                   # forward: normalize;  backward: dx
     programs: int                          # P, rows of the partial sums
     rows: int                              # rows of x per program
+    backward_facts: tuple | None = None    # forward: what its backward's recipe is keyed on
 
 
 def _forward_replay(r: _Recipe, prep: tuple, device: torch.device, momentum: float,
-                    eps: float) -> tuple[torch.Tensor, ...]:
-    """``forward``'s result in training from the recipe, the kernels' arguments in order."""
+                    eps: float, prepare: bool) -> tuple[Any, ...]:
+    """``forward``'s result in training from the recipe, the kernels' arguments in order;
+    with ``prepare``, the backward's prepared key and addresses (``prepare_backward``'s)."""
     (_, m, c, stride_x, dtype, *_, has_running), index, x, w, b, rm, rv = prep
     half = _replay.aligned(r.programs * c)
     parts = torch.empty(2 * half, dtype=torch.float32, device=device)   # mean and M2 partials
@@ -288,22 +290,28 @@ def _forward_replay(r: _Recipe, prep: tuple, device: torch.device, momentum: flo
     r.second(stream, mean_p, m2_p, r.programs, m, r.rows, mean_ptr, var_ptr,
              rstd.data_ptr(), rm if has_running else mean_ptr, rv if has_running else var_ptr,
              c, 1.0 / m, m / (m - 1) if m > 1 else 1.0, float(momentum), float(eps))
-    r.third(stream, x, y.data_ptr(), mean_ptr, rstd.data_ptr(), w, b, m, c, stride_x, c)
-    return y, mean, var, rstd
+    rstd_ptr = rstd.data_ptr()
+    r.third(stream, x, y.data_ptr(), mean_ptr, rstd_ptr, w, b, m, c, stride_x, c)
+    prepared = None                  # x and w passed the forward's checks; the stats are new
+    if prepare and not (mean_ptr | rstd_ptr) & 15:
+        prepared = (r.backward_facts, index, x, w, mean_ptr, rstd_ptr)
+    return y, mean, var, rstd, prepared
 
 
 def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
             eps: float, training: bool, running_mean: torch.Tensor | None = None,
-            running_var: torch.Tensor | None = None, momentum: float = 0.1
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """x (M, C) -> (y, mean, var, rstd), statistics float32 (C,).
+            running_var: torch.Tensor | None = None, momentum: float = 0.1,
+            prepare: bool = False) -> tuple[Any, ...]:
+    """x (M, C) -> (y, mean, var, rstd, prepared), statistics float32 (C,).
 
     Training: batch statistics; the running buffers, when given, are updated in place.
-    Otherwise: the running statistics normalise (both must be given)."""
+    Otherwise: the running statistics normalise (both must be given). With ``prepare``,
+    ``prepared`` is what lets ``backward`` replay its launches (``prepare_backward``'s
+    result, made from what a replayed forward holds), else None."""
     m, c = x.shape
     if m == 0 and training:                    # an empty batch: empty output, buffers unchanged
         nan = torch.full((c,), float("nan"), dtype=torch.float32, device=x.device)
-        return torch.empty_like(x), nan, nan, nan
+        return torch.empty_like(x), nan, nan, nan, None
     has_running = running_mean is not None and running_var is not None
     key = record = None
     if training and m > 0:      # replay (see _replay): only for unit last strides, so no copies
@@ -316,14 +324,21 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
         if prep is not None:
             key, recipe, record = _replay.begin(prep)
             if recipe is not None:
-                return _forward_replay(recipe, prep, x.device, momentum, eps)
+                return _forward_replay(recipe, prep, x.device, momentum, eps, prepare)
+    raw = x, weight
     x, weight, bias = unit_last_stride(x), vector(weight), vector(bias)
+    b_dtype = None if bias is None else bias.dtype
+
+    def prepared(mean: torch.Tensor, rstd: torch.Tensor) -> tuple | None:
+        return (prepare_backward(raw[0], raw[1], bias is not None, mean, rstd, training, b_dtype)
+                if prepare else None)
     with on_device(x):
         if not training:
             mean = vector(running_mean.float())
             var = vector(running_var.float())
             rstd = torch.rsqrt(var + eps)
-            return _normalize(x, mean, rstd, weight, bias), mean, var, rstd
+            y = _normalize(x, mean, rstd, weight, bias)
+            return y, mean, var, rstd, prepared(mean, rstd)
         sms = num_sms(x.device)
         parts: dict[str, object] = {}
 
@@ -359,8 +374,9 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
             if copy is not buf:
                 buf.copy_(copy)
         y = _normalize(x, mean, rstd, weight, bias, record)
-    _replay.keep(key, record, 3, lambda *bound: _Recipe(*bound, p, rows))
-    return y, mean, var, rstd
+    facts = _backward_facts(x, weight, bias is not None, b_dtype, True)
+    _replay.keep(key, record, 3, lambda *bound: _Recipe(*bound, p, rows, facts))
+    return y, mean, var, rstd, prepared(mean, rstd)
 
 
 def prepare_backward(x: torch.Tensor, weight: torch.Tensor | None, has_bias: bool,
@@ -368,12 +384,18 @@ def prepare_backward(x: torch.Tensor, weight: torch.Tensor | None, has_bias: boo
                      bias_dtype: torch.dtype | None = None) -> tuple | None:
     """In the forward: (facts, device, addresses of x, weight, mean, rstd) for a replay of
     ``backward``, or None where it does not apply (an empty x, ``_replay.prepared``'s cases)."""
-    m, c = x.shape
-    if m == 0:
+    if x.shape[0] == 0:
         return None
-    facts = ("batch_norm", m, c, x.stride(0), x.dtype, None if weight is None else weight.dtype,
-             has_bias, bias_dtype or x.dtype, batch_stats)
-    return _replay.prepared(facts, x, weight if weight is not None else x, mean, rstd)
+    return _replay.prepared(_backward_facts(x, weight, has_bias, bias_dtype, batch_stats), x,
+                            weight if weight is not None else x, mean, rstd)
+
+
+def _backward_facts(x: torch.Tensor, weight: torch.Tensor | None, has_bias: bool,
+                    bias_dtype: torch.dtype | None, batch_stats: bool) -> tuple:
+    """What a backward's recipe is keyed on besides its gradient."""
+    m, c = x.shape
+    return ("batch_norm", m, c, x.stride(0), x.dtype, None if weight is None else weight.dtype,
+            has_bias, bias_dtype or x.dtype, batch_stats)
 
 
 def _backward_replay(r: _Recipe, prep: tuple, dy: torch.Tensor

@@ -191,11 +191,11 @@ def batch_norm_op(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
     """x (M, C) -> (y, mean, var, rstd). Training: the batch's statistics, the running
     buffers untouched (see ``batch_norm``); otherwise the running statistics normalise."""
     if training:
-        y, mean, var, rstd = bn.forward(x, weight, bias, eps, True)
+        y, mean, var, rstd, _ = bn.forward(x, weight, bias, eps, True)
         if var is mean:                              # an empty batch: one NaN tensor for all
             var, rstd = mean.clone(), mean.clone()
         return y, mean, var, rstd
-    y, mean, var, rstd = bn.forward(x, weight, bias, eps, False, running_mean, running_var)
+    y, mean, var, rstd, _ = bn.forward(x, weight, bias, eps, False, running_mean, running_var)
     # float32 running buffers come back as themselves; an op's outputs must be its own
     return y, mean.clone(), var.clone(), rstd
 
