@@ -4,8 +4,8 @@ A compiled model sees each as one operator with known output shapes, so its grap
 break around our kernels, and ``mode="reduce-overhead"`` can capture them in its CUDA graphs
 with the rest of the model (our launches go to the current stream, allocations through
 torch's allocator). Eager calls keep the autograd Functions of ``autograd.py``: through the
-dispatcher a custom op costs more host time per call (LayerNorm's forward+backward 66.5 us
-against 41.2 us through the front-end and its Function, ``benchmarks/host_overhead.py`` on a
+dispatcher a custom op costs more host time per call (LayerNorm's forward+backward 67.0 us
+against 42.6 us through the front-end and its Function, ``benchmarks/host_overhead.py`` on a
 2-core CPU), and eagerly nothing needs the op.
 
 Each op has a backward op and the autograd formula that joins them, as ``autograd.py``'s
