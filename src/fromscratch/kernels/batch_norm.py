@@ -325,13 +325,13 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
             key, recipe, record = _replay.begin(prep)
             if recipe is not None:
                 return _forward_replay(recipe, prep, x.device, momentum, eps, prepare)
-    raw = x, weight
+    raw_x, raw_weight = x, weight                     # what the autograd Function saves
     x, weight, bias = unit_last_stride(x), vector(weight), vector(bias)
     b_dtype = None if bias is None else bias.dtype
 
     def prepared(mean: torch.Tensor, rstd: torch.Tensor) -> tuple | None:
-        return (prepare_backward(raw[0], raw[1], bias is not None, mean, rstd, training, b_dtype)
-                if prepare else None)
+        return (prepare_backward(raw_x, raw_weight, bias is not None, mean, rstd, training,
+                                 b_dtype) if prepare else None)
     with on_device(x):
         if not training:
             mean = vector(running_mean.float())

@@ -115,7 +115,7 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
                        m, n, x.stride(0), n, eps)
                 return y, mean, rstd, (_row_backward.prepared_after(
                     backward_facts, prep[1], prep[2], prep[3], mu, r) if prepare else None)
-    raw = x, weight, bias
+    raw_x, raw_weight = x, weight                     # what the autograd Function saves
     x, weight, bias = unit_last_stride(x), vector(weight), vector(bias)
     w = weight if weight is not None else x
     b = bias if bias is not None else x
@@ -139,7 +139,7 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
     b_dtype = None if bias is None else bias.dtype
     _replay.keep(key, record, 1, lambda bound: (bound, _row_backward.facts(
         "layer_norm", x, weight, bias is not None, b_dtype, False)))
-    return y, mean, rstd, (prepare_backward(raw[0], raw[1], raw[2] is not None, mean, rstd,
+    return y, mean, rstd, (prepare_backward(raw_x, raw_weight, bias is not None, mean, rstd,
                                             b_dtype) if prepare else None)
 
 

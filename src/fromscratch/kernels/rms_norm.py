@@ -116,7 +116,7 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
                 w_ptr = prep[4] if weight is not None else s_ptr   # the backward's placeholder
                 return y, rstd, s if has_res else None, (_row_backward.prepared_after(
                     backward_facts, prep[1], s_ptr, w_ptr, rs, rs) if prepare else None)
-    raw_s, raw_weight = s, weight
+    raw_s, raw_weight = s, weight                     # what the autograd Function saves
     x, weight = unit_last_stride(x), vector(weight)
     r = unit_last_stride(residual) if has_res else x
     s = s if has_res else x
