@@ -56,6 +56,16 @@ def prepared(facts: tuple, *tensors: torch.Tensor) -> tuple | None:
     return None if bits & 15 else (facts, first.get_device(), *ptrs)
 
 
+def handed_over(facts: tuple, index: int, *ptrs: int) -> tuple | None:
+    """What ``prepared`` would return for a backward, made by a forward that has just replayed
+    its own launch and so knows the device and the addresses already (its inputs passed its
+    own ``prepared``): None if one is not 16-byte aligned."""
+    bits = 0
+    for p in ptrs:
+        bits |= p
+    return None if bits & 15 else (facts, index, *ptrs)
+
+
 def begin(prep: tuple, *grads: torch.Tensor | None) -> tuple[tuple, Any, list | None]:
     """(key, recipe to replay or None, list to record this call's launches into or None)
     for a backward given ``prep`` (from the forward) and its incoming gradients; a forward

@@ -218,15 +218,6 @@ def facts(op: str, x: torch.Tensor, weight: torch.Tensor | None, has_bias: bool,
             bias_dtype or x.dtype, has_ds)
 
 
-def prepared_after(facts: tuple, index: int, x: int, w: int, mu: int, rstd: int
-                   ) -> tuple | None:
-    """``prepare``'s result made by a forward that has just replayed its own launch: the
-    backward's ``facts`` (kept with the forward's recipe) and the addresses the forward holds
-    (x, weight or its placeholder, mean or rstd, rstd). x and the weight passed the forward's
-    own checks; only the new statistics are left to check."""
-    return None if (mu | rstd) & 15 else (facts, index, x, w, mu, rstd)
-
-
 def _backward_replay(r: _Recipe, prep: tuple, dy: torch.Tensor, ds: torch.Tensor | None
                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """``backward``'s result from the recipe: allocate, then the two recorded launches with

@@ -292,10 +292,8 @@ def _forward_replay(r: _Recipe, prep: tuple, device: torch.device, momentum: flo
              c, 1.0 / m, m / (m - 1) if m > 1 else 1.0, float(momentum), float(eps))
     rstd_ptr = rstd.data_ptr()
     r.third(stream, x, y.data_ptr(), mean_ptr, rstd_ptr, w, b, m, c, stride_x, c)
-    prepared = None                  # x and w passed the forward's checks; the stats are new
-    if prepare and not (mean_ptr | rstd_ptr) & 15:
-        prepared = (r.backward_facts, index, x, w, mean_ptr, rstd_ptr)
-    return y, mean, var, rstd, prepared
+    return y, mean, var, rstd, (_replay.handed_over(r.backward_facts, index, x, w, mean_ptr,
+                                                    rstd_ptr) if prepare else None)
 
 
 def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,

@@ -113,7 +113,7 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
                 mu, r = mean.data_ptr(), rstd.data_ptr()
                 launch(_launch._stream(prep[1]), prep[2], y.data_ptr(), prep[3], prep[4], mu, r,
                        m, n, x.stride(0), n, eps)
-                return y, mean, rstd, (_row_backward.prepared_after(
+                return y, mean, rstd, (_replay.handed_over(        # x, weight, mean, rstd
                     backward_facts, prep[1], prep[2], prep[3], mu, r) if prepare else None)
     raw_x, raw_weight = x, weight                     # what the autograd Function saves
     x, weight, bias = unit_last_stride(x), vector(weight), vector(bias)

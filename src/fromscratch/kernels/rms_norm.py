@@ -114,7 +114,7 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
                 launch(_launch._stream(prep[1]), prep[2], prep[3], s_ptr, y.data_ptr(), prep[4],
                        rs, m, n, x.stride(0), r.stride(0), stride_s, n, eps)
                 w_ptr = prep[4] if weight is not None else s_ptr   # the backward's placeholder
-                return y, rstd, s if has_res else None, (_row_backward.prepared_after(
+                return y, rstd, s if has_res else None, (_replay.handed_over(
                     backward_facts, prep[1], s_ptr, w_ptr, rs, rs) if prepare else None)
     raw_s, raw_weight = s, weight                     # what the autograd Function saves
     x, weight = unit_last_stride(x), vector(weight)
