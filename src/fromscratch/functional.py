@@ -133,10 +133,7 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None,
         None if training else running_var, float(eps), ops(op, backend))[:3]
     if training and running_mean is not None and running_var is not None and x.shape[0] > 0:
         with torch.no_grad():                          # an empty batch leaves them, as torch
-            new_mean, new_var = bn.update_running(running_mean, running_var, mean, var,
-                                                  x.shape[0], momentum)
-            running_mean.copy_(new_mean)
-            running_var.copy_(new_var)
+            bn.update_running_(running_mean, running_var, mean, var, x.shape[0], momentum)
     return _unflat(y, input.shape)
 
 

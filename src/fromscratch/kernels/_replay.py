@@ -47,23 +47,30 @@ def prepared(facts: tuple, *tensors: torch.Tensor) -> tuple | None:
     first = tensors[0]
     if not _launch.enabled_for(first):
         return None
-    ptrs, bits = [], 0
     for t in tensors:
         if t.stride(-1) != 1:
             return None
-        ptrs.append(t.data_ptr())
-        bits |= ptrs[-1]
-    return None if bits & 15 else (facts, first.get_device(), *ptrs)
+    return handed_over(facts, first.get_device(), *[t.data_ptr() for t in tensors])
 
 
 def handed_over(facts: tuple, index: int, *ptrs: int) -> tuple | None:
-    """What ``prepared`` would return for a backward, made by a forward that has just replayed
-    its own launch and so knows the device and the addresses already (its inputs passed its
-    own ``prepared``): None if one is not 16-byte aligned."""
+    """(facts, device index, *ptrs), None if an address is not 16-byte aligned: the end of
+    ``prepared``, and what a forward that has just replayed its own launch hands its backward
+    (it knows the device and the addresses already; its inputs passed its own ``prepared``)."""
     bits = 0
     for p in ptrs:
         bits |= p
     return None if bits & 15 else (facts, index, *ptrs)
+
+
+def backward_facts(op: str, x: torch.Tensor, weight: torch.Tensor | None, has_bias: bool,
+                   bias_dtype: torch.dtype | None, flag: bool) -> tuple:
+    """What a norm's backward recipe is keyed on besides its gradients: the geometry and
+    dtypes of x and the parameters, and the op's one flag (the row norms' ``has_ds``,
+    BatchNorm's ``batch_stats``)."""
+    m, n = x.shape
+    return (op, m, n, x.stride(0), x.dtype, None if weight is None else weight.dtype, has_bias,
+            bias_dtype or x.dtype, flag)
 
 
 def begin(prep: tuple, *grads: torch.Tensor | None) -> tuple[tuple, Any, list | None]:

@@ -205,17 +205,9 @@ def prepare(op: str, x: torch.Tensor, weight: torch.Tensor | None, rstd: torch.T
     m, n = x.shape
     if m == 0 or n > max_fused:
         return None
-    return _replay.prepared(facts(op, x, weight, has_bias, bias_dtype, has_ds), x,
-                            weight if weight is not None else x,
+    facts = _replay.backward_facts(op, x, weight, has_bias, bias_dtype, has_ds)
+    return _replay.prepared(facts, x, weight if weight is not None else x,
                             mean if mean is not None else rstd, rstd)
-
-
-def facts(op: str, x: torch.Tensor, weight: torch.Tensor | None, has_bias: bool,
-          bias_dtype: torch.dtype | None, has_ds: bool) -> tuple:
-    """What a backward's recipe is keyed on besides its gradients (``prepare``'s first item)."""
-    m, n = x.shape
-    return (op, m, n, x.stride(0), x.dtype, None if weight is None else weight.dtype, has_bias,
-            bias_dtype or x.dtype, has_ds)
 
 
 def _backward_replay(r: _Recipe, prep: tuple, dy: torch.Tensor, ds: torch.Tensor | None

@@ -372,7 +372,7 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
             if copy is not buf:
                 buf.copy_(copy)
         y = _normalize(x, mean, rstd, weight, bias, record)
-    facts = _backward_facts(x, weight, bias is not None, b_dtype, True)
+    facts = _replay.backward_facts("batch_norm", x, weight, bias is not None, b_dtype, True)
     _replay.keep(key, record, 3, lambda *bound: _Recipe(*bound, p, rows, facts))
     return y, mean, var, rstd, prepared(mean, rstd)
 
@@ -384,16 +384,8 @@ def prepare_backward(x: torch.Tensor, weight: torch.Tensor | None, has_bias: boo
     ``backward``, or None where it does not apply (an empty x, ``_replay.prepared``'s cases)."""
     if x.shape[0] == 0:
         return None
-    return _replay.prepared(_backward_facts(x, weight, has_bias, bias_dtype, batch_stats), x,
-                            weight if weight is not None else x, mean, rstd)
-
-
-def _backward_facts(x: torch.Tensor, weight: torch.Tensor | None, has_bias: bool,
-                    bias_dtype: torch.dtype | None, batch_stats: bool) -> tuple:
-    """What a backward's recipe is keyed on besides its gradient."""
-    m, c = x.shape
-    return ("batch_norm", m, c, x.stride(0), x.dtype, None if weight is None else weight.dtype,
-            has_bias, bias_dtype or x.dtype, batch_stats)
+    facts = _replay.backward_facts("batch_norm", x, weight, has_bias, bias_dtype, batch_stats)
+    return _replay.prepared(facts, x, weight if weight is not None else x, mean, rstd)
 
 
 def _backward_replay(r: _Recipe, prep: tuple, dy: torch.Tensor

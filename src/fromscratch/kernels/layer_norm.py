@@ -137,7 +137,7 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
         tune_key = ("layer_norm_fwd", n, x.dtype, w.dtype, _tune.rows_bucket(m))
         launch(_tune.choose(tune_key, row_fwd_configs(block_n), launch, x.device), record)
     b_dtype = None if bias is None else bias.dtype
-    _replay.keep(key, record, 1, lambda bound: (bound, _row_backward.facts(
+    _replay.keep(key, record, 1, lambda bound: (bound, _replay.backward_facts(
         "layer_norm", x, weight, bias is not None, b_dtype, False)))
     return y, mean, rstd, (prepare_backward(raw_x, raw_weight, bias is not None, mean, rstd,
                                             b_dtype) if prepare else None)

@@ -33,6 +33,11 @@ def _or_empty(t: Tensor | None, like: Tensor) -> Tensor:
     return like.new_empty(0) if t is None else t
 
 
+def _fake_grad(p: Tensor | None, n: int, like: Tensor) -> Tensor:
+    """A fake implementation's gradient for parameter ``p`` (length ``n``): empty without it."""
+    return like.new_empty(0) if p is None else p.new_empty(n)
+
+
 def _once() -> None:
     """As ``autograd.once_differentiable``: no graph of the backward (create_graph=True)."""
     if torch.is_grad_enabled():
@@ -70,8 +75,7 @@ def layer_norm_backward_op(dy: Tensor, x: Tensor, weight: Optional[Tensor],
 def _(dy: Tensor, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], mean: Tensor,
       rstd: Tensor) -> Any:
     n = x.shape[1]
-    return (x.new_empty(x.shape), x.new_empty(0) if weight is None else weight.new_empty(n),
-            x.new_empty(0) if bias is None else bias.new_empty(n))
+    return x.new_empty(x.shape), _fake_grad(weight, n, x), _fake_grad(bias, n, x)
 
 
 def _layer_norm_setup(ctx: Any, inputs: tuple, output: tuple) -> None:
@@ -135,8 +139,7 @@ def rms_norm_backward_op(dy: Tensor, x: Tensor, weight: Optional[Tensor], rstd: 
 @rms_norm_backward_op.register_fake
 def _(dy: Tensor, x: Tensor, weight: Optional[Tensor], rstd: Tensor,
       ds: Optional[Tensor]) -> Any:
-    return x.new_empty(x.shape), x.new_empty(0) if weight is None else weight.new_empty(
-        x.shape[1])
+    return x.new_empty(x.shape), _fake_grad(weight, x.shape[1], x)
 
 
 def _rms_norm_setup(ctx: Any, inputs: tuple, output: tuple) -> None:
@@ -225,8 +228,7 @@ def batch_norm_backward_op(dy: Tensor, x: Tensor, weight: Optional[Tensor],
 def _(dy: Tensor, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], mean: Tensor,
       rstd: Tensor, training: bool) -> Any:
     c = x.shape[1]
-    return (x.new_empty(x.shape), x.new_empty(0) if weight is None else weight.new_empty(c),
-            x.new_empty(0) if bias is None else bias.new_empty(c))
+    return x.new_empty(x.shape), _fake_grad(weight, c, x), _fake_grad(bias, c, x)
 
 
 def _batch_norm_setup(ctx: Any, inputs: tuple, output: tuple) -> None:
@@ -252,14 +254,11 @@ def batch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None,
                running_mean: Tensor | None, running_var: Tensor | None, training: bool,
                momentum: float, eps: float) -> Tensor:
     """What ``BatchNormFn.apply`` returns and does, through the op: in training the running
-    buffers, when given, are updated afterwards (``ops.batch_norm.update_running``, the
+    buffers, when given, are updated afterwards (``ops.batch_norm.update_running_``, the
     kernel's formula) unless the batch is empty, as torch leaves them then."""
     y, mean, var, _ = batch_norm_op(x, weight, bias, running_mean, running_var, training, eps)
     m = x.shape[0]
     if training and running_mean is not None and running_var is not None and m > 0:
         with torch.no_grad():
-            new_mean, new_var = bn_ops.update_running(running_mean, running_var, mean, var, m,
-                                                      momentum)
-            running_mean.copy_(new_mean)
-            running_var.copy_(new_var)
+            bn_ops.update_running_(running_mean, running_var, mean, var, m, momentum)
     return y

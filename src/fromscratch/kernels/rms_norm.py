@@ -137,7 +137,7 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
 
         tune_key = ("rms_norm_fwd", has_res, n, x.dtype, w.dtype, _tune.rows_bucket(m))
         launch(_tune.choose(tune_key, row_fwd_configs(block_n), launch, x.device), record)
-    _replay.keep(key, record, 1, lambda bound: (bound, _row_backward.facts(
+    _replay.keep(key, record, 1, lambda bound: (bound, _replay.backward_facts(
         "rms_norm", s, weight, False, None, has_res)))
     return y, rstd, s if has_res else None, (prepare_backward(
         raw_s, raw_weight, rstd, has_ds=has_res) if prepare else None)

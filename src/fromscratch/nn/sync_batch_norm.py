@@ -118,12 +118,9 @@ class SyncBatchNorm(BatchNorm):
                                              self.process_group)
         if self.track_running_stats:
             with torch.no_grad():
-                new_mean, new_var = bn.update_running(self.running_mean, self.running_var,
-                                                      mean.to(self.running_mean.dtype),
-                                                      var.to(self.running_var.dtype),
-                                                      float(n), momentum)
-                self.running_mean.copy_(new_mean)
-                self.running_var.copy_(new_var)
+                bn.update_running_(self.running_mean, self.running_var,
+                                   mean.to(self.running_mean.dtype),
+                                   var.to(self.running_var.dtype), float(n), momentum)
         return y.reshape(input.shape)
 
     def extra_repr(self) -> str:

@@ -142,10 +142,7 @@ class BatchNorm(Module):
         buf["num_batches_tracked"] += 1
         momentum = (1.0 / float(buf["num_batches_tracked"]) if self.momentum is None
                     else self.momentum)
-        new_mean, new_var = bn.update_running(buf["running_mean"], buf["running_var"], mean,
-                                              var, count, momentum)
-        buf["running_mean"][...] = new_mean
-        buf["running_var"][...] = new_var
+        bn.update_running_(buf["running_mean"], buf["running_var"], mean, var, count, momentum)
 
     def backward(self, dout: Array) -> Array:
         dx, dw, db = bn.backward(dout.reshape(-1, self.num_features), self._cache)

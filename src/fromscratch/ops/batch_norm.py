@@ -193,3 +193,11 @@ def update_running(running_mean: Array, running_var: Array, mean: Array, var: Ar
     unbiased = var * (count / (count - 1))
     return ((1.0 - momentum) * running_mean + momentum * mean,
             (1.0 - momentum) * running_var + momentum * unbiased)
+
+
+def update_running_(running_mean: Array, running_var: Array, mean: Array, var: Array,
+                    count: int, momentum: float) -> None:
+    """``update_running`` written into the two buffers (torch: under ``no_grad``)."""
+    new_mean, new_var = update_running(running_mean, running_var, mean, var, count, momentum)
+    running_mean[...] = new_mean
+    running_var[...] = new_var
