@@ -1,6 +1,7 @@
-"""The floor of a forward+backward step: an autograd Function that allocates its output and
-its gradient and launches nothing. What the harness and autograd (on CUDA, with the handoff to
-autograd's worker thread) cost by themselves: no implementation's host time goes below it."""
+"""A forward+backward step as the benchmarks time it (``grad_step``), and its floor: an
+autograd Function that allocates its output and its gradient and launches nothing, what the
+harness and autograd (on CUDA, with the handoff to autograd's worker thread) cost by
+themselves: no implementation's host time goes below it."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -27,3 +28,11 @@ class Floor(torch.autograd.Function):
 
 def floor_step(x: torch.Tensor) -> Callable[[], torch.Tensor]:
     return lambda: Floor.apply(x)
+
+
+def grad_step(fwd: Callable[[], Any], params: list, grads: list) -> Callable[[], Any]:
+    """The benchmarks' step: ``fwd``, then ``torch.autograd.grad`` of its output(s)."""
+    def step() -> Any:
+        out = fwd()
+        return torch.autograd.grad(out if isinstance(out, tuple) else (out,), params, grads)
+    return step

@@ -52,7 +52,7 @@ from typing import Any, Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _floor import floor_step  # noqa: E402
+from _floor import floor_step, grad_step  # noqa: E402
 from gpu_kernels import Bench, log  # noqa: E402
 
 OPS = ("layer_norm", "rms_norm", "batch_norm")
@@ -120,11 +120,8 @@ def reduce_overhead_ms(fwd: Callable[[], Any], params: list, grads: list,
     """do_bench ms of the forward+backward with ``fwd`` compiled by
     ``torch.compile(mode="reduce-overhead")``; None (and a log line) where that fails."""
     try:
-        compiled = torch.compile(fwd, mode="reduce-overhead", fullgraph=True)
-
-        def step() -> Any:
-            out = compiled()
-            return torch.autograd.grad(out if isinstance(out, tuple) else (out,), params, grads)
+        step = grad_step(torch.compile(fwd, mode="reduce-overhead", fullgraph=True), params,
+                         grads)
         for _ in range(3):                      # compile, warm up, record the CUDA graphs
             step()
         bench.sync()
@@ -212,10 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         impls["floor"] = (floor_step(d["x"]), [d["x"]], [d["dy"]])
         for impl, (fwd, params, grads) in impls.items():
 
-            def step(fwd=fwd, params=params, grads=grads) -> Any:
-                out = fwd()
-                return torch.autograd.grad(out if isinstance(out, tuple) else (out,), params,
-                                           grads)
+            step = grad_step(fwd, params, grads)
             log(f"{op} {impl}")
             _launch_shortcut(impl != "ours, Triton's launch")
             step()

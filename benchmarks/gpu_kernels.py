@@ -40,6 +40,9 @@ from typing import Any, Callable
 
 import torch  # triton and the kernels are imported in main(), after TRITON_INTERPRET is set
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _floor import grad_step  # noqa: E402
+
 SHAPES = [(32768, 4096), (16384, 8192), (131072, 1024)]
 SMOKE_SHAPES = [(64, 96), (24, 130)]
 DROP_P = 0.1
@@ -602,18 +605,12 @@ def graph_step(bench: Bench, problems: dict, results: dict, shapes: list[tuple[i
     (mode ``GRAPH``): what the GPU itself takes, with the host's launch and autograd costs out
     of the way. One measurement per configuration; an implementation that cannot be
     captured (our Triton dropout refuses: its seed is drawn on the host) gets no cell."""
-    torch = bench.torch
     for m, n in shapes:
         for op in ops:
             for impl, (fwd, params, grads) in bench.impls(op, m, n, problems[(op, m, n)]).items():
                 if impl == "seed":
                     continue
-
-                def fn(fwd=fwd, params=params, grads=grads):
-                    out = fwd()
-                    return torch.autograd.grad(out if isinstance(out, tuple) else (out,),
-                                               params, grads)
-                ms = bench.graph_ms(fn)
+                ms = bench.graph_ms(grad_step(fwd, params, grads))
                 if ms is not None:
                     gbps = bench.bytes_moved(op, "fwd+bwd", m, n, 2) / (ms * 1e-3) / 1e9
                     results[(op, impl, GRAPH, m, n)] = {"ms_runs": [ms],
@@ -686,13 +683,7 @@ def main(argv: list[str] | None = None) -> int:
                         key = (op, impl, mode, m, n)
                         if key in results and "error" in results[key]:
                             continue
-                        if mode == "fwd":
-                            fn = fwd
-                        else:
-                            def fn(fwd=fwd, params=params, grads=grads):
-                                out = fwd()
-                                outs = out if isinstance(out, tuple) else (out,)
-                                return torch.autograd.grad(outs, params, grads)
+                        fn = fwd if mode == "fwd" else grad_step(fwd, params, grads)
                         try:
                             if key not in warm:              # compile, tune, warm
                                 t = time.time()

@@ -39,7 +39,7 @@ import torch  # noqa: E402
 import torch.nn.functional as TF  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _floor import Floor, floor_step  # noqa: E402
+from _floor import Floor, floor_step, grad_step  # noqa: E402
 from _results import RESULTS, machine, write_section  # noqa: E402
 
 OPS = ("layer_norm", "rms_norm", "fused_add_rms_norm", "dropout", "batch_norm")
@@ -180,13 +180,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--write", action="store_true", help="write the table to RESULTS.md")
     ap.add_argument("--results", type=Path, default=RESULTS)
     return ap.parse_args(argv)
-
-
-def grad_step(fwd: Callable[[], Any], params: list, grads: list) -> Callable[[], Any]:
-    def both() -> Any:
-        out = fwd()
-        return torch.autograd.grad(out if isinstance(out, tuple) else (out,), params, grads)
-    return both
 
 
 def custom_op_row(args: argparse.Namespace, timed: Callable) -> list[float]:
