@@ -26,6 +26,10 @@ forward+backward step (``torch.autograd.grad(f(x), params, dy)``, as gpu_kernels
   up in the queue, so do_bench times device work only; above 1 the queue drains every step
   and do_bench's time includes the GPU's wait for the host (docs/kernels.md, "When does
   the GPU wait?");
+- the host's timeline of one step, ours and the floor, with the backward on autograd's
+  worker and on the calling thread: median us of each phase between the step's start, the
+  Function's forward, its first launch, its return, the backward's entry, its launches and
+  the step's end (``_timeline.py``): which phase holds the host's time;
 - the CUDA kernels one step launches (torch.profiler): name, count and device time;
 - with ``--compiled``, a table of ours and torch eager's functions compiled with
   ``torch.compile(mode="reduce-overhead")`` (ours as custom ops, both steps replayed as CUDA
@@ -53,6 +57,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _floor import floor_step, grad_step  # noqa: E402
+import _timeline  # noqa: E402
 from gpu_kernels import Bench, log  # noqa: E402
 
 OPS = ("layer_norm", "rms_norm", "batch_norm")
@@ -113,6 +118,18 @@ def host_us(fn: Callable[[], Any], bench: Bench, steps: int = 50) -> float:
     issued = time.perf_counter() - start
     bench.sync()
     return issued / steps * 1e6
+
+
+def timeline_lines(op: str, impl: str, step: Callable[[], Any], bench: Bench,
+                   steps: int = 200) -> list[str]:
+    """Rows of the timeline table for one step: autograd's worker thread (as benchmarked),
+    then the calling thread (multithreading off)."""
+    out = []
+    for threads in (True, False):
+        with torch.autograd.set_multithreading_enabled(threads):
+            med, thread = _timeline.timeline(step, bench.sync, steps, min(20, steps))
+        out.append(_timeline.row(op, impl, med, thread))
+    return out
 
 
 def reduce_overhead_ms(fwd: Callable[[], Any], params: list, grads: list,
@@ -195,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---|---|---|---|---|---:|---:|---:|---:|---:|"]
     tables = []
     compiled_rows = []
+    timeline_rows = []
     for op in [o.strip() for o in args.ops.split(",") if o.strip()]:
         d = bench.inputs(op, m, n)
         bytes_ = bench.bytes_moved(op, "fwd+bwd", m, n, 2)
@@ -237,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
                          f"| {fwd_ms:.3f} | {bwd_ms:.3f} | {host:.0f} "
                          f"| {host_one_thread:.0f} | {ratio} |")
             _launch_shortcut(True)
+            if impl in ("ours", "floor"):
+                log(f"{op} {impl}, timeline")
+                timeline_rows += timeline_lines(op, impl, step, bench, 5 if args.smoke else 200)
             if args.compiled and impl in ("ours", "torch") and bench.device.type == "cuda":
                 log(f"{op} {impl}, reduce-overhead")
                 compiled_rows.append(f"| {op} | {impl} | "
@@ -250,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     if compiled_rows:
         lines += ["", "## Compiled with torch.compile(mode=\"reduce-overhead\"), do_bench", "",
                   "| op | impl | ms (% copy) |", "|---|---|---|", *compiled_rows]
+    lines += _timeline.header(f"## The host's timeline of one step (us, median of "
+                              f"{5 if args.smoke else 200} steps; benchmarks/_timeline.py)")
+    lines += timeline_rows
     for op, rows in tables:
         lines += ["", f"## {op}, ours: kernels of one step", "",
                   "| kernel | launches / step | us / step |", "|---|---:|---:|"]

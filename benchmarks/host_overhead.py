@@ -41,6 +41,7 @@ import torch.nn.functional as TF  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _floor import Floor, floor_step, grad_step  # noqa: E402
 from _results import RESULTS, machine, write_section  # noqa: E402
+import _timeline  # noqa: E402
 
 OPS = ("layer_norm", "rms_norm", "fused_add_rms_norm", "dropout", "batch_norm")
 
@@ -200,8 +201,10 @@ def fmt(v: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    rows = []
+    rows, phases = [], []
     timed = lambda f: per_step_us(f, args.steps, args.rounds)    # noqa: E731
+    phased = lambda op, impl, f: _timeline.row(op, impl, *_timeline.timeline(    # noqa: E731
+        f, lambda: None, args.steps, max(1, args.steps // 10)))
     with no_launches():
         for op in args.ops:
             cells: list[float | None] = []
@@ -210,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                 cells += [timed(fwd), timed(both)]
                 if impl == "ours":
                     cells.append(to_backward_us(fwd, both, args.steps))
+                    phases.append(phased(op, impl, both))
             rows.append(f"| {op} | " + " | ".join(map(fmt, cells)) + " |")
         x = torch.randn(args.rows, args.cols).to(torch.bfloat16).requires_grad_()
         dy = torch.randn(args.rows, args.cols).to(torch.bfloat16)
@@ -220,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             floor = [timed(fwd), timed(both), to_backward_us(fwd, both, args.steps)]
         finally:
             Floor.on_backward = None
+        phases.append(phased("-", "floor", both))
         rows.append("| floor (autograd, nothing else) | " + " | ".join(map(fmt, floor))
                     + " | - | - |")
         if "layer_norm" in args.ops:            # what torch.compile's path would cost eagerly
@@ -242,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
              "| op | ours fwd | ours fwd+bwd | ours, to the backward's launch | torch fwd "
              "| torch fwd+bwd |",
              "|---|---:|---:|---:|---:|---:|", *rows]
+    lines += _timeline.header("Where the step's host time goes, phase by phase (benchmarks/"
+                              "_timeline.py; us, median of the steps; on a GPU, "
+                              "gpu_diagnose.py prints the same table with the driver's calls "
+                              "and autograd's worker thread in it):")
+    lines += phases
     print("\n".join(lines))
     if args.write:
         write_section("host_overhead", lines, args.results)

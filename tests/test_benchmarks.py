@@ -56,7 +56,15 @@ def test_host_overhead_times_every_op_and_restores_the_kernels(tmp_path):
     assert host.main(["--steps", "30", "--rounds", "3", "--write",
                       "--results", str(results)]) == 0
     assert layer_norm._fwd_kernel is kernel            # the no-op launches are undone
-    rows = [line for line in results.read_text().splitlines() if line.startswith("| ")]
+    text = results.read_text().split("Where the step's host time goes")
+    rows = [line for line in text[0].splitlines() if line.startswith("| ")]
+    phases = [line for line in text[1].splitlines() if line.startswith("| ")]
+    assert [r.split("|")[1:3] for r in phases[1:]] == (
+        [[f" {op} ", " ours "] for op in host.OPS] + [[" - ", " floor "]])
+    for line in phases[1:]:                 # each phase timed (the floor's forward: no launch)
+        *parts, total = [c.strip() for c in line.split("|")[4:-1]]
+        assert float(total) > 0 and all(p == "-" or float(p) >= 0 for p in parts), line
+        assert ("floor" in line) == (parts[1] == "-"), line
     table = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]] for r in rows[1:]}
     floor = table.pop("floor (autograd, nothing else)")
     custom_op = table.pop("layer_norm through its custom op, called eagerly")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests._benchmarks import benchmark_script
 
@@ -69,3 +70,51 @@ def test_gpu_diagnose_smoke_mode(device, tmp_path):
         do_bench, one_thread, graph, kernels = cells[:4]
         assert graph == "-" and "-" not in (do_bench, one_thread, kernels), row
         assert f"## {op}, ours: kernels of one step" in text
+    timeline = {}
+    for line in text.split("## The host's timeline")[1].splitlines():
+        if line.startswith(("| layer_norm", "| batch_norm")):
+            cells = [c.strip() for c in line.split("|")[1:-1]]
+            timeline.setdefault((cells[0], cells[1]), []).append(cells[2:])
+    assert set(timeline) == {(op, impl) for op in ("layer_norm", "batch_norm")
+                             for impl in ("ours", "floor")}
+    for (op, impl), rows in timeline.items():
+        assert len(rows) == 2, rows                 # worker thread (as asked), calling thread
+        for thread, *phases, total in rows:
+            assert thread == "caller"               # CPU tensors: autograd has no worker
+            # the floor launches nothing in its forward
+            shown = phases[:1] + phases[2:] if impl == "floor" else phases
+            assert phases[1] == "-" if impl == "floor" else "-" not in phases, (op, impl)
+            assert sum(map(float, shown)) <= float(total) * 1.5, (op, impl, phases, total)
+
+
+def test_timeline_splits_a_step_at_its_marks():
+    """The phases are the gaps between the marks, launches counted where they happen; a step
+    that never entered a marked Function gives nothing."""
+    _timeline = benchmark_script("_timeline")
+    events = [("forward", 10_000, 1), ("launch", 13_000, 1), ("launch", 14_000, 1),
+              ("forward end", 15_000, 1), ("backward", 40_000, 2), ("launch", 42_000, 2),
+              ("launch", 47_000, 2), ("backward end", 48_000, 2)]
+    phases, worker = _timeline._phases(events, 0, 50_000, caller=1)
+    assert worker
+    assert phases == {"to forward": 10.0, "forward to launch": 3.0, "forward rest": 2.0,
+                      "to backward": 25.0, "backward to launch": 2.0,
+                      "backward launches": 5.0, "after backward": 3.0, "total": 50.0}
+    assert _timeline._phases(events[:3], 0, 50_000, caller=1) is None
+    assert not _timeline._phases(events, 0, 50_000, caller=2)[1]
+
+
+def test_timeline_marks_are_removed_after(device):
+    """``marked()`` puts back every Function's forward and backward and the launch entry
+    points, so nothing is left instrumented after a measurement."""
+    _timeline = benchmark_script("_timeline")
+    from fromscratch.kernels import _launch, autograd
+    before = (vars(autograd.LayerNormFn)["forward"], vars(autograd.BatchNormFn)["backward"],
+              _launch.run, _launch.Bound.__call__)
+    x = torch.randn(4, 8, device=device, requires_grad=True)
+    med, thread = _timeline.timeline(lambda: _timeline.Floor.apply(x).sum().backward(),
+                                     lambda: None, steps=3, round_steps=3)
+    assert med["forward to launch"] is None and med["total"] > 0
+    assert thread == ("caller" if device.type == "cpu" else "worker")
+    after = (vars(autograd.LayerNormFn)["forward"], vars(autograd.BatchNormFn)["backward"],
+             _launch.run, _launch.Bound.__call__)
+    assert all(a is b for a, b in zip(before, after))

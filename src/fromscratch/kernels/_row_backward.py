@@ -148,7 +148,10 @@ def _bwd_looped_kernel(X, DY, DS, DX, W, MEAN, RSTD, DW_PART, DB_PART, M, N, str
     pid = tl.program_id(0).to(tl.int64)
     start = pid * rows_per_program
     end = tl.minimum(start + rows_per_program, M)
-    for row in range(start, end):
+    for r in range(start, end):
+        # int64 (the bounds are, but the interpreter hands the index over as a Python int,
+        # which would then meet the strides as an int32)
+        row = tl.cast(r, tl.int64)
         rstd = tl.load(RSTD + row)
         mean = tl.load(MEAN + row) if CENTRE else rstd          # unused without CENTRE
         a1 = tl.zeros([BLOCK_N], dtype=tl.float32)
