@@ -178,3 +178,48 @@ def test_shortcut_on_cuda_matches_the_reference() -> None:
                                                msg=lambda m: f"{fn} {name}: {m}")
     assert _launch.fast_launches > before, "the shortcut was never taken"
     assert sum(_replay.replays.values()) > replays_before, "nothing was replayed"
+
+
+@cuda_only
+@pytest.mark.parametrize("hook", ["save_on_cpu", "checkpoint"])
+def test_replay_on_cuda_with_offloading_and_checkpointing(hook: str) -> None:
+    """``torch.autograd.graph.save_on_cpu`` and non-reentrant ``torch.utils.checkpoint``
+    hand the backward copies of the saved tensors at new addresses, the originals freed:
+    between forward and backward, NaN-filled tensors of the statistics' sizes take the
+    freed memory, so a backward that read the forward's addresses would return NaN. Over
+    five steps, replays included, every gradient equals the reference's, for the four
+    norms."""
+    from torch.utils.checkpoint import checkpoint
+
+    from fromscratch import functional as FS
+    torch.manual_seed(0)
+    dev, m, n = "cuda", 256, 320
+    w, b = torch.randn(n, device=dev), torch.randn(n, device=dev)
+    fns = {"layer_norm": lambda x, w, b, backend: FS.layer_norm(x, n, w, b, backend=backend),
+           "rms_norm": lambda x, w, b, backend: FS.rms_norm(x, n, w, backend=backend),
+           "fused": lambda x, w, b, backend: sum(FS.fused_add_rms_norm(x, 2 * x, n, w,
+                                                                       backend=backend)),
+           "batch_norm": lambda x, w, b, backend: FS.batch_norm(x, None, None, w, b, True,
+                                                                backend=backend)}
+    for _ in range(5):
+        x = torch.randn(m, n, device=dev, dtype=torch.bfloat16) * 2 + 1
+        dy = torch.randn(m, n, device=dev, dtype=torch.bfloat16)
+        for name, fn in fns.items():
+            results = []
+            for backend in ("triton", "torch"):
+                leaves = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+                f = lambda *t: fn(*t, backend) * 1.0        # noqa: E731 - a node after ours
+                if hook == "checkpoint":
+                    y = checkpoint(f, *leaves, use_reentrant=False)
+                else:
+                    with torch.autograd.graph.save_on_cpu():
+                        y = f(*leaves)
+                junk = [torch.full((k,), float("nan"), device=dev)      # the freed blocks
+                        for k in (m, n) for _ in range(4)]
+                grads = torch.autograd.grad(y, leaves, dy, allow_unused=True)
+                del junk
+                results.append([y, *(g for g in grads if g is not None)])
+            for mine, ref in zip(*results):
+                atol = 4e-2 * max(1.0, float(ref.detach().abs().max()))
+                torch.testing.assert_close(mine.float(), ref.float(), atol=atol, rtol=2e-2,
+                                           msg=lambda msg: f"{name}, {hook}: {msg}")

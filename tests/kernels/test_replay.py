@@ -272,3 +272,43 @@ def test_a_replayed_forward_prepares_the_backward_as_prepare_backward_does(inter
     name = case.split()[0] + "_fwd"
     name = "rms_norm_fwd" if name == "fused_add_rms_norm_fwd" else name
     assert _replay.replays == {name: 1}, "the third forward should have replayed"
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm", "fused_add_rms_norm", "batch_norm"])
+def test_saved_tensors_moved_by_a_hook(interpreted, op: str) -> None:
+    """Offloading (``torch.autograd.graph.save_on_cpu``) and non-reentrant checkpointing
+    hand the backward copies of what the forward saved, at other addresses, and the
+    originals' memory may hold other tensors by then. Here a saved-tensor hook packs a copy
+    and strikes the original out of the address book: a backward launched with the forward's
+    addresses fails (an address no tensor has); one that reads the copies is right, and
+    still replays."""
+    book, _ = interpreted
+    m, n = 6, 40
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        copy = t.detach().clone()
+        book.pop(t.data_ptr(), None)
+        book.add(copy)
+        return copy
+
+    for i in range(5):
+        w, b = affine(n, book)
+        x = rows(m, n, torch.float32, "cpu", seed=i)
+        r = rows(m, n, torch.float32, "cpu", seed=10 + i, shifted=False)
+        dy = rows(m, n, torch.float32, "cpu", seed=20 + i, shifted=False)
+        book.add(x, r, dy)
+        if op == "batch_norm":
+            def run(backend: str) -> list[torch.Tensor]:
+                leaves = [t.detach().requires_grad_() for t in (x, w, b)]
+                y = F.batch_norm(leaves[0], None, None, leaves[1], leaves[2], True,
+                                 backend=backend)
+                return [y, *torch.autograd.grad(y, leaves, dy)]
+        else:
+            def run(backend: str) -> list[torch.Tensor]:
+                return step(op, backend, x, r, w, b, dy, dy)
+        want = run("torch")
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            got = run("triton")
+        same(got, want, f"{op} step {i}", m)
+    name = "rms_norm" if op == "fused_add_rms_norm" else op
+    assert _replay.replays[name] == 3, "the backwards of steps 3-5 replay, with the copies"

@@ -17,7 +17,9 @@ The row norms' forwards and BatchNorm's training forward replay the same way (th
 computed on the spot): cheaper on the calling thread too.
 
 The facts are everything the launches' variants were keyed on and every value the recipe
-bakes in, so a replay launches exactly what the full path would. Alignment is not a fact
+bakes in, so a replay launches exactly what the full path would. The addresses are the
+forward's: a backward checks that autograd hands it the same tensors (``unmoved``), since a
+saved-tensor hook (offloading, checkpointing) hands over copies elsewhere. Alignment is not a fact
 here: ``prepared`` returns None for any misaligned address or strided last dimension (the
 full path handles those).
 This module keeps the bookkeeping; each op writes its own ``prepare`` and replay, with its
@@ -61,6 +63,29 @@ def handed_over(facts: tuple, index: int, *ptrs: int) -> tuple | None:
     for p in ptrs:
         bits |= p
     return None if bits & 15 else (facts, index, *ptrs)
+
+
+def saved(x: torch.Tensor, weight: torch.Tensor | None, mean: torch.Tensor | None,
+          rstd: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The tensors a norm's backward recipe holds the addresses of, in order: x, the weight
+    (x stands in for a missing one, never read), the mean (RMSNorm's rstd stands in) and
+    rstd."""
+    return x, weight if weight is not None else x, mean if mean is not None else rstd, rstd
+
+
+def unmoved(prep: tuple, x: torch.Tensor, weight: torch.Tensor | None,
+            mean: torch.Tensor | None, rstd: torch.Tensor) -> bool:
+    """Whether the tensors autograd hands a backward are where its forward prepared the
+    replay for (``prep``'s addresses, in ``saved``'s order) and x keeps its row stride.
+    A saved-tensor hook (offloading with ``torch.autograd.graph.save_on_cpu``,
+    non-reentrant checkpointing) hands over copies at other addresses, while the originals'
+    memory may already hold other tensors: the addresses must then be worked out again from
+    the copies. (A copy at the very address of its original has its shape and dtype, as
+    those hooks make them; a contiguous copy of a row-strided x shows in the stride.)"""
+    _, _, px, pw, pm, pr = prep
+    return (x.data_ptr() == px and rstd.data_ptr() == pr and x.stride(0) == prep[0][3]
+            and x.stride(1) == 1 and (weight is None or weight.data_ptr() == pw)
+            and (mean is None or mean.data_ptr() == pm))
 
 
 def backward_facts(op: str, x: torch.Tensor, weight: torch.Tensor | None, has_bias: bool,

@@ -209,8 +209,7 @@ def prepare(op: str, x: torch.Tensor, weight: torch.Tensor | None, rstd: torch.T
     if m == 0 or n > max_fused:
         return None
     facts = _replay.backward_facts(op, x, weight, has_bias, bias_dtype, has_ds)
-    return _replay.prepared(facts, x, weight if weight is not None else x,
-                            mean if mean is not None else rstd, rstd)
+    return _replay.prepared(facts, *_replay.saved(x, weight, mean, rstd))
 
 
 def _backward_replay(r: _Recipe, prep: tuple, dy: torch.Tensor, ds: torch.Tensor | None
@@ -246,6 +245,9 @@ def backward(op: str, dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | 
     ``max_fused`` go to the looped kernel, which walks them ``loop_block`` at a time.
     ``prepared``: what ``prepare`` returned in the forward, for the replay."""
     key, record = None, None
+    if prepared is not None and not _replay.unmoved(prepared, x, weight, mean, rstd):
+        prepared = prepare(op, x, weight, rstd, mean, has_bias, bias_dtype, prepared[0][-1],
+                           max_fused=max_fused)              # the copies a hook handed over
     if prepared is not None:
         key, recipe, record = _replay.begin(prepared, dy, ds)
         if recipe is not None:

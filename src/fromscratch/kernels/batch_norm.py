@@ -385,7 +385,7 @@ def prepare_backward(x: torch.Tensor, weight: torch.Tensor | None, has_bias: boo
     if x.shape[0] == 0:
         return None
     facts = _replay.backward_facts("batch_norm", x, weight, has_bias, bias_dtype, batch_stats)
-    return _replay.prepared(facts, x, weight if weight is not None else x, mean, rstd)
+    return _replay.prepared(facts, *_replay.saved(x, weight, mean, rstd))
 
 
 def _backward_replay(r: _Recipe, prep: tuple, dy: torch.Tensor
@@ -418,6 +418,9 @@ def backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, has
     """(dx, dweight, dbias) for x (M, C); ``batch_stats`` False means mean/rstd were constants.
     ``prepared``: what ``prepare_backward`` returned in the forward, for the replay."""
     key, record = None, None
+    if prepared is not None and not _replay.unmoved(prepared, x, weight, mean, rstd):
+        prepared = prepare_backward(x, weight, has_bias, mean, rstd, batch_stats,
+                                    bias_dtype)              # the copies a hook handed over
     if prepared is not None:
         key, recipe, record = _replay.begin(prepared, dy)
         if recipe is not None:
