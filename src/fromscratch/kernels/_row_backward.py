@@ -246,8 +246,9 @@ def backward(op: str, dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | 
     ``prepared``: what ``prepare`` returned in the forward, for the replay."""
     key, record = None, None
     if prepared is not None and not _replay.unmoved(prepared, x, weight, mean, rstd):
+        # the copies a hook handed over; has_ds as the forward said (backward_facts' last)
         prepared = prepare(op, x, weight, rstd, mean, has_bias, bias_dtype, prepared[0][-1],
-                           max_fused=max_fused)              # the copies a hook handed over
+                           max_fused=max_fused)
     if prepared is not None:
         key, recipe, record = _replay.begin(prepared, dy, ds)
         if recipe is not None:
