@@ -18,7 +18,8 @@ It returns the median microseconds of each phase:
     backward launches   -> the backward's last launch
     after backward      -> the step's end: the engine, the handoff back, grad's return
 
-and which thread ran the backward. Nothing here launches or synchronises anything itself; on
+and which thread ran the backward; beside them, the time spent inside our launch calls in
+the step (the phases hold it too). Nothing here launches or synchronises anything itself; on
 a GPU, run the steps in short rounds with a sync between (``sync``) so that a full launch
 queue never blocks a launch and lands in a phase.
 """
@@ -34,6 +35,9 @@ from _floor import Floor
 
 PHASES = ("to forward", "forward to launch", "forward rest", "to backward",
           "backward to launch", "backward launches", "after backward")
+#: beside the phases: the time spent inside our launch calls (the shortcut's compiled
+#: launcher, or Triton's ``kernel[grid]``; on a GPU the driver's launch is in it), summed
+IN_LAUNCHES = "in launch calls"
 
 _clock = time.perf_counter_ns
 #: (label, ns, thread ident) of the current step, appended from any thread (list.append is
@@ -73,11 +77,14 @@ def marked() -> Iterator[None]:
 
     def marked_run(*args: Any, **kwargs: Any) -> Any:
         _mark("launch")
-        return run(*args, **kwargs)
+        out = run(*args, **kwargs)
+        _mark("launched")
+        return out
 
     def marked_call(self: Any, *args: Any) -> None:
         _mark("launch")
         call(self, *args)
+        _mark("launched")
     _launch.run, _launch.Bound.__call__ = marked_run, marked_call
     on_backward = Floor.on_backward
     saved.append((Floor, "on_backward", on_backward))
@@ -97,7 +104,12 @@ def _phases(events: list[tuple[str, int, int]], start: int, end: int,
     launches: dict[str, list[int]] = {"forward": [], "backward": []}
     inside = None
     worker = False
+    in_launches, began = 0, None
     for label, t, thread in events:
+        if label == "launch":
+            began = t
+        elif label == "launched" and began is not None:
+            in_launches, began = in_launches + t - began, None
         if label in ("forward", "backward") and label not in at:
             at[label], inside = t, label
             worker |= label == "backward" and thread != caller
@@ -118,12 +130,12 @@ def _phases(events: list[tuple[str, int, int]], start: int, end: int,
             "backward to launch": us(at["backward"], bl[0]),
             "backward launches": us(bl[0], bl[-1]),
             "after backward": us(bl[-1], end),
-            "total": us(start, end)}, worker
+            "total": us(start, end), IN_LAUNCHES: in_launches / 1e3}, worker
 
 
 def timeline(step: Callable[[], Any], sync: Callable[[], None], steps: int = 200,
              round_steps: int = 20) -> tuple[dict[str, float | None], str]:
-    """Median us of each phase (``PHASES`` and "total") over ``steps`` steps run in rounds of
+    """Median us of each phase (``PHASES``, "total" and ``IN_LAUNCHES``) over ``steps`` steps run in rounds of
     ``round_steps`` with ``sync()`` between, after a warm-up round; and the thread the
     backward ran on ("worker" or "caller")."""
     caller = threading.get_ident()
@@ -146,16 +158,18 @@ def timeline(step: Callable[[], Any], sync: Callable[[], None], steps: int = 200
     if not rows:
         raise RuntimeError("no step went through a marked autograd Function")
     med = {k: (None if any(r[k] is None for r in rows)
-               else statistics.median(r[k] for r in rows)) for k in (*PHASES, "total")}
+               else statistics.median(r[k] for r in rows))
+           for k in (*PHASES, "total", IN_LAUNCHES)}
     return med, "worker" if workers > len(rows) // 2 else "caller"
 
 
 def header(title: str) -> list[str]:
     """A markdown table's title and column heads for ``row``s."""
-    return ["", title, "", "| op | impl | backward on | " + " | ".join(PHASES) + " | total |",
-            "|---|---|---|" + "---:|" * (len(PHASES) + 1)]
+    return ["", title, "", "| op | impl | backward on | " + " | ".join(PHASES)
+            + f" | total | {IN_LAUNCHES} |", "|---|---|---|" + "---:|" * (len(PHASES) + 2)]
 
 
 def row(op: str, impl: str, med: dict[str, float | None], thread: str) -> str:
-    cells = " | ".join("-" if med[k] is None else f"{med[k]:.1f}" for k in (*PHASES, "total"))
+    cells = " | ".join("-" if med[k] is None else f"{med[k]:.1f}"
+                       for k in (*PHASES, "total", IN_LAUNCHES))
     return f"| {op} | {impl} | {thread} | {cells} |"

@@ -62,9 +62,12 @@ def test_host_overhead_times_every_op_and_restores_the_kernels(tmp_path):
     assert [r.split("|")[1:3] for r in phases[1:]] == (
         [[f" {op} ", " ours "] for op in host.OPS] + [[" - ", " floor "]])
     for line in phases[1:]:                 # each phase timed (the floor's forward: no launch)
-        *parts, total = [c.strip() for c in line.split("|")[4:-1]]
+        *parts, total, in_launches = [c.strip() for c in line.split("|")[4:-1]]
         assert float(total) > 0 and all(p == "-" or float(p) >= 0 for p in parts), line
         assert ("floor" in line) == (parts[1] == "-"), line
+        # no-op launchers: a small share of the step, none for the floor (nothing launched)
+        assert (float(in_launches) == 0) == ("floor" in line), line
+        assert float(in_launches) < float(total) / 2, line
     table = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]] for r in rows[1:]}
     floor = table.pop("floor (autograd, nothing else)")
     custom_op = table.pop("layer_norm through its custom op, called eagerly")
