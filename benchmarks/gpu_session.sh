@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything a lent GPU is needed for, in one call that fits a short device session: the
-# full benchmark, where a forward+backward's time goes, and the CUDA tests of the launch
-# shortcut, the replay, offsets past 2^31 elements and the custom ops (at most 520 s of
+# full benchmark, the CUDA tests of the launch shortcut, the replay, offsets past 2^31
+# elements and the custom ops, and where a forward+backward's time goes (at most 550 s of
 # phases by default, in that order). Every report lands in $OUT (default ./gpu_out).
 #
 #   bash benchmarks/gpu_session.sh                 # on the GPU machine, from the repo root
@@ -11,12 +11,13 @@
 # (the script installs any wheel in .whl/ into a private folder, without dependencies).
 #
 # PHASES picks the steps (default: launchtest diagnose bench), run in this order: bench
-# (gpu_kernels.py, BENCH_BUDGET_S default 90, BENCH_S 200), diagnose (gpu_diagnose.py at
-# DIAG_SHAPES, default 32768x4096, with DIAG_ARGS default --compiled: the reduce-overhead
-# table, which compiles six steps; DIAG_S 170), host (host_overhead.py), launchtest
+# (gpu_kernels.py, BENCH_BUDGET_S default 90, BENCH_S 200), launchtest
 # (tests/kernels/test_launch.py, test_offsets.py and test_compile.py: the launch shortcut,
-# replay, int64 offsets, and the custom ops under torch.compile, CUDA graphs of
-# mode="reduce-overhead" included; LAUNCHTEST_S 150), pytest (all of tests/kernels: over
+# replay (offloading and checkpointing included), int64 offsets, and the custom ops under
+# torch.compile, CUDA graphs of mode="reduce-overhead" included; LAUNCHTEST_S 180),
+# diagnose (gpu_diagnose.py at DIAG_SHAPES, default 32768x4096, with DIAG_ARGS default
+# --compiled: the reduce-overhead table, which compiles six steps; DIAG_S 170), host
+# (host_overhead.py), pytest (all of tests/kernels: over
 # 150 s, compiling every small variant). Reports go to
 # $OUT/work and come back packed in $OUT/session.tgz (the device tool returns at most 8
 # files); the tables are also printed. Compiled kernels are cached in .cache/ (Triton's and
@@ -49,9 +50,12 @@ step() {  # name, timeout in seconds, command...
 }
 has() { [[ " $PHASES " == *" $1 "* ]]; }
 # the benchmark first: it checks ours against the reference at every shape itself, and its
-# targets are what a short session is for; the tests of the launch path come last
+# targets are what a short session is for; then the CUDA tests of the launch path, then the
+# diagnosis (the longest to compile, the first to give up if time runs short)
 has bench && step gpu-kernels ${BENCH_S:-200} $PY benchmarks/gpu_kernels.py \
     --out "$W/gpu_results.md" --budget-s ${BENCH_BUDGET_S:-90}
+has launchtest && step pytest-launch ${LAUNCHTEST_S:-180} $PY -m pytest -q --durations=8 \
+    tests/kernels/test_launch.py tests/kernels/test_offsets.py tests/kernels/test_compile.py
 if has diagnose; then
     for shape in ${DIAG_SHAPES:-32768x4096}; do
         step diagnose-$shape ${DIAG_S:-170} $PY benchmarks/gpu_diagnose.py --shape $shape \
@@ -59,8 +63,6 @@ if has diagnose; then
     done
 fi
 has host && step host-overhead 40 $PY benchmarks/host_overhead.py --steps 300
-has launchtest && step pytest-launch ${LAUNCHTEST_S:-150} $PY -m pytest -q \
-    tests/kernels/test_launch.py tests/kernels/test_offsets.py tests/kernels/test_compile.py
 has pytest && step pytest-kernels ${PYTEST_S:-240} $PY -m pytest -q tests/kernels
 tail -n 3 "$W"/*.log
 tar czf "$OUT/session.tgz" -C "$W" .
