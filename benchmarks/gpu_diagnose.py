@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -108,16 +107,6 @@ def _launch_shortcut(on: bool) -> None:
     ``kernel[grid]`` every time (the row "ours, Triton's launch")."""
     from fromscratch.kernels import _launch
     _launch._SUPPORTED[:] = [on and _launch._supported()]
-
-
-def host_us(fn: Callable[[], Any], bench: Bench, steps: int = 50) -> float:
-    bench.sync()
-    start = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    issued = time.perf_counter() - start
-    bench.sync()
-    return issued / steps * 1e6
 
 
 def timeline_lines(op: str, impl: str, step: Callable[[], Any], bench: Bench,
@@ -237,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                 kern()
             with torch.autograd.set_multithreading_enabled(False):
                 one_thread = bench.time_ms(step)
-                host_one_thread = host_us(step, bench)
+                host_one_thread = bench.host_us(step)
             do_bench_ms, fwd_ms = bench.time_ms(step), bench.time_ms(fwd)
             out0 = fwd()                         # one graph, its backward timed again and again
             outs0 = out0 if isinstance(out0, tuple) else (out0,)
@@ -246,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                 return torch.autograd.grad(outs0, params, grads, retain_graph=True)
             bwd_ms = bench.time_ms(bwd_only)
             del out0, outs0, bwd_only            # a graph kept alive breaks a capture
-            graph_ms, host = bench.graph_ms(step), host_us(step, bench)
+            graph_ms, host = bench.graph_ms(step), bench.host_us(step)
             ratio = ("-" if graph_ms is None or flush is None
                      else f"{host / (graph_ms * 1e3 + flush):.2f}")
             lines.append(f"| {op} | {impl} | {cell(do_bench_ms)} | {cell(one_thread)} "

@@ -137,6 +137,17 @@ class Bench:
             times.append((time.perf_counter() - t) * 1e3)
         return statistics.median(times)
 
+    def host_us(self, fn: Callable[[], Any], steps: int = 50) -> float:
+        """Host wall time per call of ``fn``, ``steps`` calls issued back to back with no sync
+        between (the GPU idle at the start): what it costs the host to issue one step."""
+        self.sync()
+        start = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        issued = time.perf_counter() - start
+        self.sync()
+        return issued / steps * 1e6
+
     def graph_ms(self, fn: Callable[[], Any]) -> float | None:
         """Median ms of replaying ``fn`` captured in a CUDA graph, timed as ``time_ms`` times
         (None off CUDA or when ``fn`` cannot be captured): the device time of ``fn`` with no
@@ -577,6 +588,7 @@ def report(meta: dict[str, Any], results: dict[str, Any], checks: list[dict[str,
                 name = f"**{impl}**" if impl == "ours" else impl
                 lines.append(f"| {op} | {name} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += host_table(results, shapes, ops)
     lines += ["## Targets (ours, % of copy bandwidth, median run)", "",
               "| op | mode | target | " + " | ".join(f"{m}x{n}" for m, n in shapes) + " | met |",
               "|---|---|---|" + "---|" * len(shapes) + "---|"]
@@ -597,6 +609,29 @@ def report(meta: dict[str, Any], results: dict[str, Any], checks: list[dict[str,
 
 
 GRAPH = "fwd+bwd, CUDA graph"
+
+
+def host_table(results: dict[tuple, dict[str, Any]], shapes: list[tuple[int, int]],
+               ops: list[str]) -> list[str]:
+    """Ours' forward+backward run by run: % of copy bandwidth, and the host's us to issue one
+    step measured right after (20 steps back to back). A step whose host time is above the
+    GPU's (the graph's time plus the L2 flush) is timed with the GPU's wait for the host in
+    it (docs/kernels.md, "When does the GPU wait?")."""
+    rows = []
+    for op in ops:
+        for m, n in shapes:
+            r = results.get((op, "ours", "fwd+bwd", m, n))
+            if r is None or "host_us_runs" not in r:
+                continue
+            g = results.get((op, "ours", GRAPH, m, n))
+            graph = "-" if g is None or "ms" not in g else f"{g['ms'] * 1e3:.0f}"
+            runs = ", ".join(f"{p:.0f}% / {h:.0f}" for p, h in zip(r["pct_runs"],
+                                                                   r["host_us_runs"]))
+            rows.append(f"| {op} | {m}x{n} | {graph} | {runs} |")
+    if not rows:
+        return []
+    return ["## fwd+bwd, ours, run by run: % of copy bandwidth / host us per step", "",
+            "| op | shape | graph us (device) | runs |", "|---|---|---:|---|", *rows, ""]
 
 
 def graph_step(bench: Bench, problems: dict, results: dict, shapes: list[tuple[int, int]],
@@ -702,6 +737,9 @@ def main(argv: list[str] | None = None) -> int:
                         r = results.setdefault(key, {"ms_runs": [], "pct_runs": []})
                         r["ms_runs"].append(ms)
                         r["pct_runs"].append(100 * gbps / copy["GBps"])
+                        if impl == "ours" and mode == "fwd+bwd":    # the host, this run
+                            r.setdefault("host_us_runs", []).append(
+                                bench.host_us(fn, 3 if args.smoke else 20))
         if stop:
             break
         done_runs = run + 1

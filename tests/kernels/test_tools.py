@@ -31,8 +31,12 @@ def test_gpu_benchmark_smoke_mode(device, tmp_path):
     text = out.read_text()
     raw = json.loads(out.with_suffix(".json").read_text())
     assert rc == 0, [c for c in raw["checks"] if not c["ok"]]
-    for heading in ("## fwd+bwd", "## fwd:", "## Targets", "copy bandwidth"):
+    for heading in ("## fwd+bwd", "## fwd:", "## Targets", "copy bandwidth",
+                    "## fwd+bwd, ours, run by run"):
         assert heading in text
+    ours = [r for r in raw["results"] if r["impl"] == "ours" and r["mode"] == "fwd+bwd"]
+    assert ours and all(len(r["host_us_runs"]) == len(r["pct_runs"]) and
+                        min(r["host_us_runs"]) > 0 for r in ours), ours
     impls = {(r["op"], r["impl"]) for r in raw["results"]}
     assert {("layer_norm", "ours"), ("layer_norm", "torch"), ("dropout", "seed"),
             ("batch_norm", "ours")} <= impls
