@@ -22,7 +22,7 @@ and which thread ran the backward; beside them, the time spent inside our launch
 the step (the phases hold it too). Nothing here launches or synchronises anything itself; on
 a GPU, run the steps in short rounds with a sync between (``sync``) so that a full launch
 queue never blocks a launch and lands in a phase. The marks cost time themselves (about
-0.35 us each on the 2-core CPU of RESULTS.md: a marked LayerNorm step, with 11 marks, took
+0.4 us each on the 2-core CPU of RESULTS.md: a marked LayerNorm step, with 10 marks, took
 47.4 us where the unmarked one took 43.4), so compare phases with phases, not the total
 with an unmarked step's time.
 """
