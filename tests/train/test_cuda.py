@@ -12,7 +12,7 @@ import torch
 
 from fromscratch.train import fit
 from fromscratch.train.cli import main as train_main
-from fromscratch.train.distributed import free_port, launch
+from fromscratch.train.distributed import launch
 
 from .helpers import (ce_sum, fit_worker, make_optimizer, max_diff, params, token_batches,
                       token_model)
@@ -105,7 +105,7 @@ def test_torchrun_on_the_gpu(tmp_path):
     env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
     common = ["--epochs", "2", "--batch-size", "7", "--dtype", "float64", "--no-progress"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1",
-           f"--master_port={free_port()}", "-m", "fromscratch", "train", *common,
+           "--standalone", "-m", "fromscratch", "train", *common,
            "--accumulation-steps", "2", "--out", str(tmp_path / "gpu")]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -13,7 +13,7 @@ import torch
 
 from fromscratch.train import fit
 from fromscratch.train.cli import main as train_main
-from fromscratch.train.distributed import deal, empty_like, free_port, launch
+from fromscratch.train.distributed import deal, empty_like, launch
 from fromscratch.nn import BatchNorm
 
 from .helpers import (ce_mean, ce_sum, fit_worker, make_optimizer, max_diff, params,
@@ -95,7 +95,7 @@ def test_torchrun_two_processes(tmp_path):
     the accumulation, in float64, the short last window included (100 points / 7)."""
     common = ["--epochs", "2", "--batch-size", "7", "--dtype", "float64", "--no-progress"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                f"--master_port={free_port()}", "-m", "fromscratch", "train", *common,
+                "--standalone", "-m", "fromscratch", "train", *common,
                 "--accumulation-steps", "2", "--out", str(tmp_path / "two")]
     run = subprocess.run(torchrun, env=_env(), capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr

@@ -13,8 +13,8 @@ from __future__ import annotations
 import datetime
 import gc
 import os
-import socket
 import sys
+import tempfile
 import time
 from contextlib import nullcontext
 from typing import Any, Callable, ContextManager, Iterator
@@ -144,18 +144,11 @@ def finish() -> None:
     dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _entry(rank: int, fn: Callable[..., Any], world_size: int, port: int, backend: str,
+def _entry(rank: int, fn: Callable[..., Any], world_size: int, store: str, backend: str,
            timeout_s: float, args: tuple[Any, ...]) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
-    dist.init_process_group(backend, rank=rank, world_size=world_size,
-                            timeout=datetime.timedelta(seconds=timeout_s))
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
+    dist.init_process_group(backend, init_method=f"file://{store}", rank=rank,
+                            world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s))
     fn(rank, *args)
     finish()
     # The work is done, written and synchronised: leave without the interpreter's teardown,
@@ -171,17 +164,21 @@ def launch(fn: Callable[..., Any], nproc: int, *args: Any, backend: str = "gloo"
 
     ``fn`` must be importable (a module-level function). Raises if a process fails, and
     TimeoutError (after stopping them all) if they are not done in ``timeout_s`` seconds,
-    so a hang fails instead of blocking.
+    so a hang fails instead of blocking. The processes meet through a file in a fresh
+    temporary folder, not a TCP port: a port found free here can be taken by someone else
+    before the first process binds it.
     """
     import torch.multiprocessing as mp
 
-    ctx = mp.start_processes(_entry, args=(fn, nproc, free_port(), backend, timeout_s, args),
-                             nprocs=nproc, join=False, start_method="spawn")
-    deadline = time.monotonic() + timeout_s
-    while not ctx.join(timeout=max(0.1, min(1.0, deadline - time.monotonic()))):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.kill()
-            raise TimeoutError(f"{nproc} processes running {fn.__name__} did not finish "
-                               f"in {timeout_s:.0f} s")
+    with tempfile.TemporaryDirectory(prefix="fromscratch-launch-") as folder:
+        store = os.path.join(folder, "store")
+        ctx = mp.start_processes(_entry, args=(fn, nproc, store, backend, timeout_s, args),
+                                 nprocs=nproc, join=False, start_method="spawn")
+        deadline = time.monotonic() + timeout_s
+        while not ctx.join(timeout=max(0.1, min(1.0, deadline - time.monotonic()))):
+            if time.monotonic() > deadline:
+                for p in ctx.processes:
+                    if p.is_alive():
+                        p.kill()
+                raise TimeoutError(f"{nproc} processes running {fn.__name__} did not finish "
+                                   f"in {timeout_s:.0f} s")
