@@ -41,6 +41,8 @@ PHASES = ("to forward", "forward to launch", "forward rest", "to backward",
 #: beside the phases: the time spent inside our launch calls (the shortcut's compiled
 #: launcher, or Triton's ``kernel[grid]``; on a GPU the driver's launch is in it), summed
 IN_LAUNCHES = "in launch calls"
+#: what ``timeline`` returns and a table ``row`` shows, in order
+COLUMNS = (*PHASES, "total", IN_LAUNCHES)
 
 _clock = time.perf_counter_ns
 #: (label, ns, thread ident) of the current step, appended from any thread (list.append is
@@ -138,9 +140,9 @@ def _phases(events: list[tuple[str, int, int]], start: int, end: int,
 
 def timeline(step: Callable[[], Any], sync: Callable[[], None], steps: int = 200,
              round_steps: int = 20) -> tuple[dict[str, float | None], str]:
-    """Median us of each phase (``PHASES``, "total" and ``IN_LAUNCHES``) over ``steps`` steps run in rounds of
-    ``round_steps`` with ``sync()`` between, after a warm-up round; and the thread the
-    backward ran on ("worker" or "caller")."""
+    """Median us of each of ``COLUMNS`` over ``steps`` steps run in rounds of ``round_steps``
+    with ``sync()`` between, after a warm-up round; and the thread the backward ran on
+    ("worker" or "caller")."""
     caller = threading.get_ident()
     rows: list[dict[str, float]] = []
     workers = 0
@@ -161,18 +163,16 @@ def timeline(step: Callable[[], Any], sync: Callable[[], None], steps: int = 200
     if not rows:
         raise RuntimeError("no step went through a marked autograd Function")
     med = {k: (None if any(r[k] is None for r in rows)
-               else statistics.median(r[k] for r in rows))
-           for k in (*PHASES, "total", IN_LAUNCHES)}
+               else statistics.median(r[k] for r in rows)) for k in COLUMNS}
     return med, "worker" if workers > len(rows) // 2 else "caller"
 
 
 def header(title: str) -> list[str]:
     """A markdown table's title and column heads for ``row``s."""
-    return ["", title, "", "| op | impl | backward on | " + " | ".join(PHASES)
-            + f" | total | {IN_LAUNCHES} |", "|---|---|---|" + "---:|" * (len(PHASES) + 2)]
+    return ["", title, "", "| op | impl | backward on | " + " | ".join(COLUMNS) + " |",
+            "|---|---|---|" + "---:|" * len(COLUMNS)]
 
 
 def row(op: str, impl: str, med: dict[str, float | None], thread: str) -> str:
-    cells = " | ".join("-" if med[k] is None else f"{med[k]:.1f}"
-                       for k in (*PHASES, "total", IN_LAUNCHES))
+    cells = " | ".join("-" if med[k] is None else f"{med[k]:.1f}" for k in COLUMNS)
     return f"| {op} | {impl} | {thread} | {cells} |"
