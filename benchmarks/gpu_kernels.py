@@ -246,7 +246,9 @@ class Bench:
                 out["torch.compile"] = (lambda: cf(x, w), params, [dy])
             if self.liger:
                 L = self.liger["rms_norm"]
-                out["liger"] = (lambda: L.apply(x, w, 1e-6), params, [dy])
+                # in_place=False: Liger's default writes dx into dy, the gradient that every
+                # contender and the checks share (its memory saving, the same bytes moved)
+                out["liger"] = (lambda: L.apply(x, w, 1e-6, 0.0, "llama", False), params, [dy])
             out["seed"] = (lambda: seed_rms_norm(x, w), params, [dy])
         elif op == "dropout":
             out["ours"] = (lambda: FS.dropout(x, DROP_P, backend="triton"), [x], [dy])
@@ -292,6 +294,28 @@ class Bench:
         return 2 * mn * es if mode == "fwd" else 5 * mn * es
 
     # --- correctness ----------------------------------------------------------------------
+    def fingerprint(self, d: dict[str, Any]) -> dict[str, tuple[float, float]]:
+        """name -> (sum, sum of squares) in float64 of each input a step only reads (the
+        running statistics, which BatchNorm updates by design, left out): a contender that
+        writes into a shared input would corrupt every later step and check."""
+        out = {}
+        for name, t in d.items():
+            if name not in ("rm", "rv"):
+                v = t.detach().double()
+                out[name] = (float(v.sum()), float((v * v).sum()))
+        return out
+
+    def check_untouched(self, op: str, shape: tuple[int, int], impl: str, d: dict[str, Any],
+                        before: dict[str, tuple[float, float]]) -> None:
+        """A failed check, naming ``impl``, for each input of ``d`` it changed."""
+        for name, fp in self.fingerprint(d).items():
+            if not all(a == b or a != a and b != b for a, b in zip(fp, before[name])):
+                self.checks.append({"op": op, "shape": list(shape), "ok": False,
+                                    "max_err": 0.0, "kind": "exact",
+                                    "what": f"{impl} wrote into the shared input {name}"})
+                log(f"  CHECK FAILED {op} {shape}: {impl} wrote into the shared input {name}")
+                before[name] = fp                      # report each change once (NaN too)
+
     def _record(self, op: str, shape: tuple[int, int], what: str, mine, ref,
                 reduced: bool = False, tol: float = 2e-2) -> None:
         """|mine - ref| <= tol (1 + |ref|) elementwise; for sums over rows (``reduced``)
@@ -713,6 +737,7 @@ def main(argv: list[str] | None = None) -> int:
                 break
             for op in ops:
                 d = problems[(op, m, n)]
+                before = bench.fingerprint(d) if run == 0 else None
                 for impl, (fwd, params, grads) in bench.impls(op, m, n, d).items():
                     for mode in ("fwd", "fwd+bwd"):
                         key = (op, impl, mode, m, n)
@@ -740,6 +765,8 @@ def main(argv: list[str] | None = None) -> int:
                         if impl == "ours" and mode == "fwd+bwd":    # the host, this run
                             r.setdefault("host_us_runs", []).append(
                                 bench.host_us(fn, 3 if args.smoke else 20))
+                    if before is not None:                  # first run: inputs unchanged?
+                        bench.check_untouched(op, (m, n), impl, d, before)
         if stop:
             break
         done_runs = run + 1

@@ -78,3 +78,21 @@ def test_host_overhead_times_every_op_and_restores_the_kernels(tmp_path):
         assert len(torch_cells) == 2 and min(fwd, to_bwd, *torch_cells) > 0, (op, cells)
         assert to_bwd < both, f"{op}: the backward launched after the step ended? {cells}"
     assert floor[3:] == ["-", "-"] and 0 < float(floor[2]) < float(floor[1]), floor
+
+
+def test_gpu_benchmark_names_a_contender_that_writes_into_a_shared_input():
+    """Liger's RMSNorm by default writes dx into dy: every later step and check then read a
+    corrupted gradient. The GPU benchmark fingerprints the inputs and names who changed one."""
+    import torch
+    gpu_kernels = benchmark_script("gpu_kernels")
+    bench = gpu_kernels.Bench(gpu_kernels.parse(["--smoke"]))
+    d = {"x": torch.randn(4, 8), "dy": torch.randn(4, 8), "rm": torch.zeros(8)}
+    before = bench.fingerprint(d)
+    d["rm"] += 1                                       # running statistics: updated by design
+    bench.check_untouched("rms_norm", (4, 8), "well-behaved", d, before)
+    assert bench.checks == []
+    d["dy"][0, 0] = float("nan")                       # what an in-place backward leaves
+    bench.check_untouched("rms_norm", (4, 8), "in-place", d, before)
+    bench.check_untouched("rms_norm", (4, 8), "next", d, before)     # reported once
+    assert [(c["ok"], c["what"]) for c in bench.checks] == [
+        (False, "in-place wrote into the shared input dy")]
