@@ -28,6 +28,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
 PHASES=${PHASES:-launchtest diagnose bench}
 W="$OUT/work"
+rm -rf "$W"          # a kept folder of an earlier call must not pass its files off as this one's
 mkdir -p "$W" .cache/triton .cache/inductor
 export TRITON_CACHE_DIR=$PWD/.cache/triton TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor
 PY=${PYTHON:-python3}
