@@ -38,12 +38,10 @@ def layer_norm(input: torch.Tensor, normalized_shape: int | Sequence[int],
     "torch" (the ``ops`` reference) or "compile" (the reference fused by torch.compile); see
     ``fromscratch.kernels.dispatch``."""
     op = "layer_norm"
-    shape = check.normalized_shape(op, normalized_shape)
-    check.floating(op, input)
-    check.trailing(op, input.shape, shape)
-    check.param_shape(op, "weight", weight, shape)
-    check.param_shape(op, "bias", bias, shape)
-    args = (_flat(input, len(shape)), _flat1(weight), _flat1(bias), float(eps))
+    shape = _checked_input(op, input, normalized_shape)
+    check.param(op, "weight", weight, shape, input)
+    check.param(op, "bias", bias, shape, input)
+    args = (_flat(input, len(shape)), _flat1(weight), _flat1(bias), check.epsilon(op, eps))
     if use_kernels(op, backend, input, weight=weight, bias=bias):
         K = _kernels()
         y = _run_kernels(K.LayerNormFn, "layer_norm", *args)
@@ -57,13 +55,11 @@ def rms_norm(input: torch.Tensor, normalized_shape: int | Sequence[int],
              backend: str = "auto") -> torch.Tensor:
     """y = x / sqrt(mean(x^2) + eps) * weight; eps=None is the float32 (float64) machine eps."""
     op = "rms_norm"
-    shape = check.normalized_shape(op, normalized_shape)
-    check.floating(op, input)
-    check.trailing(op, input.shape, shape)
-    check.param_shape(op, "weight", weight, shape)
+    shape = _checked_input(op, input, normalized_shape)
+    check.param(op, "weight", weight, shape, input, floating_point=_RMS_WEIGHT_FLOATING_ONLY)
     if eps is None:
         eps = torch.finfo(torch.float64 if input.dtype == torch.float64 else torch.float32).eps
-    args = (_flat(input, len(shape)), _flat1(weight), float(eps))
+    args = (_flat(input, len(shape)), _flat1(weight), check.epsilon(op, eps))
     if use_kernels(op, backend, input, weight=weight):
         K = _kernels()
         y = _run_kernels(K.RMSNormFn, "rms_norm", *args)
@@ -81,14 +77,15 @@ def fused_add_rms_norm(input: torch.Tensor, residual: torch.Tensor,
     and y; the reference is the two steps composed."""
     op = "fused_add_rms_norm"
     check_backend(backend)
-    shape = check.normalized_shape(op, normalized_shape)
-    check.floating(op, input)
+    shape = _checked_input(op, input, normalized_shape)
+    check.tensor(op, residual, "residual")
     check.floating(op, residual, "residual")
-    check.trailing(op, input.shape, shape)
     if residual.shape != input.shape:
         raise check.ShapeError(f"{op}: residual has shape {tuple(residual.shape)}, expected the "
                                f"input's {tuple(input.shape)}")
-    check.param_shape(op, "weight", weight, shape)
+    check.param(op, "weight", weight, shape, input, floating_point=_RMS_WEIGHT_FLOATING_ONLY)
+    if eps is not None:
+        eps = check.epsilon(op, eps)
     if backend == "triton" and residual.dtype != input.dtype:
         raise check.DtypeError(f"{op}: residual is {residual.dtype} and input {input.dtype}; the "
                                "fused kernel takes one dtype for both")
@@ -113,12 +110,14 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None,
     and, when running buffers are given, updates them in place with the unbiased one:
     ``running = (1 - momentum) * running + momentum * batch``."""
     op = "batch_norm"
+    check.tensor(op, input)
     check.floating(op, input)
     check.batch_norm_input(op, input.shape, None, training, eps)
+    momentum = check.unit_interval(op, "momentum", momentum)
     c = input.shape[-1]
     for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
                     ("running_var", running_var)):
-        check.param_shape(op, name, t, (c,))
+        check.param(op, name, t, (c,), input)
     if not training and (running_mean is None or running_var is None):
         raise ValueError(f"{op}: running_mean and running_var are required when not training")
     x = input if input.dim() == 2 else input.reshape(-1, c)
@@ -132,9 +131,29 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None,
         x, weight, bias, None if training else running_mean,
         None if training else running_var, float(eps), ops(op, backend))[:3]
     if training and running_mean is not None and running_var is not None and x.shape[0] > 0:
-        with torch.no_grad():                          # an empty batch leaves them, as torch
-            bn.update_running_(running_mean, running_var, mean, var, x.shape[0], momentum)
+        # an empty batch has no statistics (0/0): it leaves the running ones, as torch
+        _update_running(running_mean, running_var, mean, var, x.shape[0], momentum)
     return _unflat(y, input.shape)
+
+
+def _update_running(running_mean: torch.Tensor, running_var: torch.Tensor,
+                    mean: torch.Tensor, var: torch.Tensor, count: int, momentum: float) -> None:
+    """Update the running buffers in place, outside autograd (as torch). Under
+    torch.func.vmap that fails where the buffers are one for all samples while each sample
+    has its own batch statistics; torch's own message for it names none of that."""
+    with torch.no_grad():
+        try:
+            bn.update_running_(running_mean, running_var, mean, var, count, momentum)
+        except RuntimeError as err:
+            if not transforming():
+                raise
+            raise RuntimeError(
+                "batch_norm: the running statistics (running_mean, running_var) cannot be "
+                "updated in place under torch.func.vmap in training: each vmapped sample has "
+                "its own batch statistics, the buffers are one for all. Normalise with the "
+                "batch's statistics only (BatchNorm(..., track_running_stats=False), or "
+                "running_mean=running_var=None for F.batch_norm), or call the module in "
+                "eval mode") from err
 
 
 def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True,
@@ -146,6 +165,7 @@ def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True,
     it drops other elements than the torch backend; see ``fromscratch.kernels.dropout``."""
     op = "dropout"
     p = check.probability(op, p)
+    check.tensor(op, input)
     check.floating(op, input)
     if not training or p == 0.0:
         check_backend(backend)
@@ -155,6 +175,22 @@ def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True,
     else:
         y = _function(DropoutFn).apply(input, p)[0]
     return input.copy_(y) if inplace else y
+
+
+# torch.nn.functional.rms_norm takes an integer weight (its composite form promotes it, and
+# such a weight can have no gradient to truncate), so ours does too; layer_norm's and
+# batch_norm's torch refuses, and so do we.
+_RMS_WEIGHT_FLOATING_ONLY = False
+
+
+def _checked_input(op: str, input: torch.Tensor, normalized_shape: int | Sequence[int]
+                   ) -> tuple[int, ...]:
+    """The checks every trailing-dims norm starts with; returns normalized_shape as a tuple."""
+    check.tensor(op, input)
+    shape = check.normalized_shape(op, normalized_shape)
+    check.floating(op, input)
+    check.trailing(op, input.shape, shape)
+    return shape
 
 
 def _function(fn: type, public: int = 1) -> type:

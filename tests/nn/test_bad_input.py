@@ -1,11 +1,13 @@
-"""DESIGN.md's bad-input table, row by row: each error has the right type and a message that
-names the problem (the shapes, the dtype, the p value). Where torch raises RuntimeError for
-the same mistake, ours is also a RuntimeError (ShapeError / DtypeError subclass both)."""
+"""The bad-input rows of docs/conventions.md, one by one: each error has the right type and
+a message that names the problem (the argument, the shapes, the dtype, the value). Where
+torch raises RuntimeError for the same mistake, ours is also a RuntimeError (ShapeError /
+DtypeError / DeviceError subclass both)."""
 from __future__ import annotations
 
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -128,7 +130,7 @@ def test_batch_norm_wrong_rank(shape):
 
 @pytest.mark.parametrize("eps", [0.0, -1e-5])
 def test_batch_norm_eps_not_positive_in_training(eps):
-    with pytest.raises(ValueError, match=rf"eps must be > 0.*{eps}"):
+    with pytest.raises(ValueError, match=rf"eps must be >=? 0.*{eps}"):   # -1e-5: at __init__
         BatchNorm(4, eps=eps)(torch.randn(5, 4))
     with pytest.raises(ValueError, match="eps"):
         F.batch_norm(torch.randn(5, 4), None, None, training=True, eps=eps)
@@ -239,3 +241,195 @@ def test_dropout_nan_stays_where_it_was(p):
     for f in (F.dropout, nn.functional.dropout):
         y = f(x, p)
         assert torch.isnan(y[7]) and torch.isfinite(y[torch.arange(200) != 7]).all()
+
+
+# --- sizes: normalized_shape, num_features ---------------------------------------------------
+
+NOT_INTS = ["768", 768.0, True, (7.0,), ("7",), None]
+
+
+@pytest.mark.parametrize("shape", NOT_INTS, ids=repr)
+@pytest.mark.parametrize("make", [LayerNorm, RMSNorm, lambda s: F.layer_norm(torch.ones(2, 768), s),
+                                  lambda s: F.rms_norm(torch.ones(2, 768), s)],
+                         ids=["LayerNorm", "RMSNorm", "layer_norm", "rms_norm"])
+def test_normalized_shape_that_is_not_ints(make, shape):
+    """'768' is a sequence of characters: it used to become (7, 6, 8). torch refuses these
+    with a TypeError that names torch.empty's argument; ours names normalized_shape."""
+    with pytest.raises(TypeError, match=r"normalized_shape must be an int or a sequence of ints, "
+                                        rf"got {type(shape).__name__} "):
+        make(shape)
+
+
+@pytest.mark.parametrize("shape", [np.int64(4), torch.Size([4]), [4], torch.tensor(4)], ids=repr)
+def test_normalized_shape_integers_of_other_types_are_taken(shape):
+    assert LayerNorm(shape).normalized_shape == (4,)
+
+
+@pytest.mark.parametrize("n,error,message", [
+    (0, ValueError, "must be >= 1, got 0"), (-3, ValueError, "must be >= 1, got -3"),
+    (4.0, TypeError, "must be an int, got float 4.0"),
+    (True, TypeError, "must be an int, got bool True"),
+    ("4", TypeError, "must be an int, got str '4'")], ids=repr)
+def test_batch_norm_num_features_not_a_positive_int(n, error, message):
+    """torch builds BatchNorm1d(0), which fails at its first call with an IndexError."""
+    with pytest.raises(error, match=rf"BatchNorm: num_features {message}"):
+        BatchNorm(n)
+
+
+# --- weights, biases, running buffers: kind, dtype, device ------------------------------------
+
+
+@pytest.mark.parametrize("call,name", [
+    (lambda x: F.layer_norm(x, 4, np.ones(4, np.float32)), "weight"),
+    (lambda x: F.layer_norm(x, 4, None, [0.0] * 4), "bias"),
+    (lambda x: F.rms_norm(x, 4, np.ones(4)), "weight"),
+    (lambda x: F.batch_norm(x, np.zeros(4), np.ones(4), training=True), "running_mean"),
+    (lambda x: F.batch_norm(x, None, None, np.ones(4), training=True), "weight"),
+], ids=["ln weight", "ln bias", "rms weight", "bn running_mean", "bn weight"])
+def test_parameter_that_is_not_a_tensor(call, name):
+    """A NumPy weight used to fail with "'numpy.ndarray' object has no attribute 'dim'"
+    (layer_norm) or be taken silently (batch_norm). torch raises TypeError too."""
+    with pytest.raises(TypeError, match=rf"{name} must be a torch.Tensor like the input, got "):
+        call(torch.ones(3, 4))
+
+
+@pytest.mark.parametrize("call", [lambda x: F.layer_norm(x, 4), lambda x: F.rms_norm(x, 4),
+                                  lambda x: F.batch_norm(x, None, None, training=True),
+                                  lambda x: F.dropout(x, 0.5)],
+                         ids=["layer_norm", "rms_norm", "batch_norm", "dropout"])
+def test_input_that_is_not_a_tensor(call):
+    with pytest.raises(TypeError, match="input must be a torch.Tensor, got ndarray"):
+        call(np.ones((3, 4)))
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("name", ["running_mean", "running_var"])
+def test_batch_norm_integer_running_buffers(name, training):
+    """They used to be updated in place and truncated: a running_var of 0.9 became 0.
+    torch refuses them too (a RuntimeError, which ours also is)."""
+    buffers = {"running_mean": torch.zeros(4), "running_var": torch.ones(4)}
+    buffers[name] = buffers[name].long()
+    before = buffers[name].clone()
+    with pytest.raises(TypeError, match=rf"{name} must be a floating-point tensor, got dtype "
+                                        r"torch\.int64") as err:
+        F.batch_norm(torch.randn(5, 4), buffers["running_mean"], buffers["running_var"],
+                     training=training)
+    assert isinstance(err.value, RuntimeError)
+    assert torch.equal(buffers[name], before)
+
+
+@pytest.mark.parametrize("call,name", [
+    (lambda x, p: F.layer_norm(x, 4, p), "weight"),
+    (lambda x, p: F.layer_norm(x, 4, None, p), "bias"),
+    (lambda x, p: F.batch_norm(x, None, None, p, training=True), "weight"),
+    (lambda x, p: F.batch_norm(x, None, None, None, p, training=True), "bias"),
+], ids=["ln weight", "ln bias", "bn weight", "bn bias"])
+def test_integer_weight_or_bias(call, name):
+    """torch refuses them (RuntimeError: mixed dtype); ours names the argument and dtype."""
+    with pytest.raises(TypeError, match=rf"{name} must be a floating-point tensor.*int64") as e:
+        call(torch.ones(3, 4), torch.ones(4, dtype=torch.long))
+    assert isinstance(e.value, RuntimeError)
+
+
+@pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight")   # torch's
+def test_rms_norm_integer_weight_is_taken_as_torch():
+    """torch.nn.functional.rms_norm takes an integer weight (it can have no gradient)."""
+    x, w = torch.randn(3, 4, dtype=torch.float64), torch.tensor([1, 2, 3, 4])
+    torch.testing.assert_close(F.rms_norm(x, 4, w), nn.functional.rms_norm(x, (4,), w))
+
+
+@pytest.mark.parametrize("call,name", [
+    (lambda x, p: F.layer_norm(x, 4, p), "weight"),
+    (lambda x, p: F.rms_norm(x, 4, p), "weight"),
+    (lambda x, p: F.batch_norm(x, p, torch.ones(4), training=True), "running_mean"),
+], ids=["ln weight", "rms weight", "bn running_mean"])
+def test_parameter_on_another_device(call, name):
+    """On a CPU-only machine the meta device stands for a GPU: the error names the argument
+    and both devices, and is a RuntimeError as torch's."""
+    with pytest.raises(ValueError, match=rf"{name} is on device meta, the input on cpu") as e:
+        call(torch.ones(3, 4), torch.ones(4, device="meta"))
+    assert isinstance(e.value, RuntimeError)
+
+
+# --- eps, momentum -------------------------------------------------------------------------
+
+EPS_USERS = {
+    "LayerNorm": lambda eps: LayerNorm(4, eps=eps),
+    "RMSNorm": lambda eps: RMSNorm(4, eps=eps),
+    "BatchNorm": lambda eps: BatchNorm(4, eps=eps),
+    "layer_norm": lambda eps: F.layer_norm(torch.ones(3, 4), 4, eps=eps),
+    "rms_norm": lambda eps: F.rms_norm(torch.ones(3, 4), 4, eps=eps),
+    "batch_norm eval": lambda eps: F.batch_norm(torch.ones(3, 4), torch.zeros(4), torch.ones(4),
+                                                eps=eps),
+}
+
+
+@pytest.mark.parametrize("eps,message", [(-1e-5, "eps must be >= 0, got -1e-05"),
+                                         (math.nan, "eps must be >= 0, got nan"),
+                                         (math.inf, "eps must be finite, got inf")], ids=repr)
+@pytest.mark.parametrize("make", EPS_USERS.values(), ids=EPS_USERS.keys())
+def test_eps_negative_or_not_finite(make, eps, message):
+    """torch's LayerNorm and RMSNorm take these and compute 1 / sqrt(var + eps): NaN where
+    var < -eps, a quietly wrong scale elsewhere, 0 everywhere for inf. (torch's BatchNorm
+    refuses a negative eps too.) eps = 0 stays allowed, as in torch."""
+    with pytest.raises(ValueError, match=message):
+        make(eps)
+
+
+@pytest.mark.parametrize("make", EPS_USERS.values(), ids=EPS_USERS.keys())
+def test_eps_that_is_not_a_number(make):
+    """float() used to turn eps='1e-5' into 1e-05 (layer_norm) silently; torch raises
+    TypeError."""
+    with pytest.raises(TypeError, match=r"eps must be a real number, got str '1e-5'"):
+        make("1e-5")
+
+
+def test_eps_zero_is_taken_outside_batch_norm_training():
+    x = torch.randn(3, 4)
+    LayerNorm(4, eps=0.0)(x)
+    RMSNorm(4, eps=0)(x)
+    BatchNorm(4, eps=0.0).eval()(x)
+
+
+@pytest.mark.parametrize("momentum", [1.5, -0.1, math.nan], ids=repr)
+def test_batch_norm_momentum_outside_unit_interval(momentum):
+    """momentum is the new batch's weight in the running average; torch takes 1.5 or -0.1,
+    which push the running statistics away from every batch. Refused at __init__, at the
+    call when set afterwards (before num_batches_tracked moves), and in F.batch_norm."""
+    message = rf"momentum has to be between 0 and 1, but got {momentum}"
+    with pytest.raises(ValueError, match=rf"BatchNorm: {message}"):
+        BatchNorm(4, momentum=momentum)
+    m = BatchNorm(4)
+    m.momentum = momentum
+    with pytest.raises(ValueError, match=message):
+        m(torch.randn(5, 4))
+    assert m.num_batches_tracked == 0 and torch.equal(m.running_mean, torch.zeros(4))
+    with pytest.raises(ValueError, match=rf"batch_norm: {message}"):
+        F.batch_norm(torch.randn(5, 4), torch.zeros(4), torch.ones(4), training=True,
+                     momentum=momentum)
+
+
+@pytest.mark.parametrize("momentum", [None, 0, 0.0, 1, 1.0])
+def test_batch_norm_momentum_edges_are_taken(momentum):
+    BatchNorm(4, momentum=momentum)(torch.randn(5, 4))
+
+
+# --- Dropout: p that is not a number ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("p", ["0.5", True, None, torch.tensor([0.5, 0.5]),
+                               torch.tensor(0.5, requires_grad=True)], ids=repr)
+def test_dropout_p_that_is_not_a_number(p):
+    """F.dropout(x, True) meant training=True and used to drop everything (p = 1); a tensor
+    that requires grad would be cut from the graph (torch refuses it too)."""
+    with pytest.raises(TypeError, match=r"p \(the dropout probability\) must be a real number"):
+        F.dropout(torch.ones(3), p)
+    with pytest.raises(TypeError, match=r"Dropout: p \(the dropout probability\)"):
+        Dropout(p)
+
+
+@pytest.mark.parametrize("p", [torch.tensor(0.25), np.float32(0.25), 0, 1], ids=repr)
+def test_dropout_p_numbers_of_other_types_are_taken(p):
+    """As torch: a 0-d tensor, a NumPy number, an int."""
+    assert Dropout(p).p == float(p)
+    F.dropout(torch.ones(3), p)

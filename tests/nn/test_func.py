@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, jacrev, vmap
 
+from fromscratch import functional as F
 from fromscratch import nn as fnn
 
 PAIRS = {
@@ -74,3 +75,33 @@ def test_dropout_under_vmap_draws_per_sample_masks():
     assert not (y == y[0]).all(dim=1).all()                   # masks differ across samples
     same = vmap(d, randomness="same")(x)
     assert (same == same[0]).all()
+
+
+def test_batch_norm_under_vmap_in_training_says_why():
+    """Under vmap each sample has its own batch statistics while the running buffers are one
+    for all, so they cannot be updated in place: torch.nn.BatchNorm1d refuses with a
+    RuntimeError, and so do ours, naming the running statistics and the way out (torch's
+    generic in-place message named neither)."""
+    x = torch.randn(3, 5, 4)
+    with pytest.raises(RuntimeError, match="running_mean or running_var"):
+        vmap(nn.BatchNorm1d(4))(x)
+    for call in (fnn.BatchNorm(4), lambda xx: F.batch_norm(xx, torch.zeros(4), torch.ones(4),
+                                                             training=True)):
+        with pytest.raises(RuntimeError, match=r"running statistics \(running_mean, running_var\)"
+                                               r" cannot be updated in place under "
+                                               r"torch\.func\.vmap.*track_running_stats=False"):
+            vmap(call)(x)
+
+
+def test_batch_norm_under_vmap_without_running_statistics_matches_torch():
+    """track_running_stats=False, in training, and eval: each sample normalised on its own
+    rows, as torch.nn.BatchNorm1d."""
+    x = torch.randn(3, 5, 4, dtype=torch.float64)
+    for make in (lambda: fnn.BatchNorm(4, track_running_stats=False).double(),
+                 lambda: fnn.BatchNorm(4).double().eval()):
+        ours = make()
+        theirs = nn.BatchNorm1d(4, track_running_stats=ours.track_running_stats).double()
+        theirs.train(ours.training)
+        got = vmap(ours)(x)
+        want = vmap(theirs)(x)                  # per sample (N, C): the same layout
+        torch.testing.assert_close(got, want)

@@ -29,9 +29,10 @@ class BatchNorm(nn.Module):
         super().__init__()
         self.backend = check_backend(backend)     # a plain attribute: not in state_dict
         kw: dict[str, Any] = {"device": device, "dtype": dtype}
-        self.num_features = num_features
-        self.eps = eps
-        self.momentum = momentum
+        name = type(self).__name__
+        self.num_features = check.size(name, "num_features", num_features)
+        self.eps = check.epsilon(name, eps)
+        self.momentum = check.momentum(name, momentum)
         self.affine = affine
         self.track_running_stats = track_running_stats
         if affine:
@@ -71,10 +72,13 @@ class BatchNorm(nn.Module):
         """The weight of this batch in the running average (torch's exponential_average_factor)."""
         if not (self.training and self.track_running_stats):
             return 0.0
+        # checked again here, before anything changes: it is a plain attribute that may
+        # have been set since __init__, and SyncBatchNorm does not call F.batch_norm
+        momentum = check.momentum(type(self).__name__, self.momentum)
         self.num_batches_tracked.add_(1)
-        if self.momentum is None:                       # cumulative moving average
+        if momentum is None:                            # cumulative moving average
             return 1.0 / float(self.num_batches_tracked)
-        return self.momentum
+        return momentum
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         check.batch_norm_input(type(self).__name__, input.shape, self.num_features,

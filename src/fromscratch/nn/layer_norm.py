@@ -24,7 +24,7 @@ class LayerNorm(nn.Module):
         kw = {"device": device, "dtype": dtype}
         self.backend = check_backend(backend)     # a plain attribute: not in state_dict
         self.normalized_shape = check.normalized_shape("LayerNorm", normalized_shape)
-        self.eps = eps
+        self.eps = check.epsilon("LayerNorm", eps)
         self.elementwise_affine = elementwise_affine
         # register_parameter(name, None), not `self.bias = None`: a plain attribute would
         # hide the name from state_dict / parameters() and break the next registration

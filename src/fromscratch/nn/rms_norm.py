@@ -23,7 +23,7 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.backend = check_backend(backend)     # a plain attribute: not in state_dict
         self.normalized_shape = check.normalized_shape("RMSNorm", normalized_shape)
-        self.eps = eps
+        self.eps = None if eps is None else check.epsilon("RMSNorm", eps)
         self.elementwise_affine = elementwise_affine
         if elementwise_affine:
             self.weight = nn.Parameter(torch.empty(self.normalized_shape, device=device,
