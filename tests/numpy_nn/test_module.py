@@ -2,6 +2,8 @@
 initialisations, dtypes, and clear errors for bad input."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -203,3 +205,66 @@ def test_input_grad_off_skips_dx_only():
     for k, v in model.grads.items():
         assert np.array_equal(v, full[k]), k
     assert nn.gradcheck(model, x).ok(1e-6)             # gradcheck turns it back on, on a copy
+
+
+def test_batch_norm_empty_batch_in_training_leaves_running_statistics_as_torch():
+    """An empty batch has no statistics (0/0): torch.nn.BatchNorm1d returns an empty output,
+    leaves running_mean / running_var as they were and counts the batch. Ours used to write
+    NaN into them, for good: every later eval output was NaN."""
+    ours, theirs = nn.BatchNorm(3), torch.nn.BatchNorm1d(3, dtype=torch.float64)
+    rng = np.random.default_rng(0)
+    for x in (rng.standard_normal((6, 3)), np.zeros((0, 3)), rng.standard_normal((4, 3))):
+        with np.errstate(invalid="ignore", divide="ignore"):   # the empty batch's 0/0
+            y = ours.forward(x)
+            dx = ours.backward(np.ones_like(x))
+        assert y.shape == dx.shape == x.shape
+        theirs(torch.tensor(x))
+        for name, value in theirs.named_buffers():
+            assert_close(ours.buffers[name], value, f"{name} after a batch of {len(x)}",
+                         1e-12, 1e-12)
+    assert ours.buffers["num_batches_tracked"] == 3
+    assert np.isfinite(ours.eval().forward(rng.standard_normal((2, 3)))).all()
+
+
+MODULES = {"Linear": lambda: nn.Linear(3, 3), "ReLU": nn.ReLU, "Sigmoid": nn.Sigmoid,
+           "Tanh": nn.Tanh, "Dropout": lambda: nn.Dropout(0.5), "LayerNorm": lambda: nn.LayerNorm(3),
+           "RMSNorm": lambda: nn.RMSNorm(3), "BatchNorm": lambda: nn.BatchNorm(3),
+           "Sequential": lambda: nn.Sequential(nn.Linear(3, 3), nn.Tanh())}
+
+
+@pytest.mark.parametrize("make", MODULES.values(), ids=MODULES.keys())
+def test_backward_before_forward_says_to_call_forward(make):
+    """It used to be "AttributeError: ... has no attribute '_cache'". The error names the
+    module (the last layer of a Sequential, where backward starts) and what to do."""
+    m = make()
+    with pytest.raises(RuntimeError, match=r"\w+: backward\(\) called before forward\(\); call "
+                                           r"forward\(x\) first"):
+        m.backward(np.ones((2, 3)))
+    assert not hasattr(m, "_cache")               # hasattr still answers, as before
+    m.forward(np.ones((2, 3)))
+    m.backward(np.ones((2, 3)))
+
+
+@pytest.mark.parametrize("make,error,message", [
+    (lambda: nn.LayerNorm("768"), TypeError,
+     r"LayerNorm: normalized_shape must be an int or a sequence of ints, got str '768'"),
+    (lambda: nn.RMSNorm(768.0), TypeError, r"RMSNorm: normalized_shape .* got float 768\.0"),
+    (lambda: nn.BatchNorm(0), ValueError, r"BatchNorm: num_features must be >= 1, got 0"),
+    (lambda: nn.BatchNorm(True), TypeError, r"BatchNorm: num_features must be an int"),
+    (lambda: nn.BatchNorm(3, momentum=1.5), ValueError, r"BatchNorm: momentum .* 1\.5"),
+    (lambda: nn.BatchNorm(3, eps=-1e-5), ValueError, r"BatchNorm: eps must be >= 0"),
+    (lambda: nn.LayerNorm(3, eps=math.nan), ValueError, r"LayerNorm: eps must be >= 0, got nan"),
+    (lambda: nn.RMSNorm(3, eps=-1.0), ValueError, r"RMSNorm: eps must be >= 0"),
+    (lambda: nn.Linear(3.0, 2), TypeError, r"Linear: in_features must be an int, got float"),
+    (lambda: nn.Linear(3, -1), ValueError, r"Linear: out_features must be >= 0, got -1"),
+    (lambda: nn.Dropout(True), TypeError, r"Dropout: p \(the dropout probability\) must be"),
+], ids=["LN str", "RMS float", "BN 0", "BN bool", "BN momentum", "BN eps", "LN eps nan",
+        "RMS eps", "Linear float", "Linear negative", "Dropout bool"])
+def test_bad_constructor_arguments(make, error, message):
+    """The same checks as fromscratch.nn's (shared in fromscratch._checks)."""
+    with pytest.raises(error, match=message):
+        make()
+
+
+def test_empty_linear_is_allowed_as_torch():
+    assert nn.Linear(0, 2).forward(np.ones((4, 0))).shape == (4, 2)

@@ -1,6 +1,8 @@
 """SGD and Adam against torch.optim, step for step, on the same network and data."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -91,3 +93,42 @@ def test_bad_arguments():
         nn.Adam(model, betas=(1.0, 0.9))
     with pytest.raises(ValueError, match="no parameters"):
         nn.SGD(nn.ReLU(), lr=0.1)
+
+
+BAD = [  # (optimizer, keyword arguments, the name the message gives)
+    ("Adam", dict(eps=-1e-8), "eps"),
+    ("Adam", dict(weight_decay=-0.1), "weight_decay"),
+    ("Adam", dict(lr=math.nan), "lr"),
+    ("Adam", dict(betas=(0.9, 1.0)), r"betas\[1\]"),
+    ("Adam", dict(betas=(-0.1, 0.9)), r"betas\[0\]"),
+    ("SGD", dict(momentum=-0.9), "momentum"),
+    ("SGD", dict(weight_decay=-0.1), "weight_decay"),
+]
+
+
+@pytest.mark.parametrize("name,kw,arg", BAD, ids=[f"{n} {k}" for n, k, _ in BAD])
+def test_arguments_torch_refuses_are_refused_by_name(name, kw, arg):
+    """Each is a ValueError for torch.optim as well. Adam's eps < 0 used to be taken: where
+    sqrt(v) = -eps the step divides by zero. A NaN lr slipped through `lr < 0`."""
+    kw = {"lr": 0.1, **kw}
+    with pytest.raises(ValueError):
+        getattr(torch.optim, name)([torch.zeros(1, requires_grad=True)], **kw)
+    with pytest.raises(ValueError, match=rf"{name}: {arg}"):
+        getattr(nn, name)(nn.Linear(2, 1), **kw)
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(lr="0.1"), r"lr \(the learning rate\) must be a real number, got str"),
+    (dict(eps=True), r"eps must be a real number, got bool"),
+    (dict(betas=0.9), r"betas must be a pair"),
+], ids=["lr str", "eps bool", "betas float"])
+def test_arguments_that_are_not_numbers(kw, message):
+    with pytest.raises(TypeError, match=rf"Adam: {message}"):
+        nn.Adam(nn.Linear(2, 1), **kw)
+
+
+def test_sgd_nan_lr_is_refused_as_adams():
+    """torch.optim.SGD takes lr=nan (it checks lr < 0), which makes every parameter NaN at
+    the first step; torch.optim.Adam refuses it, and ours refuse it for both."""
+    with pytest.raises(ValueError, match=r"SGD: lr \(the learning rate\) must be >= 0, got nan"):
+        nn.SGD(nn.Linear(2, 1), lr=math.nan)

@@ -20,9 +20,11 @@ class Linear(Module):
                  init: str = "torch", rng: initializers.RNG = None,
                  dtype: np.dtype | type = np.float64):
         super().__init__()
-        self.in_features, self.out_features = in_features, out_features
+        # 0 is a size torch.nn.Linear takes (an empty layer); a float, str or bool is not
+        self.in_features = check.size("Linear", "in_features", in_features, minimum=0)
+        self.out_features = check.size("Linear", "out_features", out_features, minimum=0)
         self.init = init
-        w, b = initializers.linear(in_features, out_features, init, bias, rng, dtype)
+        w, b = initializers.linear(self.in_features, self.out_features, init, bias, rng, dtype)
         self._add_param("weight", w)
         if b is not None:
             self._add_param("bias", b)

@@ -19,8 +19,27 @@ import numpy as np
 Array = np.ndarray
 
 
+class BackwardBeforeForward(RuntimeError, AttributeError):
+    """``backward`` with no ``forward`` before it: there is no cache to differentiate. An
+    AttributeError too, so that ``hasattr(module, "_cache")`` stays False."""
+
+
+class _ForwardFirst:
+    """``Module._cache`` until ``forward`` stores the instance's own, which then shadows it
+    (a descriptor without ``__set__`` yields to the instance's dict): reading it, as every
+    ``backward`` does, says what to do instead of "no attribute '_cache'"."""
+
+    def __get__(self, module: Module | None, owner: type | None = None) -> Any:
+        if module is None:
+            return self
+        raise BackwardBeforeForward(f"{type(module).__name__}: backward() called before "
+                                    "forward(); call forward(x) first, it keeps what "
+                                    "backward needs")
+
+
 class Module:
     training: bool
+    _cache: Any = _ForwardFirst()
     # False on a first layer whose input is data: its backward may then skip dL/dinput
     # and return None (Linear does; torch skips it for inputs that do not require grad)
     input_grad: bool = True

@@ -53,7 +53,7 @@ class LayerNorm(_TrailingNorm):
                  elementwise_affine: bool = True, bias: bool = True,
                  dtype: np.dtype | type = np.float64):
         super().__init__(normalized_shape, elementwise_affine, bias, dtype)
-        self.eps = eps
+        self.eps = check.epsilon("LayerNorm", eps)
 
     def forward(self, x: Array) -> Array:
         y, self._cache = ln.forward(self._flat(x), self._param("weight"), self._param("bias"),
@@ -78,7 +78,7 @@ class RMSNorm(_TrailingNorm):
     def __init__(self, normalized_shape: int | Sequence[int], eps: float | None = None,
                  elementwise_affine: bool = True, dtype: np.dtype | type = np.float64):
         super().__init__(normalized_shape, elementwise_affine, False, dtype)
-        self.eps = eps
+        self.eps = None if eps is None else check.epsilon("RMSNorm", eps)
 
     def forward(self, x: Array) -> Array:
         x2 = self._flat(x)
@@ -111,7 +111,9 @@ class BatchNorm(Module):
                  affine: bool = True, track_running_stats: bool = True,
                  dtype: np.dtype | type = np.float64):
         super().__init__()
-        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        name = type(self).__name__
+        self.num_features = check.size(name, "num_features", num_features)
+        self.eps, self.momentum = check.epsilon(name, eps), check.momentum(name, momentum)
         self.affine, self.track_running_stats = affine, track_running_stats
         if affine:
             self._add_param("weight", np.ones(num_features, dtype=dtype))
@@ -139,7 +141,9 @@ class BatchNorm(Module):
 
     def _update_running(self, mean: Array, var: Array, count: int) -> None:
         buf = self.buffers
-        buf["num_batches_tracked"] += 1
+        buf["num_batches_tracked"] += 1                # counted even when empty, as torch
+        if count == 0:           # no statistics (0/0 is NaN): leave the running ones, as torch
+            return
         momentum = (1.0 / float(buf["num_batches_tracked"]) if self.momentum is None
                     else self.momentum)
         bn.update_running_(buf["running_mean"], buf["running_var"], mean, var, count, momentum)

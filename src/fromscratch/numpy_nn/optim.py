@@ -22,14 +22,15 @@ import math
 
 import numpy as np
 
+from .. import _checks as check
 from .module import Module
 
 
 class Optimizer:
     def __init__(self, model: Module, lr: float):
-        if lr < 0:
-            raise ValueError(f"{type(self).__name__}: invalid learning rate {lr}")
-        self.lr = lr
+        # torch.optim's checks, with the argument's name in the message: a negative lr or
+        # weight_decay climbs the loss, a NaN one poisons every parameter at the first step
+        self.lr = check.non_negative(type(self).__name__, "lr (the learning rate)", lr)
         self.slots = [(m, k) for _, m, k in model.named_slots()]
         if not self.slots:
             raise ValueError(f"{type(self).__name__}: the model has no parameters")
@@ -48,10 +49,13 @@ class SGD(Optimizer):
     def __init__(self, model: Module, lr: float = 1e-3, momentum: float = 0.0,
                  dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False):
         super().__init__(model, lr)
+        momentum = check.non_negative("SGD", "momentum", momentum)
+        dampening = check.real("SGD", "dampening", dampening)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("SGD: nesterov momentum requires a momentum and zero dampening")
         self.momentum, self.dampening = momentum, dampening
-        self.weight_decay, self.nesterov = weight_decay, nesterov
+        self.weight_decay = check.non_negative("SGD", "weight_decay", weight_decay)
+        self.nesterov = nesterov
 
     def step(self) -> None:
         lr, mu, wd = self.lr, self.momentum, self.weight_decay
@@ -77,9 +81,10 @@ class Adam(Optimizer):
     def __init__(self, model: Module, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0):
         super().__init__(model, lr)
-        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
-            raise ValueError(f"Adam: invalid betas {betas}")
-        self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
+        self.betas = _betas(betas)
+        # eps < 0 lets sqrt(v) + eps reach 0: a division by zero, or a step of the wrong sign
+        self.eps = check.non_negative("Adam", "eps", eps)
+        self.weight_decay = check.non_negative("Adam", "weight_decay", weight_decay)
 
     def step(self) -> None:
         b1, b2 = self.betas
@@ -103,6 +108,18 @@ class Adam(Optimizer):
             denom /= math.sqrt(1.0 - b2 ** t)
             denom += self.eps
             w -= (self.lr / (1.0 - b1 ** t)) * (m1 / denom)
+
+
+def _betas(betas: tuple[float, float]) -> tuple[float, float]:
+    """Two decay rates in [0, 1), as torch.optim.Adam: beta = 1 never forgets the first
+    gradient and divides by 1 - beta^t = 0."""
+    if not hasattr(betas, "__len__") or len(betas) != 2:
+        raise TypeError(f"Adam: betas must be a pair (beta1, beta2), got {betas!r}")
+    pair = tuple(check.real("Adam", f"betas[{i}]", b) for i, b in enumerate(betas))
+    for i, b in enumerate(pair):
+        if not 0.0 <= b < 1.0:
+            raise ValueError(f"Adam: betas[{i}] must be in [0, 1), got {betas[i]}")
+    return pair[0], pair[1]
 
 
 class CosineAnnealingLR:
