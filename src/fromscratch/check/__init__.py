@@ -14,8 +14,10 @@ from typing import Any
 
 import torch
 
+from . import guard
+from .errors import Exited, LoadError, TimedOut
 from .findings import CATALOG, Finding, Report
-from .loader import LoadError
+from .guard import DEFAULT_TIMEOUT
 
 KINDS = ("layernorm", "rmsnorm", "batchnorm", "dropout")
 SIZE = {"layernorm": 37, "rmsnorm": 37, "batchnorm": 20, "dropout": None}
@@ -23,10 +25,18 @@ SIZE = {"layernorm": 37, "rmsnorm": 37, "batchnorm": 20, "dropout": None}
 
 def check_layer(kind: str, target: str, eps: float | None = None,
                 momentum: float | None = None, p: float | None = None,
-                params: dict[str, str] | None = None) -> Report:
+                params: dict[str, str] | None = None,
+                timeout: float | None = DEFAULT_TIMEOUT) -> Report:
     """Check the class at ``target`` ("FILE.py:ClassName") as a layer of ``kind``.
 
-    Raises LoadError when the class cannot be loaded or constructed.
+    The file is imported and its code run. Each call into it (import, constructor, forward,
+    backward, ...) may take ``timeout`` seconds (None or 0: no limit; the limit needs the
+    main thread on POSIX). torch's, NumPy's and Python's global state (default dtype and
+    device, grad mode, random states, ...) is as it was when this returns or raises.
+
+    Raises LoadError when the class cannot be loaded or constructed; its subclasses
+    TimedOut when a call runs past the limit and Exited when the code raises SystemExit,
+    KeyboardInterrupt or another BaseException, or calls os._exit.
     """
     from . import batchnorm, dropout, layernorm, rmsnorm, probes
     if kind not in KINDS:
@@ -37,11 +47,12 @@ def check_layer(kind: str, target: str, eps: float | None = None,
              "batchnorm": ("weight", "bias", "running_mean", "running_var"),
              "dropout": ()}[kind]
     given: dict[str, Any] = {"eps": eps, "momentum": momentum, "p": p}
-    with torch.random.fork_rng(devices=[]):
+    with guard.session(timeout) as session:
         torch.manual_seed(0)
         subject = probes.open_subject(kind, target, roles, SIZE[kind], given, params)
         report = Report(kind, target)
         battery.run(subject, report)
+    report.notes.extend(session.notes)
     report.settings = {k: v for k, v in subject.settings.items()}
     report.settings.update({f"{k} from": v for k, v in subject.sources.items()})
     if subject.mapping is not None:
@@ -49,4 +60,5 @@ def check_layer(kind: str, target: str, eps: float | None = None,
     return report
 
 
-__all__ = ["CATALOG", "Finding", "KINDS", "LoadError", "Report", "check_layer"]
+__all__ = ["CATALOG", "DEFAULT_TIMEOUT", "Exited", "Finding", "KINDS", "LoadError", "Report",
+           "TimedOut", "check_layer"]

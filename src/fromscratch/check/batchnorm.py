@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 
 from ..ops import batch_norm as bn
-from . import source
+from . import guard, source
+from .guard import probe
 from .findings import Report, finding
 from .normcheck import NormBattery, NormSpec
 from .normmodel import agree, normalise_with
@@ -114,6 +115,7 @@ class BatchNormBattery(NormBattery):
         self.evaluation()
 
     # -- buffers ------------------------------------------------------------------------
+    @probe("running statistics are buffers")
     def buffers(self) -> None:
         inst = self.make(self.size, dtype=torch.float32)
         slots = {r: self.s.mapping.get(r) for r in ("running_mean", "running_var")}
@@ -127,8 +129,9 @@ class BatchNormBattery(NormBattery):
         self.r.check("running statistics are buffers", not plain)
         if not plain:
             return
-        keys = list(inst.state_dict())
-        inst.to(torch.float64)
+        with guard.running(f"calling {self.s.cls.__name__}.state_dict() and .to(float64)"):
+            keys = list(inst.state_dict())
+            inst.to(torch.float64)
         ev = [f"state_dict() keys: {keys}"]
         for p in plain:
             dtype = str(self.s.tensor(inst, "running_mean" if slots["running_mean"].path == p
@@ -141,6 +144,7 @@ class BatchNormBattery(NormBattery):
                            f"state_dict and left behind by .to()"))
 
     # -- running statistics -------------------------------------------------------------
+    @probe("running statistics")
     def running(self) -> None:
         c = self.size
         w, b = 1.0 + 0.5 * randn((c,), self.gen), 0.5 * randn((c,), self.gen)
@@ -241,6 +245,7 @@ class BatchNormBattery(NormBattery):
                                                     f"{path_v}: {diff(got_v, ref_v)}"] + fits))
 
     # -- eval ---------------------------------------------------------------------------
+    @probe("eval() with the running statistics")
     def evaluation(self) -> None:
         c = self.size
         w, b = 1.0 + 0.5 * randn((c,), self.gen), 0.5 * randn((c,), self.gen)
@@ -248,7 +253,8 @@ class BatchNormBattery(NormBattery):
         for x in self.batches():
             call(inst, x)
         rm0, rv0 = self.running_values(inst)
-        inst.eval()
+        with guard.running(f"calling {self.s.cls.__name__}.eval()"):
+            inst.eval()
         x = channels_like_people_have(self.shape, self.gen) + 5.0
         o = call(inst, x)
         if not o.ok:
@@ -313,6 +319,7 @@ class BatchNormBattery(NormBattery):
         return normalise_with(x.double(), mean, var, m, e)
 
 
+@probe("channels-last or channels-first")
 def channels_first_rank(subject: Subject) -> int | None:
     """None for a channels-last layer (the seed's layout), which takes (2, 3, C); for a
     channels-first one (torch.nn.BatchNorm1d/2d/3d's layout) the rank of the (N, C, ...)

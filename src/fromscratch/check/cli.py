@@ -1,7 +1,8 @@
 """``fromscratch check KIND FILE.py:ClassName``: the command line.
 
 Exit codes: 0 when there is no *wrong* finding (``--strict``: no finding at all), 1 when
-there is, 2 when the class cannot be loaded or constructed.
+there is, 2 when the class cannot be loaded or constructed, or when its code runs past the
+time limit (``--timeout``) or tries to end the process (``sys.exit``, ``os._exit``, ...).
 """
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import argparse
 import json
 import os
 import sys
+from typing import TextIO
 
-from . import KINDS, check_layer
-from .loader import LoadError
+from . import KINDS, check_layer, guard
+from .errors import LoadError
 from .report import render, to_json
 
 
@@ -35,7 +37,22 @@ def parser() -> argparse.ArgumentParser:
                         "running_mean, running_var)")
     p.add_argument("--layers", default="3,8,1",
                    help="gradient: layer sizes for a network constructed from layers_dim")
+    p.add_argument("--timeout", type=float, default=guard.DEFAULT_TIMEOUT, metavar="S",
+                   help=f"seconds each call into the layer's code (import, constructor, "
+                        f"forward, backward, ...) may take; 0: no limit "
+                        f"(default {guard.DEFAULT_TIMEOUT:g})")
     return p
+
+
+def cannot_check(args: argparse.Namespace, msg: str, out: TextIO, err: TextIO) -> int:
+    """Say why the target cannot be checked (JSON on ``out`` too with --json); exit code 2."""
+    if args.json:
+        print(json.dumps({"kind": args.kind, "target": args.target, "error": msg,
+                          "exit_code": 2}, indent=2), file=out)
+    print(f"fromscratch check: cannot check {args.target}: {msg}", file=err)
+    out.flush()
+    err.flush()
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,21 +63,20 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         print("fromscratch check: --param takes ROLE=NAME", file=sys.stderr)
         return 2
+    out, err = sys.stdout, sys.stderr      # the layer's prints go elsewhere meanwhile
     try:
-        if args.kind == "gradient":
-            from .gradient import check_gradient
-            layers = [int(s) for s in args.layers.split(",")]
-            report = check_gradient(args.target, layers)
-        else:
-            report = check_layer(args.kind, args.target, eps=args.eps,
-                                 momentum=args.momentum, p=args.p, params=overrides)
+        # the backstop for code that the time limit cannot interrupt
+        with guard.watchdog(lambda msg: cannot_check(args, msg, out, err)):
+            if args.kind == "gradient":
+                from .gradient import check_gradient
+                layers = [int(s) for s in args.layers.split(",")]
+                report = check_gradient(args.target, layers, timeout=args.timeout)
+            else:
+                report = check_layer(args.kind, args.target, eps=args.eps,
+                                     momentum=args.momentum, p=args.p, params=overrides,
+                                     timeout=args.timeout)
     except (LoadError, KeyError) as e:
-        msg = str(e).strip("'\"")
-        if args.json:
-            print(json.dumps({"kind": args.kind, "target": args.target, "error": msg,
-                              "exit_code": 2}, indent=2))
-        print(f"fromscratch check: cannot check {args.target}: {msg}", file=sys.stderr)
-        return 2
+        return cannot_check(args, str(e).strip("'\""), out, err)
     if args.json:
         print(to_json(report, args.strict))
     else:

@@ -20,10 +20,11 @@ import math
 import torch
 
 from ..ops import dropout as dr
-from . import source
+from . import guard, source
+from .guard import probe
 from .findings import Report, finding
 from .loader import LoadError
-from .probes import Subject, call, close, diff, read_setting
+from .probes import Subject, backward_call, call, close, diff, read_setting
 
 N_ROWS, N_COLS = 400, 250
 Z_LIMIT = 5.0
@@ -40,6 +41,7 @@ def z_score(k: int, n: int, q: float) -> float:
     return (k - n * q) / math.sqrt(n * q * (1 - q))
 
 
+@probe("choosing p")
 def choose_p(subject: Subject) -> None:
     """Test at the layer's own p, unless it is 0.5 (or unusable): at 0.5 keeping p and
     dropping p look the same, so pass p = 0.1 where the constructor takes it."""
@@ -86,6 +88,7 @@ class DropoutBattery:
         self.device()
 
     # -- training: keep rate, scale, fresh masks ----------------------------------------
+    @probe("keep rate and scale in training")
     def train_mode(self) -> bool:
         p, x = self.p, self.x()
         inst = self.make()
@@ -172,6 +175,7 @@ class DropoutBattery:
         return True
 
     # -- eval -----------------------------------------------------------------------------
+    @probe("identity in eval")
     def evaluation(self) -> None:
         x, p = self.x(), self.p
         torch.manual_seed(3)
@@ -213,18 +217,21 @@ class DropoutBattery:
             self.r.add(finding("eval-not-identity", f"in eval(): {diff(o.y, x)}"))
 
     # -- gradient -------------------------------------------------------------------------
+    @probe("gradient")
     def gradient(self) -> None:
         g = torch.Generator().manual_seed(11)
         x = (1.0 + torch.rand((50, 40), generator=g, dtype=torch.float64)).requires_grad_(True)
         dy = torch.randn((50, 40), generator=g, dtype=torch.float64)
         torch.manual_seed(4)
-        o = call(self.make(dtype=torch.float64), x, grad=True)
+        inst = self.make(dtype=torch.float64)
+        o = call(inst, x, grad=True)
         name = "gradient: dy * keep / (1 - p)"
         if not o.ok:
             self.r.check(name, False, o.why())
             return
         try:
-            (dx,) = torch.autograd.grad((o.y * dy).sum(), x, allow_unused=True)
+            with guard.running(backward_call(inst, x)):
+                (dx,) = torch.autograd.grad((o.y * dy).sum(), x, allow_unused=True)
         except RuntimeError as e:
             dx, err = None, str(e).splitlines()[0]
         else:
@@ -245,6 +252,7 @@ class DropoutBattery:
                                f"{diff(dx, want)}"))
 
     # -- p --------------------------------------------------------------------------------
+    @probe("p validation")
     def validation(self) -> None:
         if not self.s.sig.takes("p"):
             self.r.check("p validated", None, "the constructor takes no p")
@@ -282,6 +290,7 @@ class DropoutBattery:
                                "zeros"))
 
     # -- dtype and device -----------------------------------------------------------------
+    @probe("float16 and bfloat16 input")
     def half(self, dtype: torch.dtype) -> None:
         name = str(dtype).replace("torch.", "")
         x = self.x(dtype)
@@ -299,10 +308,12 @@ class DropoutBattery:
                                title=f"returns {str(o.y.dtype).replace('torch.', '')} for "
                                f"{name} input", cause=cause))
 
+    @probe("another device (meta)")
     def device(self) -> None:
         inst = self.make()
         try:
-            inst.to("meta")
+            with guard.running(f"moving a {self.s.cls.__name__} to the meta device"):
+                inst.to("meta")
         except Exception as e:
             self.r.check("another device (meta)", None, str(e))
             return

@@ -30,9 +30,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import loader
+from . import guard, loader
+from .errors import LoadError
 from .findings import Report, finding
-from .loader import LoadError, quiet
+from .loader import quiet
 
 LAYER_ARGS = ("layers_dim", "layer_dims", "layer_sizes", "layers", "sizes", "dims",
               "architecture")
@@ -130,7 +131,7 @@ def load_network(target: str, layers: list[int], n_samples: int, seed: int = 0) 
     except ImportError:                             # pragma: no cover
         pass
     loss_fn = None
-    with quiet():
+    with quiet(), guard.running(f"constructing {target}"):
         try:
             if inspect.isclass(obj):
                 sig = inspect.signature(obj)
@@ -161,7 +162,9 @@ def load_network(target: str, layers: list[int], n_samples: int, seed: int = 0) 
         if loss_fn is None:
             from ..numpy_nn import MSELoss
             loss_fn = MSELoss()
-        return protocol_net(made, loss_fn, n_samples, rng)
+        with quiet(), guard.running(f"running {type(made).__name__}.forward on its first "
+                                    f"input"):
+            return protocol_net(made, loss_fn, n_samples, rng)
     raise LoadError(f"{target} is neither a numpy_nn-style module (forward, backward, params, "
                     f"grads) nor a notebook-style network (forward -> (caches, output), "
                     f"backward, a parameters dict, compute_loss)")
@@ -196,13 +199,25 @@ SCALES = [(0.5, "the gradient is that of half the reported loss",
 
 
 def check_gradient(target: str, layers: list[int] | None = None, n_samples: int = 8,
-                   seed: int = 0) -> Report:
-    """Compare a NumPy network's analytic gradients with finite differences of its loss."""
+                   seed: int = 0, timeout: float | None = guard.DEFAULT_TIMEOUT) -> Report:
+    """Compare a NumPy network's analytic gradients with finite differences of its loss.
+
+    Each call into the network's code may take ``timeout`` seconds, and NumPy's, torch's
+    and Python's global state is put back, as in ``check_layer``.
+    """
+    with guard.session(timeout) as session:
+        report = _check_gradient(target, layers, n_samples, seed)
+    report.notes.extend(session.notes)
+    return report
+
+
+def _check_gradient(target: str, layers: list[int] | None, n_samples: int,
+                    seed: int) -> Report:
     net = load_network(target, layers or [3, 8, 1], n_samples, seed)
     report = Report("gradient", target)
     report.notes.append(net.description)
     rng = np.random.default_rng(seed + 1)
-    with quiet():
+    with quiet(), guard.running(f"running {target}'s forward and backward"):
         try:
             analytic = net.grads()
         except Exception as e:
@@ -222,7 +237,8 @@ def check_gradient(target: str, layers: list[int] | None = None, n_samples: int 
             continue
         idx = np.arange(p.size) if p.size <= MAX_ENTRIES else \
             np.sort(rng.choice(p.size, MAX_ENTRIES, replace=False))
-        with quiet():
+        with quiet(), guard.running(f"running {target}'s loss {2 * len(idx)} times (finite "
+                                    f"differences for {name})"):
             n = numeric_gradient(net, p, idx)
         a = a[idx]
         floor = max(1e-3 * float(np.max(np.abs(n))), 1e-10)

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from . import guard
+from .errors import LoadError
+
 SIZE_NAMES = ("hidden_size", "normalized_shape", "num_features", "dim", "d_model", "features",
               "size", "hidden_dim", "hidden", "n_embd", "embed_dim", "emb_dim", "model_dim",
               "channels", "num_channels", "n_features", "in_features", "ndim", "d", "n")
@@ -30,10 +33,6 @@ KEEP_NAMES = ("keep_prob", "keep_rate", "keep_p")        # the complement: 1 - p
 ROLE_NAMES = {"eps": EPS_NAMES, "momentum": MOMENTUM_NAMES, "p": P_NAMES}
 
 _counter = itertools.count()
-
-
-class LoadError(Exception):
-    """The class cannot be loaded or constructed; the message says why (exit code 2)."""
 
 
 def parse_target(target: str) -> tuple[str, str]:
@@ -57,13 +56,16 @@ def import_file(path: str) -> ModuleType:
     folder = os.path.dirname(os.path.abspath(path))
     sys.path.insert(0, folder)                      # the file's own sibling imports
     try:
-        with quiet():
+        with quiet(), guard.running(f"importing {os.path.basename(path)}"):
             spec.loader.exec_module(module)
-    except BaseException as e:                      # SystemExit from a script, too
+    except BaseException as e:                      # a timeout or an exit, too
         del sys.modules[name]
+        if isinstance(e, LoadError) or not isinstance(e, Exception):
+            raise                                   # it has its own message
         raise LoadError(f"importing {path} failed: {type(e).__name__}: {e}") from e
     finally:
-        sys.path.remove(folder)
+        if folder in sys.path:                      # (the file may have removed it)
+            sys.path.remove(folder)
     return module
 
 
@@ -145,7 +147,9 @@ def construct(cls: type, sig: Signature, size: int | None,
                         f"argument(s) {', '.join(missing)}")
     call = f"{cls.__name__}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
     try:
-        with quiet():
+        with quiet(), guard.running(f"constructing {call}"):
             return cls(**kwargs)
+    except LoadError:                               # an exit, without a session
+        raise
     except Exception as e:
         raise LoadError(f"{call} failed: {type(e).__name__}: {e}") from e

@@ -21,7 +21,8 @@ from typing import Callable
 
 import torch
 
-from . import source
+from . import guard, source
+from .guard import probe
 from .findings import Report, finding
 from .normmodel import (NormModel, agree, estimate_eps, eps_variants, normalise, search,
                         space)
@@ -137,6 +138,7 @@ class NormBattery:
             self.r.add(finding(id, ev + extra + y_dev, title=title, severity=severity))
 
     # -- 1. ordinary forward ------------------------------------------------------------
+    @probe("forward on ordinary inputs")
     def forward(self) -> None:
         errors: list[str] = []
         for size, shape in self.spec.probes:
@@ -260,6 +262,7 @@ class NormBattery:
                            "weight * (output with weight 1, bias 0) + bias"))
 
     # -- registration -------------------------------------------------------------------
+    @probe("parameters registered")
     def registration(self) -> None:
         inst = self.make(self.size, dtype=None)
         params = [n for n, _ in inst.named_parameters()]
@@ -275,6 +278,7 @@ class NormBattery:
                 f"{list(inst.state_dict())}", title=f"{names} {what}",
                 fix="; ".join(f"self.{p} = nn.Parameter(...)" for p in plain)))
 
+    @probe("train() vs eval()")
     def modes(self) -> None:
         """LayerNorm and RMSNorm behave the same in train and eval."""
         x = self.spec.ordinary(self.shape, self.gen)
@@ -301,6 +305,7 @@ class NormBattery:
         return name == "normalized_shape" or any(
             t in text.lower() for t in ("tuple", "sequence", "list", "size"))
 
+    @probe("normalized_shape (3, 5)")
     def tuple_shape(self) -> None:
         """normalized_shape = (3, 5) on (4, 3, 5) input normalises over the last two dims,
         as torch.nn.LayerNorm / RMSNorm do; compared with the person's own formula (the model
@@ -363,6 +368,7 @@ class NormBattery:
         self.half(torch.bfloat16)
         self.device()
 
+    @probe("eps placement")
     def eps_placement(self) -> None:
         e = self.e(torch.float64)
         x = self.spec.small_variance(self.shape, e, self.gen)
@@ -411,6 +417,7 @@ class NormBattery:
                 self.r.add(finding("eps-ignored", ev, title=f"normalises with eps = "
                                    f"{m.eps_value:.3g}, not the layer's eps = {e:.3g}"))
 
+    @probe("constant input")
     def constant_rows(self) -> None:
         e = self.e(torch.float64)
         x = self.spec.constant(self.shape)
@@ -434,6 +441,7 @@ class NormBattery:
         if not ok:
             self.r.add(finding("constant-row", f"on a constant input: {diff(got, want)}"))
 
+    @probe("mean 1e4 in float32")
     def large_mean(self) -> None:
         name = "mean 1e4, std 1 in float32"
         if self.spec.large_mean is None or self.m_eps.floor:
@@ -466,6 +474,7 @@ class NormBattery:
     HALF = {torch.float16: ("float16", (("std 1", 1.0), ("std 400", 400.0))),
             torch.bfloat16: ("bfloat16", (("std 1", 1.0),))}
 
+    @probe("float16 and bfloat16 input")
     def half(self, dtype: torch.dtype) -> None:
         label16, scales = self.HALF[dtype]
         e = self.e(dtype)
@@ -520,11 +529,13 @@ class NormBattery:
             self.r.add(finding("fp16-overflow", f"on {shape_str(large[2])} input with std 400 "
                                f"(x^2 up to ~1e6 > 65504): {large[1]}"))
 
+    @probe("another device (meta)")
     def device(self) -> None:
         name = "another device (meta)"
         try:
             inst = self.make(self.size, dtype=torch.float32)
-            inst.to("meta")
+            with guard.running(f"moving a {self.s.cls.__name__} to the meta device"):
+                inst.to("meta")
         except Exception as e:
             self.r.check(name, None, f"cannot move to meta: {e}")
             return
@@ -545,6 +556,7 @@ class NormBattery:
                                f"device: {msg}"))
 
     # -- 3. gradients -------------------------------------------------------------------
+    @probe("gradients")
     def gradients(self) -> None:
         n = self.size
         x = self.spec.ordinary(self.shape, self.gen)

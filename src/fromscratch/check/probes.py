@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import loader, mapping
+from . import guard, loader, mapping
 from .loader import LoadError, Signature, quiet
 
 DEFAULT_EPS = 1e-5
@@ -39,6 +39,12 @@ class Subject:
              train: bool = True, values: dict[str, Any] | None = None) -> nn.Module:
         """A fresh instance in ``dtype`` with its weight and bias set to the given values."""
         values = dict(self.passed if values is None else values)
+        with guard.running(f"preparing a {self.cls.__name__}: .to(), weight and bias, "
+                           f".train()"):
+            return self._make(size, dtype, weight, bias, train, values)
+
+    def _make(self, size: int | None, dtype: torch.dtype | None, weight: torch.Tensor | None,
+              bias: torch.Tensor | None, train: bool, values: dict[str, Any]) -> nn.Module:
         inst = loader.construct(self.cls, self.sig, size, values)
         if self.channels_first is not None:
             take_channels_last(inst, self.channels_first)
@@ -174,6 +180,15 @@ class Outcome:
         return f"returned {type(self.y).__name__}, not a tensor"
 
 
+def forward_call(inst: nn.Module, x: torch.Tensor) -> str:
+    """'running LayerNorm.forward on a (4, 7, 37) float64 input', for time-out messages."""
+    return f"running {type(inst).__name__}.forward on a {shape_str(x)} input"
+
+
+def backward_call(inst: nn.Module, x: torch.Tensor) -> str:
+    return f"running the backward of {type(inst).__name__}.forward on a {shape_str(x)} input"
+
+
 def call(inst: nn.Module, x: torch.Tensor, grad: bool = False) -> Outcome:
     """inst(x), quietly, catching errors; under no_grad unless ``grad``.
 
@@ -181,7 +196,7 @@ def call(inst: nn.Module, x: torch.Tensor, grad: bool = False) -> Outcome:
     writes into its input does not spoil the probe; ``modifies_input`` reports that.
     """
     try:
-        with quiet(), torch.set_grad_enabled(grad):
+        with quiet(), torch.set_grad_enabled(grad), guard.running(forward_call(inst, x)):
             y = inst(x.clone())
     except Exception as e:
         return Outcome(None, e)
@@ -194,7 +209,7 @@ def modifies_input(inst: nn.Module, x: torch.Tensor) -> bool:
     """Does inst(x) write into x (x -= mean, x.div_(...))?"""
     xc = x.clone()
     try:
-        with quiet(), torch.no_grad():
+        with quiet(), torch.no_grad(), guard.running(forward_call(inst, x)):
             inst(xc)
     except Exception:
         return False
@@ -272,7 +287,7 @@ def grads(inst: nn.Module, x: torch.Tensor, dy: torch.Tensor,
     if not out.ok:
         return out, result
     try:
-        with quiet():
+        with quiet(), guard.running(backward_call(inst, x)):
             if out.y.requires_grad:
                 (out.y * dy).sum().backward()
     except Exception as e:
