@@ -60,9 +60,9 @@ def test_kill_during_save_leaves_the_previous_checkpoint(tmp_path, when):
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == -signal.SIGKILL, run.stderr
     assert int(load(path)["step"]) == 1                  # the old one, whole
-    assert len(list(tmp_path.glob(".checkpoint.pt.*.tmp"))) == 1   # the dead writer's file
+    assert len(list(tmp_path.glob(".checkpoint.pt.*.tmp.pt"))) == 1   # the dead writer's file
     atomic_save({"step": torch.tensor(3)}, path)         # the next save cleans it up
-    assert int(load(path)["step"]) == 3 and not list(tmp_path.glob("*.tmp"))
+    assert int(load(path)["step"]) == 3 and not list(tmp_path.glob(".*.tmp*"))
 
 
 class Noisy(Dataset):

@@ -1,56 +1,99 @@
-"""Checkpoints that survive a kill, and the random state that makes resuming exact.
+"""Checkpoints that survive a kill, that say what is wrong with a bad file, and the random
+state that makes resuming exact.
 
-``atomic_save`` writes to a temporary file in the same folder, flushes and fsyncs it,
-renames it over the old checkpoint with ``os.replace`` (atomic on POSIX and Windows), and
-fsyncs the folder so the rename itself is on disk. A process killed at any point leaves
-either the previous checkpoint or the new one, never half of one.
+``atomic_save`` writes through ``fromscratch.atomic``: a temporary file in the same folder,
+fsynced, renamed over the old checkpoint with ``os.replace``, the folder fsynced. A process
+killed at any point leaves either the previous checkpoint or the new one, never half of one.
+
+``load`` reads tensors and plain Python only (``weights_only=True``: loading never runs code)
+and turns every way a file can be unreadable (empty, truncated, not a checkpoint, another
+program's pickle, missing keys) into one CheckpointError that names the file and the fault.
 """
 from __future__ import annotations
 
 import os
+import pickle
 import random
-import tempfile
+import re
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
 
+from ..atomic import atomic_write
+
 CHECKPOINT = "checkpoint.pt"
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be read: the message names the file and the fault."""
+
+
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """``torch.save(obj)`` to ``path``, atomically (see ``fromscratch.atomic``)."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def load(path: str | os.PathLike[str], map_location: Any = "cpu",
+         keys: Iterable[str] = ()) -> Any:
+    """Read a checkpoint written by ``atomic_save`` (tensors and plain Python only).
+
+    ``keys``: those the checkpoint must hold (it must then be a dict). Raises
+    CheckpointError when the file is missing, empty, truncated, not a torch checkpoint,
+    holds other objects than tensors and plain Python, or lacks one of ``keys``.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):   # left by a killed writer
-        stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a file")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
+    # torch.save writes a zip archive whose directory is its last record: a file cut short
+    # loses it, so this tells "truncated" apart from what torch.load would say about it.
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"checkpoint {path} is truncated or is not a torch checkpoint: "
+                              f"{size} bytes without the zip directory torch.save ends with "
+                              f"(it starts with {_head(path)})")
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"checkpoint {path} holds objects other than tensors and plain "
+                              f"Python, so fromscratch will not unpickle it (that could run "
+                              f"code): {_unpickler_reason(e)}") from None
+    except Exception as e:    # torch reports a damaged archive as any of several types
+        raise CheckpointError(f"checkpoint {path} is damaged ({size} bytes): "
+                              f"{type(e).__name__}: {_first_sentence(e)}") from None
+    required = list(keys)
+    if required:
+        if not isinstance(state, dict):
+            raise CheckpointError(f"checkpoint {path} was not written by fromscratch.train: "
+                                  f"it holds a {type(state).__name__}, not a dict")
+        missing = [k for k in required if k not in state]
+        if missing:
+            raise CheckpointError(f"checkpoint {path} was not written by fromscratch.train: "
+                                  f"missing keys {', '.join(missing)}")
+    return state
 
 
-def _fsync_dir(folder: Path) -> None:
-    if os.name == "nt":          # Windows cannot open a folder; its rename is durable anyway
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _head(path: Path, n: int = 16) -> str:
+    with open(path, "rb") as f:
+        return repr(f.read(n))
 
 
-def load(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by ``atomic_save`` (tensors and plain Python only)."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+def _unpickler_reason(error: Exception) -> str:
+    """The one line of torch's weights-only message that says what it met (the rest is
+    advice to load with ``weights_only=False``, which would run the file's code)."""
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. Please|\n\n|$)", str(error), re.S)
+    return " ".join(found.group(1).split()) if found else _first_sentence(error)
+
+
+def _first_sentence(error: Exception) -> str:
+    text = " ".join(str(error).split()) or "(no message)"
+    return text.split(". ")[0]
 
 
 # --- random state ---------------------------------------------------------------------

@@ -6,33 +6,50 @@ One optimizer step per *window* of micro-batches, on one process or many:
         forward; (s_j, n_j) = loss_fn(output, target)
         backward s_j * W / N_hat           (no_sync on all but the last micro-batch)
     N = sum of n_j over the window and every process (one all-reduce)
-    unscale (AMP) -> gradient *= N_hat / N -> clip the full gradient -> step -> scheduler -> zero
+    unscale (AMP) -> gradient *= N_hat / N -> clip the full gradient
+    -> loss and gradient finite? -> step -> scheduler -> zero
 
 so that after the step the parameters are those of one step on the whole window taken as
 one batch with loss sum_j s_j / N (accumulate.py has the derivation). Checkpoints are
-written between windows and hold everything needed to continue bit for bit.
+written between windows and hold everything needed to continue bit for bit, and the run's
+configuration, which a resume must match (runconfig.py).
 """
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Literal, Mapping
 
 import torch
 from torch import nn
 
+from ..atomic import OutputError, check_writable
 from . import checkpoint as ckpt
 from . import distributed as dd
+from . import runconfig
 from .accumulate import Window, sum_and_count
 from .progress import progress_bar
 
 _END = object()
 LossFn = Callable[[Any, Any], Any]   # (output, target) -> (sum, count) or a scalar mean
 Callback = Callable[[int, nn.Module, float], None]
+OnNonFinite = Literal["raise", "skip"]
+# What every checkpoint written by fit holds (load checks for them).
+KEYS = ("model", "optimizer", "scheduler", "scaler", "rng", "rng_epoch_start", "epoch",
+        "micro_batch", "config", "history")
+
+
+class NonFiniteError(FloatingPointError):
+    """A window's loss or gradient was inf or NaN: no step was taken and nothing saved."""
+
+
+class _NonFinite(Exception):
+    """Raised by _window_step with what was not finite; fit adds where it happened."""
 
 
 @dataclass
@@ -43,7 +60,8 @@ class History:
     items: list[float] = field(default_factory=list)      # N, the window's item count
     lr: list[float] = field(default_factory=list)         # first param group's lr at the step
     grad_norm: list[float] = field(default_factory=list)  # before clipping (max_grad_norm set)
-    skipped: list[int] = field(default_factory=list)      # steps AMP skipped (inf/NaN gradient)
+    skipped: list[int] = field(default_factory=list)      # steps not taken: AMP's inf/NaN
+    #                                                       gradient, or on_nonfinite="skip"
     resumed_from: int | None = None                       # step of the checkpoint resumed
 
     @property
@@ -55,9 +73,9 @@ def fit(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn,
         optimizer: torch.optim.Optimizer, *, epochs: int = 1, accumulation_steps: int = 1,
         max_grad_norm: float | None = None, scaler: torch.amp.GradScaler | None = None,
         scheduler: Any = None, checkpoint_dir: str | Path | None = None,
-        checkpoint_every: int = 50, resume: bool = False,
-        autocast_dtype: torch.dtype | None = None, callback: Callback | None = None,
-        progress: bool | None = None) -> History:
+        checkpoint_every: int = 50, resume: bool = False, config: Mapping[str, Any] | None = None,
+        on_nonfinite: OnNonFinite = "raise", autocast_dtype: torch.dtype | None = None,
+        callback: Callback | None = None, progress: bool | None = None) -> History:
     """Train ``model`` on ``loader``'s micro-batches ``(input, target)`` for ``epochs``.
 
     ``loss_fn(output, target)`` returns ``(sum_of_item_losses, number_of_items)``, or a
@@ -73,20 +91,37 @@ def fit(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn,
     same order (seed its shuffle; ``set_epoch(epoch)`` is called on the loader, its sampler
     and batch sampler when they have it).
 
-    With ``checkpoint_dir`` a checkpoint is written atomically every ``checkpoint_every``
-    steps, at the end of each epoch and at the end; ``resume=True`` continues from it.
+    With ``checkpoint_dir`` (created and test-written before the first step) a checkpoint
+    is written atomically every ``checkpoint_every`` steps, at the end of each epoch and at
+    the end; ``resume=True`` continues from it when it exists. The checkpoint records the
+    run's configuration: fit's own settings and the caller's ``config`` (plain values that
+    fit cannot see: a seed, a data set size). A resume with any recorded setting changed
+    raises ResumeError listing each one; ``epochs`` may change only without a scheduler.
+
+    A window whose loss or gradient is inf or NaN is never stepped on: ``on_nonfinite=
+    "raise"`` stops with NonFiniteError (the last checkpoint stays the last good one),
+    ``"skip"`` drops the window's gradient and goes on (the step is listed in
+    ``History.skipped``). With an AMP ``scaler`` an inf/NaN gradient is the scaler's to
+    skip, as usual.
+
     ``callback(step, model, loss)`` runs after each step (before that step's checkpoint).
     ``autocast_dtype`` (e.g. torch.float16, with a ``scaler``) runs the forward under
     ``torch.autocast``. ``progress`` shows a bar (None: when stdout is a terminal).
     ``loader`` must be re-iterable (a DataLoader, a list), once per epoch.
     Returns the History.
     """
-    if accumulation_steps < 1:
-        raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}")
-    if max_grad_norm is not None and max_grad_norm <= 0:
-        raise ValueError(f"max_grad_norm must be > 0, got {max_grad_norm}")
-    if checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    _check_count("epochs", epochs)
+    _check_count("accumulation_steps", accumulation_steps)
+    _check_count("checkpoint_every", checkpoint_every)
+    if max_grad_norm is not None and not (
+            isinstance(max_grad_norm, numbers.Real) and not isinstance(max_grad_norm, bool)
+            and math.isfinite(max_grad_norm) and max_grad_norm > 0):
+        raise ValueError(f"max_grad_norm must be a finite number > 0 (or None), "
+                         f"got {max_grad_norm!r}")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs the checkpoint_dir to resume from")
+    if on_nonfinite not in ("raise", "skip"):
+        raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
 
     net = dd.unwrap(model)
     rank, world = dd.rank_and_world()
@@ -95,14 +130,21 @@ def fit(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn,
     generator = getattr(loader, "generator", None)
     generator = generator if isinstance(generator, torch.Generator) else None
     path = Path(checkpoint_dir) / ckpt.CHECKPOINT if checkpoint_dir is not None else None
-    config = {"world_size": world, "accumulation_steps": k}
+    per_epoch = len(loader) if hasattr(loader, "__len__") else None   # type: ignore[arg-type]
+    run_config = runconfig.merge(runconfig.fit_config(
+        epochs=epochs, accumulation_steps=k, world_size=world, micro_batches_per_epoch=per_epoch,
+        max_grad_norm=max_grad_norm, autocast_dtype=autocast_dtype, scaler=scaler, model=net,
+        optimizer=optimizer, scheduler=scheduler), config)
+    if path is not None:
+        _check_folder(path.parent, rank)
 
     history, start_epoch, start_index, rng_epoch, rng_now = History(), 0, 0, None, None
     if resume and path is not None and path.exists():
-        state = ckpt.load(path)      # on the CPU: load_state_dict moves what it must
-        if state["config"] != config:
-            raise ValueError(f"checkpoint {path} was written with {state['config']}, "
-                             f"resuming with {config}")
+        state = ckpt.load(path, keys=KEYS)      # on the CPU: load_state_dict moves what it must
+        runconfig.check_resume(state["config"], run_config, path)
+        if state["epoch"] > epochs:
+            raise runconfig.ResumeError(f"cannot resume from {path}: it has finished "
+                                        f"{state['epoch']} epochs, more than epochs={epochs}")
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
@@ -113,15 +155,17 @@ def fit(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn,
         history.resumed_from = history.steps
         start_epoch, start_index = state["epoch"], state["micro_batch"]
         rng_epoch, rng_now = state["rng_epoch_start"][rank], state["rng"][rank]
+    last_saved = history.resumed_from
 
     step = partial(_window_step, net=net, loss_fn=loss_fn, optimizer=optimizer, k=k,
                    world=world, device=device, max_grad_norm=max_grad_norm, scaler=scaler,
-                   scheduler=scheduler, autocast_dtype=autocast_dtype)
+                   scheduler=scheduler, autocast_dtype=autocast_dtype, on_nonfinite=on_nonfinite)
     ddp = dd.wrap(model)     # a model already in DDP is kept as it is
     ddp.train()
     optimizer.zero_grad(set_to_none=True)
 
     def save(epoch: int, index: int, epoch_rng: dict[str, Any]) -> None:
+        nonlocal last_saved
         rngs = dd.all_gather_object(ckpt.rng_state(generator))   # every rank's own stream
         epoch_rngs = dd.all_gather_object(epoch_rng)
         if rank == 0 and path is not None:
@@ -130,11 +174,11 @@ def fit(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn,
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "scaler": scaler.state_dict() if scaler is not None else None,
                 "rng": rngs, "rng_epoch_start": epoch_rngs,
-                "epoch": epoch, "micro_batch": index, "config": config,
+                "epoch": epoch, "micro_batch": index, "config": run_config,
                 "history": {k_: v for k_, v in asdict(history).items() if k_ != "resumed_from"},
             }, path)
+        last_saved = history.steps
 
-    per_epoch = len(loader) if hasattr(loader, "__len__") else None   # type: ignore[arg-type]
     total = epochs * math.ceil(per_epoch / (world * k)) if per_epoch is not None else None
     show = progress if rank == 0 else False
     with progress_bar(total, show, completed=history.steps) as update:
@@ -157,7 +201,13 @@ def fit(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn,
                 ckpt.set_rng_state(rng_now, generator)
             while window := dd.read_window(it, world * k):
                 index += len(window)
-                if step(ddp, dd.deal(window, rank, world), history):
+                try:
+                    logged = step(ddp, dd.deal(window, rank, world), history)
+                except _NonFinite as bad:
+                    raise NonFiniteError(_nonfinite_message(
+                        str(bad), history.steps + 1, epoch, index - len(window), index, path,
+                        last_saved)) from None
+                if logged:
                     update(history.loss[-1])
                     if callback is not None:
                         callback(history.steps, net, history.loss[-1])
@@ -168,14 +218,47 @@ def fit(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn,
     return history
 
 
+def _check_count(name: str, value: Any) -> None:
+    """A positive whole number: not a bool, not a float such as 1.5 or 2.0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def _check_folder(folder: Path, rank: int) -> None:
+    """Rank 0 (the writer) proves it can write into ``folder`` before training starts;
+    every rank raises its verdict, so that none waits for a rank that has stopped."""
+    problem = None
+    if rank == 0:
+        try:
+            check_writable(folder, "checkpoint_dir")
+        except OutputError as e:
+            problem = str(e)
+    problem = dd.all_gather_object(problem)[0]
+    if problem is not None:
+        raise OutputError(problem)
+
+
+def _nonfinite_message(problem: str, step: int, epoch: int, first: int, last: int,
+                       path: Path | None, last_saved: int | None) -> str:
+    where = (f"step {step} (epoch {epoch + 1}, micro-batches {first + 1}..{last} of the epoch): "
+             f"{problem}; no step was taken")
+    if path is None:
+        return where + " (on_nonfinite='skip' would skip such steps)"
+    kept = (f"{path} still holds step {last_saved}, the last good one" if last_saved is not None
+            else f"no checkpoint had been written to {path} yet")
+    return f"{where} and nothing was saved: {kept} (on_nonfinite='skip' would skip such steps)"
+
+
 def _window_step(ddp: nn.Module, batches: list[Any], history: History, *, net: nn.Module,
                  loss_fn: LossFn, optimizer: torch.optim.Optimizer, k: int, world: int,
                  device: torch.device, max_grad_norm: float | None,
                  scaler: torch.amp.GradScaler | None, scheduler: Any,
-                 autocast_dtype: torch.dtype | None) -> bool:
+                 autocast_dtype: torch.dtype | None, on_nonfinite: OnNonFinite) -> bool:
     """Forward and backward this rank's micro-batches of one window, then one step.
 
-    Returns False when the window had no items at all (nothing to step on).
+    Returns False when the window had no items at all (nothing to step on, nothing logged).
+    A non-finite loss or gradient raises _NonFinite (on_nonfinite="raise") or is logged as
+    a skipped step; every rank decides alike, as both are global (summed or all-reduced).
     """
     window: Window | None = None
     autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
@@ -205,9 +288,19 @@ def _window_step(ddp: nn.Module, batches: list[Any], history: History, *, net: n
         for p in params:
             p.grad.mul_(correction)
     if max_grad_norm is not None:
-        history.grad_norm.append(float(nn.utils.clip_grad_norm_(params, max_grad_norm)))
+        norm = float(nn.utils.clip_grad_norm_(params, max_grad_norm))
+    else:
+        norm = _grad_norm(params) if scaler is None else 0.0   # AMP checks its own gradient
+    problem = _nonfinite(loss_sum / count, norm, amp=scaler is not None)
+    if problem is not None and on_nonfinite == "raise":
+        optimizer.zero_grad(set_to_none=True)
+        raise _NonFinite(problem)
+    if max_grad_norm is not None:
+        history.grad_norm.append(norm)
     history.lr.append(float(optimizer.param_groups[0]["lr"]))
-    if scaler is not None:
+    if problem is not None:
+        stepped = False
+    elif scaler is not None:
         scale = scaler.get_scale()
         scaler.step(optimizer)
         scaler.update()
@@ -223,6 +316,26 @@ def _window_step(ddp: nn.Module, batches: list[Any], history: History, *, net: n
     if not stepped:
         history.skipped.append(len(history.loss))
     return True
+
+
+def _grad_norm(params: list[torch.Tensor]) -> float:
+    """The full gradient's 2-norm, as clip_grad_norm_ computes it (inf/NaN if an entry is)."""
+    if not params:
+        return 0.0
+    norms = [torch.linalg.vector_norm(p.grad).to(params[0].grad.device) for p in params]
+    return float(torch.linalg.vector_norm(torch.stack(norms)))
+
+
+def _nonfinite(loss: float, grad_norm: float, amp: bool) -> str | None:
+    """What is wrong with a window, or None. Under AMP an inf/NaN gradient is an overflow
+    that the scaler skips and answers with a smaller scale: not an error."""
+    if amp and not math.isfinite(grad_norm):
+        return None
+    if not math.isfinite(loss):
+        return f"the loss is {loss}"
+    if not math.isfinite(grad_norm):
+        return f"the gradient norm is {grad_norm}"
+    return None
 
 
 def _split(batch: Any) -> tuple[Any, Any]:
