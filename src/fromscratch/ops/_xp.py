@@ -143,6 +143,45 @@ def sumsq(a: Array) -> Array:
     return vecdot(a, a)[..., None]          # differentiable twice, also where a = 0
 
 
+def inv_rms(a: Array, eps: float, ms: Array | None = None, axis: int = -1) -> Array:
+    r"""r = 1 / sqrt(mean(a^2) + eps) along ``axis`` (-1: per row, kept as (..., 1); 0: per
+    column of an (M, C) array, shape (C,)); ``ms`` is mean(a^2) where the caller has it.
+
+    A square overflows long before the normalised a r stops being representable (float32,
+    and float16/bfloat16 computed in float32: |a| beyond 1.8e19). mean(a^2) is then inf, r
+    is 0 and every output a plausible 0. Such rows are computed again with a scaled by
+    s = max|a| (as LAPACK's nrm2 does), the same r in exact arithmetic:
+
+        r = (1/s) / sqrt(mean((a/s)^2) + eps/s^2)          |a/s| <= 1: nothing overflows
+
+    A row holding inf keeps r = 0, as torch's (LayerNorm's row is NaN anyway; RMSNorm's is
+    NaN at the inf and 0 elsewhere, as torch.nn.RMSNorm), one holding NaN stays NaN. The
+    second computation runs only when a
+    row overflowed; where that check would need a host sync or cannot be taken (CUDA,
+    torch.compile, torch.func transforms) both run and ``where`` picks, the same numbers.
+    """
+    xp = namespace(a)
+    n = a.shape[axis]
+    if ms is None:
+        ms = sumsq(a) / n if axis == -1 else sum_rows(a * a) / n
+    rstd = 1.0 / xp.sqrt(ms + eps)
+    over = xp.isinf(ms)
+    if not _always(a) and not bool(over.any()):
+        return rstd
+    keep = axis == -1
+    big = xp.abs(a.detach() if is_torch(a) else a)          # s is a constant for autograd
+    s = big.amax(axis, keepdim=keep) if is_torch(a) else big.max(axis, keepdims=keep)
+    inv = 1.0 / xp.where(s > 0, s, xp.ones_like(s))        # (rows of zeros never overflow)
+    t = a * inv
+    ms_s = sumsq(t) / n if keep else sum_rows(t * t) / n
+    return xp.where(over & (s < float("inf")), inv / xp.sqrt(ms_s + eps * inv * inv), rstd)
+
+
+def _always(a: Array) -> bool:
+    """Must ``inv_rms`` compute the scaled r without looking whether a row overflowed?"""
+    return is_torch(a) and (a.device.type != "cpu" or _compiling() or transforming())
+
+
 # An array-at-a-time op is bound by memory traffic: each pass over an array larger than the
 # cache streams it from DRAM again. Splitting the rows into blocks that fit in the cache
 # (x, dy and the output together) lets the passes over a block hit the cache. Measured for

@@ -5,13 +5,21 @@ Forward, per row x of length n (derivation eqs. 1-4):
     mu = mean(x)            xc = x - mu          var = mean(xc^2)      (biased, never E[x^2]-mu^2)
     r = 1 / sqrt(var + eps) xhat = xc * r        y = w * xhat + b
 
+computed on the row shifted by its first element K (derivation, "Computing the
+statistics"): d = x - K, mu = K + mean(d), xc = d - mean(d). A constant row has d = 0, so
+xc = 0 exactly and y = b; on a row with a large mean, xc keeps the digits that x - mu, with
+mu rounded to the working precision, would lose. r is ``_xp.inv_rms``: where xc^2
+overflows it scales the row first, never r = 0.
+
 Backward, with g = dy * w (eqs. 5, 6 and 8):
 
     dx = r * (g - mean(g) - xhat * mean(g * xhat))
     dw = sum_rows(dy * xhat)       db = sum_rows(dy)
 
 Arrays may be NumPy or torch; the caller flattens ``normalized_shape`` into the last axis.
-Like torch's own kernel, the cache keeps x, mu and r, not xhat: the forward allocates one
+The backward rebuilds xc from the saved (rounded) mu the same way, d = x - mu, xc = d - mean(d),
+so its xhat is the forward's to the last digits. Like torch's own kernel, the cache keeps x,
+mu and r, not xhat: the forward allocates one
 full-size array (y) and the backward one (dx), recomputing xhat = (x - mu) r where it needs
 it. They update those arrays in place, never an array they were given (see
 ``_xp.may_overwrite``), so torch can still differentiate this backward (double backward).
@@ -20,8 +28,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ._xp import (Array, addcmul, concat, empty_like, iadd, imul, isub, matvec, mul, namespace,
-                  row_blocks, sub, sum_rows, sumsq)
+from ._xp import (Array, addcmul, concat, empty_like, iadd, imul, inv_rms, isub, matvec, mul,
+                  namespace, row_blocks, sub, sum_rows)
 
 
 class Cache(NamedTuple):
@@ -47,12 +55,20 @@ def forward(x: Array, weight: Array | None = None, bias: Array | None = None,
 def _forward_rows(x: Array, weight: Array | None, bias: Array | None, eps: float,
                   out: Array | None = None) -> tuple[Array, Array, Array]:
     """(y, mu, r) of the rows x, y written into ``out`` where given and allowed."""
-    xp = namespace(x)
-    mean = xp.mean(x, axis=-1, keepdims=True)           # mu                          (1)
-    xhat = sub(x, mean, out=out)                        # the one new array: xc, xhat, y
-    rstd = 1.0 / xp.sqrt(sumsq(xhat) / x.shape[-1] + eps)  # two-pass var           (2, 3)
+    shift = x[..., :1]                                  # K, the row's first element
+    xhat, mean_d = centre(x, shift, out=out)            # the one new array: xc, xhat, y
+    rstd = inv_rms(xhat, eps)                           # two-pass var, r             (2, 3)
     xhat = imul(xhat, rstd)                             # xhat = xc r                 (3)
-    return affine(xhat, weight, bias, out=xhat), mean, rstd
+    return affine(xhat, weight, bias, out=xhat), shift + mean_d, rstd    # mu = K + mean(d) (1)
+
+
+def centre(x: Array, shift: Array, out: Array | None = None) -> tuple[Array, Array]:
+    """(xc, mean(d)) with d = x - shift, xc = d - mean(d): x - mu computed without rounding mu
+    (mu = shift + mean(d)); xc is written into ``out`` where given and allowed. For a shift
+    within a factor of 2 of x, d is exact (Sterbenz), so xc = 0 exactly on a constant row."""
+    d = sub(x, shift, out=out)                          # d = x - K
+    mean_d = namespace(x).mean(d, axis=-1, keepdims=True)
+    return isub(d, mean_d), mean_d                      # xc = d - mean(d)
 
 
 def affine(xhat: Array, weight: Array | None, bias: Array | None,
@@ -85,7 +101,9 @@ def _backward_rows(dy: Array, x: Array, mean: Array, rstd: Array, weight: Array 
     xp = namespace(dy)
     n = x.shape[-1]
     dbias = sum_rows(dy) if has_bias else None                             # (5)
-    t = imul(imul(sub(x, mean, out=out), rstd), dy)   # dy * xhat: the one new array, becomes dx
+    # xhat = xc r, xc = d - mean(d) with d = x - mu (mu rounded: mean(d) is its rounding error)
+    xc, err = centre(x, mean, out=out)
+    t = imul(imul(xc, rstd), dy)                      # dy * xhat: the one new array, becomes dx
     dweight = sum_rows(t) if weight is not None else None                  # (5)
     # the two row means of eq. 8 (eq. 9): mean(g) = dy.w / n, mean(g xhat) = (dy xhat).w / n
     if weight is not None:
@@ -94,6 +112,7 @@ def _backward_rows(dy: Array, x: Array, mean: Array, rstd: Array, weight: Array 
         mean_g, mean_gx = xp.mean(dy, axis=-1, keepdims=True), xp.mean(t, axis=-1, keepdims=True)
     # dx = r (g - mean(g) - xhat mean(g xhat)) with xhat = (x - mu) r rebuilt into t      (8)
     # (two passes: torch's addcmul with two row vectors is several times slower)
-    dx = isub(imul(sub(x, mean, out=t), -rstd * mean_gx), mean_g)   # -xhat mean(g xhat) - mean(g)
+    # -xhat mean(g xhat) - mean(g), with xhat = (x - mu - err) r
+    dx = isub(imul(sub(x, mean, out=t), -rstd * mean_gx), mean_g - err * rstd * mean_gx)
     dx = addcmul(dx, dy, weight, out=dx) if weight is not None else iadd(dx, dy)  # + g
     return imul(dx, rstd), dweight, dbias

@@ -8,14 +8,15 @@ Backward, with g = dy * w (eqs. 4, 5 and 7):
 
     dx = r * (g - xhat * mean(g * xhat))          dw = sum_rows(dy * xhat)
 
-No mean is subtracted, so unlike LayerNorm there is no mean(g) term. As in layer_norm,
+r is ``_xp.inv_rms``: where x^2 overflows (float32: |x| beyond 1.8e19) it scales the row
+by max|x| first, so xhat is right (about +-1), never 0. No mean is subtracted, so unlike LayerNorm there is no mean(g) term. As in layer_norm,
 the only new full-size arrays are xhat and y (forward) and dx (backward).
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
-from ._xp import Array, addcmul, iadd, imul, matvec, mul, namespace, sum_rows, sumsq
+from ._xp import Array, addcmul, iadd, imul, inv_rms, matvec, mul, namespace, sum_rows
 
 
 class Cache(NamedTuple):
@@ -25,8 +26,7 @@ class Cache(NamedTuple):
 
 
 def forward(x: Array, weight: Array | None = None, eps: float = 1e-6) -> tuple[Array, Cache]:
-    xp = namespace(x)
-    rstd = 1.0 / xp.sqrt(sumsq(x) / x.shape[-1] + eps)                     # (1)
+    rstd = inv_rms(x, eps)                                                 # (1)
     xhat = x * rstd                                                        # (2)
     y = xhat * weight if weight is not None else xhat                      # (3)
     return y, Cache(xhat, rstd, weight)
