@@ -7,7 +7,10 @@ With xhat the normalised input, g = dy * w and N the row length:
     both:                dw = sum_rows(dy xhat)      LayerNorm: db = sum_rows(dy)
     HAS_DRES:            dx += ds  (the gradient that reached a fused residual sum directly)
 
-(the derivations are the ``ops`` modules' docstrings). Rows up to ``max_fused`` long are held
+(the derivations are the ``ops`` modules' docstrings). LayerNorm's xhat is rebuilt from the
+saved, rounded mu as ``ops`` does: xhat = (x - mu) r - mean((x - mu) r), the second term
+taking mu's rounding error out again (0 in exact arithmetic; one more row sum of values
+already in registers). Rows up to ``max_fused`` long are held
 in registers by a persistent grid: G programs, as many as fit on the GPU at once, program p
 taking the row tiles p, p + G, p + 2G, ...; each recomputes xhat from x and the saved per-row
 statistics, writes dx, and adds its share of dw (and db) into float32 accumulators of length
@@ -91,7 +94,8 @@ def _bwd_kernel(X, DY, DS, DX, W, MEAN, RSTD, DW_PART, DB_PART, M, N, stride_x, 
             dy = dy.to(tl.float32)
             mean = tl.load(MEAN + rows, mask=rmask, other=0.0)
             rstd = tl.load(RSTD + rows, mask=rmask, other=0.0)
-            xhat = (x - mean[:, None]) * rstd[:, None]
+            xhat = tl.where(cmask[None, :], (x - mean[:, None]) * rstd[:, None], 0.0)
+            xhat -= (tl.sum(xhat, axis=1) / N)[:, None]  # less mean(xhat): mu's rounding
         else:
             rstd = tl.load(RSTD + rows, mask=rmask, other=0.0)
             xhat = x.to(tl.float32) * rstd[:, None]
@@ -156,6 +160,7 @@ def _bwd_looped_kernel(X, DY, DS, DX, W, MEAN, RSTD, DW_PART, DB_PART, M, N, str
         mean = tl.load(MEAN + row) if CENTRE else rstd          # unused without CENTRE
         a1 = tl.zeros([BLOCK_N], dtype=tl.float32)
         a2 = tl.zeros([BLOCK_N], dtype=tl.float32)
+        a3 = tl.zeros([BLOCK_N], dtype=tl.float32)
         for off in range(0, N, BLOCK_N):
             cols = off + tl.arange(0, BLOCK_N)
             xhat, _, g = _chunk(X, DY, W, row, cols, cols < N, mean, rstd, stride_x, stride_dy,
@@ -163,14 +168,18 @@ def _bwd_looped_kernel(X, DY, DS, DX, W, MEAN, RSTD, DW_PART, DB_PART, M, N, str
             a1 += xhat * g
             if CENTRE:
                 a2 += g
-        c1 = tl.sum(a1, axis=0) / N                      # mean(g * xhat)
+                a3 += xhat
         c2 = tl.sum(a2, axis=0) / N                      # mean(g), LayerNorm only
+        # LayerNorm: xhat less its mean m (mu's rounding error), mean(g (xhat - m))
+        m = tl.sum(a3, axis=0) / N
+        c1 = tl.sum(a1, axis=0) / N - m * c2             # mean(g * xhat)
         for off in range(0, N, BLOCK_N):
             cols = off + tl.arange(0, BLOCK_N)
             cmask = cols < N
             xhat, dy, g = _chunk(X, DY, W, row, cols, cmask, mean, rstd, stride_x, stride_dy,
                                  CENTRE, HAS_W)
             if CENTRE:
+                xhat = tl.where(cmask, xhat - m, 0.0)
                 dx = (g - c2 - xhat * c1) * rstd
             else:
                 dx = (g - xhat * c1) * rstd

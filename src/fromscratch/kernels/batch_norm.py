@@ -16,7 +16,12 @@ sums. At the end the BLOCK_M lanes are merged with Chan's formula
 
 into one partial per (row block, column); ``_combine_kernel`` merges the row blocks the
 same way, writes mu and r, and updates the running statistics in place. A third kernel
-normalises. The backward is two passes too: the column sums sum(dy) and sum(dy xhat)
+normalises. As in ``ops``, the statistics are those of x shifted by the batch's first row
+K (each program loads it, C values): d = x - K, mu = K + mean(d), and the normalise kernel
+computes x - mu as (x - K) - mean(d): exactly 0 on a constant channel, without mu's
+rounding on a channel with a large mean. Where the squares overflow (|x| beyond 1.8e19),
+var is inf and r NaN, never 0: scaling would need one more pass over the batch. The
+backward uses the saved, rounded mu, as torch's kernel does. The backward is two passes too: the column sums sum(dy) and sum(dy xhat)
 (partials, then ``_reduce.sum_rows``), then dx.
 
 Memory traffic is therefore 3 MN elements forward (x twice, y once) and 5 MN backward,
@@ -36,6 +41,7 @@ from . import _launch, _replay, _tune
 from ._common import (cdiv, next_pow2, note_resident, num_sms, on_device, resident_programs,
                       unit_last_stride, vector)
 from ._reduce import sum_rows
+from ._stats import inv_rms_or_nan
 
 
 @triton.jit
@@ -53,6 +59,7 @@ def _stats_kernel(X, MEAN_P, M2_P, M, C, stride_x, rows_per_program,
     pid_m = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
+    shift = tl.load(X + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]   # K = x[0]
     start = pid_m * rows_per_program
     end = tl.minimum(start + rows_per_program, M)
     n_full = (end - start) // BLOCK_M
@@ -69,7 +76,7 @@ def _stats_kernel(X, MEAN_P, M2_P, M, C, stride_x, rows_per_program,
             x_next = _tile(X, start + (i + 1) * BLOCK_M, end, cols, cmask, stride_x, BLOCK_M)
         else:
             x = _tile(X, start + i * BLOCK_M, end, cols, cmask, stride_x, BLOCK_M)
-        x = x.to(tl.float32)
+        x = x.to(tl.float32) - shift     # the statistics of d = x - K
         inv = 1.0 / (i + 1.0)
         d = x - mean                     # Welford: mean += d/k, M2 += d (x - mean_new)
         mean += d * inv
@@ -78,7 +85,7 @@ def _stats_kernel(X, MEAN_P, M2_P, M, C, stride_x, rows_per_program,
     rows = start + n_full * BLOCK_M + tl.arange(0, BLOCK_M)
     valid = rows < end
     x = tl.load(X + rows[:, None] * stride_x + cols[None, :],
-                mask=valid[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+                mask=valid[:, None] & cmask[None, :], other=0.0).to(tl.float32) - shift
     cnt = n_full + valid.to(tl.float32)
     d = tl.where(valid[:, None], x - mean, 0.0)
     mean += d / tl.maximum(cnt, 1.0)[:, None]
@@ -92,8 +99,8 @@ def _stats_kernel(X, MEAN_P, M2_P, M, C, stride_x, rows_per_program,
 
 
 @triton.jit
-def _combine_kernel(MEAN_P, M2_P, P, M, rows_per_program, MEAN, VAR, RSTD, RUN_MEAN, RUN_VAR,
-                    C, inv_m, unbias, momentum, eps, HAS_RUNNING: tl.constexpr,
+def _combine_kernel(X, MEAN_P, M2_P, P, M, rows_per_program, MEAN_D, MEAN, VAR, RSTD, RUN_MEAN,
+                    RUN_VAR, C, inv_m, unbias, momentum, eps, HAS_RUNNING: tl.constexpr,
                     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
@@ -105,7 +112,7 @@ def _combine_kernel(MEAN_P, M2_P, P, M, rows_per_program, MEAN, VAR, RSTD, RUN_M
         offs = ps[:, None].to(tl.int64) * C + cols[None, :]
         mean_i = tl.load(MEAN_P + offs, mask=mask, other=0.0)
         acc += n_i.to(tl.float32)[:, None] * mean_i
-    mu = tl.sum(acc, axis=0) * inv_m
+    mu = tl.sum(acc, axis=0) * inv_m                     # mean(d), d = x - K
     acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
     for p0 in range(0, P, BLOCK_P):
         ps = p0 + tl.arange(0, BLOCK_P)
@@ -115,9 +122,11 @@ def _combine_kernel(MEAN_P, M2_P, P, M, rows_per_program, MEAN, VAR, RSTD, RUN_M
         d = tl.load(MEAN_P + offs, mask=mask, other=0.0) - mu[None, :]
         acc += tl.load(M2_P + offs, mask=mask, other=0.0) + n_i.to(tl.float32)[:, None] * d * d
     var = tl.sum(acc, axis=0) * inv_m
+    tl.store(MEAN_D + cols, mu, mask=cmask)
+    mu += tl.load(X + cols, mask=cmask, other=0.0).to(tl.float32)   # mu = K + mean(d)
     tl.store(MEAN + cols, mu, mask=cmask)
     tl.store(VAR + cols, var, mask=cmask)
-    tl.store(RSTD + cols, 1.0 / tl.sqrt(var + eps), mask=cmask)
+    tl.store(RSTD + cols, inv_rms_or_nan(var, eps), mask=cmask)   # NaN, never 0, on overflow
     if HAS_RUNNING:
         rm = tl.load(RUN_MEAN + cols, mask=cmask, other=0.0).to(tl.float32)
         rv = tl.load(RUN_VAR + cols, mask=cmask, other=0.0).to(tl.float32)
@@ -129,8 +138,9 @@ def _combine_kernel(MEAN_P, M2_P, P, M, rows_per_program, MEAN, VAR, RSTD, RUN_M
 
 @triton.jit
 def _normalize_kernel(X, Y, MEAN, RSTD, W, B, M, C, stride_x, stride_y,
-                      HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+                      HAS_W: tl.constexpr, HAS_B: tl.constexpr, SHIFTED: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    # SHIFTED (batch statistics): MEAN holds mean(d), d = x - K, and x - mu = d - mean(d)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
@@ -141,7 +151,10 @@ def _normalize_kernel(X, Y, MEAN, RSTD, W, B, M, C, stride_x, stride_y,
     if HAS_W:
         scale = scale * tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
     # (x - mu) * (r w), not x * (r w) - mu r w: the latter cancels on mean-shifted columns
-    y = (x.to(tl.float32) - mean[None, :]) * scale[None, :]
+    x = x.to(tl.float32)
+    if SHIFTED:
+        x -= tl.load(X + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]   # d = x - K
+    y = (x - mean[None, :]) * scale[None, :]
     if HAS_B:
         y = y + tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
     tl.store(Y + rows[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
@@ -241,7 +254,8 @@ def _row_split(m: int, c: int, cfg: tuple, programs: int) -> tuple[int, int]:
 
 def _normalize(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
                weight: torch.Tensor | None, bias: torch.Tensor | None,
-               record: list | None = None) -> torch.Tensor:
+               record: list | None = None, shifted: bool = False) -> torch.Tensor:
+    """y = (x - mu) r w + b; ``shifted``: ``mean`` is mean(x - K), K the first row."""
     m, c = x.shape
     y = torch.empty((m, c), dtype=x.dtype, device=x.device)
 
@@ -250,7 +264,8 @@ def _normalize(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
         _launch.run(_normalize_kernel, (cdiv(m, bm), cdiv(c, bc)),
             x, y, mean, rstd, weight if weight is not None else x,
             bias if bias is not None else x, m, c, x.stride(0), y.stride(0),
-            HAS_W=weight is not None, HAS_B=bias is not None, BLOCK_M=bm, BLOCK_C=bc,
+            HAS_W=weight is not None, HAS_B=bias is not None, SHIFTED=shifted, BLOCK_M=bm,
+            BLOCK_C=bc,
             num_warps=warps, _record=rec)
 
     key = ("batch_norm_normalize", c, x.dtype, _tune.rows_bucket(m))
@@ -280,18 +295,17 @@ def _forward_replay(r: _Recipe, prep: tuple, device: torch.device, momentum: flo
     parts = torch.empty(2 * half, dtype=torch.float32, device=device)   # mean and M2 partials
     mean_p = parts.data_ptr()
     m2_p = mean_p + 4 * half
-    mean = torch.empty(c, dtype=torch.float32, device=device)
-    var = torch.empty_like(mean)
-    rstd = torch.empty_like(mean)
+    mean_d, mean, var, rstd = (torch.empty(c, dtype=torch.float32, device=device)
+                               for _ in range(4))             # each 16-byte aligned
     y = torch.empty((m, c), dtype=dtype, device=device)
     stream = _launch._stream(index)
     r.first(stream, x, mean_p, m2_p, m, c, stride_x, r.rows)
-    mean_ptr, var_ptr = mean.data_ptr(), var.data_ptr()
-    r.second(stream, mean_p, m2_p, r.programs, m, r.rows, mean_ptr, var_ptr,
+    mean_ptr, var_ptr, mean_d_ptr = mean.data_ptr(), var.data_ptr(), mean_d.data_ptr()
+    r.second(stream, x, mean_p, m2_p, r.programs, m, r.rows, mean_d_ptr, mean_ptr, var_ptr,
              rstd.data_ptr(), rm if has_running else mean_ptr, rv if has_running else var_ptr,
              c, 1.0 / m, m / (m - 1) if m > 1 else 1.0, float(momentum), float(eps))
     rstd_ptr = rstd.data_ptr()
-    r.third(stream, x, y.data_ptr(), mean_ptr, rstd_ptr, w, b, m, c, stride_x, c)
+    r.third(stream, x, y.data_ptr(), mean_d_ptr, rstd_ptr, w, b, m, c, stride_x, c)
     return y, mean, var, rstd, (_replay.handed_over(r.backward_facts, index, x, w, mean_ptr,
                                                     rstd_ptr) if prepare else None)
 
@@ -355,15 +369,14 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
         launch(_tune.choose(("batch_norm_stats", c, x.dtype, _tune.rows_bucket(m)),
                             _reduce_configs(c), launch, x.device), record)
         p, rows, mean_p, m2_p = parts["p"], parts["rows"], parts["mean"], parts["m2"]
-        mean = torch.empty(c, dtype=torch.float32, device=x.device)
-        var = torch.empty_like(mean)
-        rstd = torch.empty_like(mean)
+        mean_d, mean, var, rstd = (torch.empty(c, dtype=torch.float32, device=x.device)
+                                   for _ in range(4))
         # the combine kernel updates the buffers in place: a strided one is updated through a
         # contiguous copy, written back below
         rm, rv = (vector(running_mean), vector(running_var)) if has_running else (None, None)
         block_c = 64
         _launch.run(_combine_kernel, (cdiv(c, block_c),),
-            mean_p, m2_p, p, m, rows, mean, var, rstd,
+            x, mean_p, m2_p, p, m, rows, mean_d, mean, var, rstd,
             rm if has_running else mean, rv if has_running else var,
             c, 1.0 / m, m / (m - 1) if m > 1 else 1.0, float(momentum), float(eps),
             HAS_RUNNING=has_running, BLOCK_P=32, BLOCK_C=block_c, num_warps=4,
@@ -371,7 +384,7 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
         for buf, copy in ((running_mean, rm), (running_var, rv)):
             if copy is not buf:
                 buf.copy_(copy)
-        y = _normalize(x, mean, rstd, weight, bias, record)
+        y = _normalize(x, mean_d, rstd, weight, bias, record, shifted=True)
     facts = _replay.backward_facts("batch_norm", x, weight, bias is not None, b_dtype, True)
     _replay.keep(key, record, 3, lambda *bound: _Recipe(*bound, p, rows, facts))
     return y, mean, var, rstd, prepared(mean, rstd)

@@ -7,9 +7,13 @@ r"""LayerNorm forward and backward in Triton. The maths is ``ops.layer_norm``'s:
     dw = sum_rows(dy * xhat)          db = sum_rows(dy)
 
 Forward: one program normalises BLOCK_M whole rows held in registers (two-pass mean and
-variance, so mean-shifted rows keep their digits). It saves mean and r, 8 bytes a row, for
-the backward. Rows longer than ``MAX_FUSED_FWD`` go to a looped kernel that walks the row
-in chunks three times (sum, squared deviations, output).
+variance, so mean-shifted rows keep their digits). As in ``ops``, the row is first shifted
+by its first element K (one more load of a value already in cache): d = x - K,
+mu = K + mean(d), xc = d - mean(d), exactly 0 on a constant row, without mu's rounding on a
+row with a large mean. r is ``_stats.inv_rms_rows``: scaled where xc^2 overflows. It saves
+mean and r, 8 bytes a row, for the backward. Rows longer than ``MAX_FUSED_FWD`` go to a looped kernel that walks the row
+in chunks three times (sum, squared deviations, output); there r is NaN, never 0, where
+xc^2 overflows (``_stats.inv_rms_or_nan``).
 
 Backward: ``_row_backward``, shared with RMSNorm (persistent grid, float32 dw/db partials
 reduced by ``_reduce.sum_rows``; traffic: read x and dy, write dx, the minimum).
@@ -21,6 +25,7 @@ import triton
 import triton.language as tl
 
 from . import _launch, _replay, _row_backward, _tune
+from ._stats import inv_rms_or_nan, inv_rms_rows
 from ._common import cdiv, next_pow2, on_device, row_fwd_configs, unit_last_stride, vector
 
 #: widest row kept whole in registers by the forward / backward kernels; wider rows loop.
@@ -40,19 +45,22 @@ def _fwd_kernel(X, Y, W, B, MEAN, RSTD, M, N, stride_x, stride_y, eps,
     cmask = cols < N
     mask = rmask[:, None] & cmask[None, :]
     x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    mean = tl.sum(x, axis=1) / N
-    xc = x - mean[:, None]
-    if not EVEN_N:                                       # padding must not count in var
+    shift = tl.load(X + rows * stride_x, mask=rmask, other=0.0).to(tl.float32)   # K = x[0]
+    d = x - shift[:, None]                               # d = x - K
+    if not EVEN_N:                                       # padding must not count
+        d = tl.where(cmask[None, :], d, 0.0)
+    mean_d = tl.sum(d, axis=1) / N
+    xc = d - mean_d[:, None]                             # xc = d - mean(d)
+    if not EVEN_N:
         xc = tl.where(cmask[None, :], xc, 0.0)
-    var = tl.sum(xc * xc, axis=1) / N
-    rstd = 1.0 / tl.sqrt(var + eps)
+    rstd = inv_rms_rows(xc, tl.sum(xc * xc, axis=1) / N, eps, N)   # r = 1/sqrt(var + eps)
     y = xc * rstd[:, None]
     if HAS_W:
         y = y * tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
     if HAS_B:
         y = y + tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
     tl.store(Y + rows[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
-    tl.store(MEAN + rows, mean, mask=rmask)
+    tl.store(MEAN + rows, shift + mean_d, mask=rmask)   # mu = K + mean(d)
     tl.store(RSTD + rows, rstd, mask=rmask)
 
 
@@ -62,29 +70,31 @@ def _fwd_looped_kernel(X, Y, W, B, MEAN, RSTD, N, stride_x, stride_y, eps,
     row = tl.program_id(0).to(tl.int64)
     x_row = X + row * stride_x
     y_row = Y + row * stride_y
-    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for off in range(0, N, BLOCK_N):
-        cols = off + tl.arange(0, BLOCK_N)
-        acc += tl.load(x_row + cols, mask=cols < N, other=0.0).to(tl.float32)
-    mean = tl.sum(acc, axis=0) / N
+    shift = tl.load(x_row).to(tl.float32)               # K = x[0]
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
     for off in range(0, N, BLOCK_N):
         cols = off + tl.arange(0, BLOCK_N)
         x = tl.load(x_row + cols, mask=cols < N, other=0.0).to(tl.float32)
-        xc = tl.where(cols < N, x - mean, 0.0)
+        acc += tl.where(cols < N, x - shift, 0.0)        # d = x - K
+    mean_d = tl.sum(acc, axis=0) / N
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for off in range(0, N, BLOCK_N):
+        cols = off + tl.arange(0, BLOCK_N)
+        x = tl.load(x_row + cols, mask=cols < N, other=0.0).to(tl.float32)
+        xc = tl.where(cols < N, (x - shift) - mean_d, 0.0)
         acc += xc * xc
-    rstd = 1.0 / tl.sqrt(tl.sum(acc, axis=0) / N + eps)
+    rstd = inv_rms_or_nan(tl.sum(acc, axis=0) / N, eps)
     for off in range(0, N, BLOCK_N):
         cols = off + tl.arange(0, BLOCK_N)
         cmask = cols < N
         x = tl.load(x_row + cols, mask=cmask, other=0.0).to(tl.float32)
-        y = (x - mean) * rstd
+        y = ((x - shift) - mean_d) * rstd
         if HAS_W:
             y = y * tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
         if HAS_B:
             y = y + tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)
         tl.store(y_row + cols, y.to(Y.dtype.element_ty), mask=cmask)
-    tl.store(MEAN + row, mean)
+    tl.store(MEAN + row, shift + mean_d)
     tl.store(RSTD + row, rstd)
 
 

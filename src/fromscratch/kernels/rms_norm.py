@@ -12,7 +12,8 @@ backward adds the gradient that reached s directly (``HAS_DRES``):
     ds = r * (g - shat * mean(g * shat)) + ds_direct,     dx = dresidual = ds
 
 The layout of the work is LayerNorm's (see ``layer_norm.py``): forward rows in registers,
-a looped kernel for rows wider than ``MAX_FUSED_FWD``; the backward is LayerNorm's kernel
+r scaled where x^2 overflows (``_stats``), a looped kernel for rows wider than
+``MAX_FUSED_FWD`` (r NaN there on overflow); the backward is LayerNorm's kernel
 without the centring (``_row_backward``).
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ import triton
 import triton.language as tl
 
 from . import _launch, _replay, _row_backward, _tune
+from ._stats import inv_rms_or_nan, inv_rms_rows
 from ._common import cdiv, next_pow2, on_device, row_fwd_configs, unit_last_stride, vector
 
 MAX_FUSED_FWD = 16384
@@ -44,7 +46,7 @@ def _fwd_kernel(X, R, S, Y, W, RSTD, M, N, stride_x, stride_r, stride_s, stride_
         s = (x + r.to(tl.float32)).to(S.dtype.element_ty)   # the stored, rounded sum
         tl.store(S + rows[:, None] * stride_s + cols[None, :], s, mask=mask)
         x = s.to(tl.float32)
-    rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=1) / N + eps)
+    rstd = inv_rms_rows(x, tl.sum(x * x, axis=1) / N, eps, N)   # scaled where x^2 overflows
     y = x * rstd[:, None]
     if HAS_W:
         y = y * tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
@@ -71,7 +73,7 @@ def _fwd_looped_kernel(X, R, S, Y, W, RSTD, N, stride_x, stride_r, stride_s, str
         cols = off + tl.arange(0, BLOCK_N)
         x = _load_sum(X, R, S, row, stride_x, stride_r, cols, cols < N, HAS_RES)
         acc += x * x
-    rstd = 1.0 / tl.sqrt(tl.sum(acc, axis=0) / N + eps)
+    rstd = inv_rms_or_nan(tl.sum(acc, axis=0) / N, eps)       # NaN, never 0, on overflow
     for off in range(0, N, BLOCK_N):
         cols = off + tl.arange(0, BLOCK_N)
         cmask = cols < N
