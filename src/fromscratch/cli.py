@@ -19,14 +19,24 @@ SUBCOMMANDS = {
 
 def _demo(argv: list[str]) -> int:
     from .demos import DEMOS, run
-    p = argparse.ArgumentParser(prog="fromscratch demo",
-                                description="Run one demo, or all of them with no name.")
+    p = argparse.ArgumentParser(prog="fromscratch demo", add_help=False,
+                                description="Run one demo, or all of them with no name. "
+                                            "'fromscratch demo NAME --help' lists NAME's options.")
     p.add_argument("name", nargs="?", choices=sorted(DEMOS), help="the demo (default: all)")
     # declared here so that "demo --out DIR" is not read as a demo named DIR
     p.add_argument("--out", help="output folder (default: demo-output, one subfolder per demo)")
+    # -h is the demo's own when a demo is named, so it is passed on rather than answered here
+    p.add_argument("-h", "--help", action="store_true", help="show this help and exit")
     args, rest = p.parse_known_args(argv)
     if args.name:
-        return run(args.name, rest + (["--out", args.out] if args.out else []))
+        return run(args.name, rest + (["--help"] if args.help else [])
+                   + (["--out", args.out] if args.out else []))
+    if args.help:
+        p.print_help()
+        return 0
+    if rest:     # options of one demo, given to all of them
+        p.error(f"unrecognized arguments: {' '.join(rest)} (a demo's options need its name: "
+                f"fromscratch demo NAME {' '.join(rest)})")
     base = args.out or "demo-output"
     status = 0
     for name in DEMOS:

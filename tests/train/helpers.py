@@ -182,3 +182,20 @@ def sync_bn_data(sizes: tuple[int, ...]) -> tuple[list[torch.Tensor], list[torch
     w = torch.randn(5, generator=g, dtype=torch.float64)
     b = torch.randn(5, generator=g, dtype=torch.float64)
     return xs, dys, w, b
+
+
+# --- `fromscratch train` in this process ------------------------------------------------
+
+TINY = ["--points", "20", "--batch-size", "5", "--epochs", "2", "--no-progress"]   # 8 steps
+
+
+def train_cli(argv: list[str], capsys: Any) -> tuple[int, str, str]:
+    """Run ``fromscratch train ARGV`` here: (exit status, stdout, stderr); a usage error's
+    SystemExit becomes its status."""
+    from fromscratch import cli
+    try:
+        status = cli.main(["train", *argv])
+    except SystemExit as e:
+        status = int(e.code or 0)
+    out, err = capsys.readouterr()
+    return status, out, err

@@ -1,10 +1,9 @@
-"""What the NumPy-engine demos (sine, moons) share: a progress bar, the output folder,
-metrics.json, an animated GIF, and the closing list of files."""
+"""What the demos share: a progress bar, metrics.json, figures and an animated GIF (each
+written atomically: whole or not at all), and the closing list of files."""
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 from typing import Any, Callable, Iterator
 
@@ -13,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import animation  # noqa: E402
+
+from ..atomic import atomic_replace, atomic_write_text  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -28,20 +29,14 @@ def progress(description: str, total: int) -> Iterator[Callable[[int, float], No
         yield lambda done, loss: bar.update(task, completed=done, loss=loss)
 
 
-def out_dir(path: str) -> str:
-    os.makedirs(path, exist_ok=True)
-    return path
-
-
 def write_json(path: str, data: dict[str, Any]) -> str:
-    with open(path, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
     return path
 
 
 def save_figure(fig: plt.Figure, path: str, dpi: int = 100) -> str:
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    with atomic_replace(path) as tmp:       # the temporary name keeps the format's suffix
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -50,7 +45,8 @@ def save_gif(fig: plt.Figure, draw: Callable[[int], Any], frames: int, path: str
              fps: int = 5, dpi: int = 60) -> str:
     """Render ``draw(i)`` for i in range(frames) into an animated GIF (Pillow)."""
     anim = animation.FuncAnimation(fig, draw, frames=frames, blit=False)
-    anim.save(path, writer=animation.PillowWriter(fps=fps), dpi=dpi)
+    with atomic_replace(path) as tmp:
+        anim.save(tmp, writer=animation.PillowWriter(fps=fps), dpi=dpi)
     plt.close(fig)
     return path
 

@@ -12,7 +12,6 @@ over N processes, gloo): every step still covers the whole data set, and because
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -20,11 +19,13 @@ from pathlib import Path
 
 import torch
 
+from ..argtypes import output_folder, positive_int
 from ..train import fit
 from ..train import distributed as dd
 from ..train.tasks import cubic, mse_sum
 
 STEPS = 500
+POINTS = 100              # the notebook's data set: one micro-batch needs at least one point
 FRAME_EVERY = 25          # 20 frames of the fit, plus the untrained network
 NOTEBOOK_RANGE = (0.015, 0.018)   # the notebook's final loss for seeds 0..2, as the issue quotes
 
@@ -52,7 +53,7 @@ def train(seed: int = 0, steps: int = STEPS, accumulation_steps: int = 1,
     """500 full-batch SGD steps; each step's batch is ``world * accumulation_steps``
     micro-batches, dealt round-robin by ``fit`` over the processes."""
     _, world = dd.rank_and_world()
-    model, x, y = cubic(seed)
+    model, x, y = cubic(seed, n=POINTS)
     parts = world * accumulation_steps
     if not 1 <= parts <= len(x):
         raise ValueError(f"{parts} micro-batches per step, but only {len(x)} points")
@@ -80,19 +81,17 @@ def train(seed: int = 0, steps: int = STEPS, accumulation_steps: int = 1,
 
 def write(result: Result, out: Path) -> dict[str, Path]:
     """metrics.json, fit.png, loss.png and fit.gif in ``out``."""
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.animation import FuncAnimation, PillowWriter
 
-    out.mkdir(parents=True, exist_ok=True)
+    from . import _engine_demo as demo     # sets the Agg backend; writes files atomically
+
     paths = {name: out / name for name in ("metrics.json", "fit.png", "loss.png", "fit.gif")}
     metrics = {"final_loss": result.final_loss, "final_mse": result.final_mse,
                "steps": result.steps, "seed": result.seed,
                "accumulation_steps": result.accumulation_steps, "nproc": result.nproc,
                "notebook_range": NOTEBOOK_RANGE, "train_seconds": result.seconds,
                "loss": result.loss}
-    paths["metrics.json"].write_text(json.dumps(metrics, indent=1))
+    demo.write_json(str(paths["metrics.json"]), metrics)
     x, y = result.x.squeeze(1).numpy(), result.y.squeeze(1).numpy()
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -102,16 +101,14 @@ def write(result: Result, out: Path) -> dict[str, Path]:
     ax.set(title=f"cubic fit, final loss {result.final_loss:.4f}", xlabel="x", ylabel="y")
     ax.legend(loc="upper left")
     fig.tight_layout()
-    fig.savefig(paths["fit.png"], dpi=100)
-    plt.close(fig)
+    demo.save_figure(fig, str(paths["fit.png"]))
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.semilogy(range(1, len(result.loss) + 1), result.loss)
     ax.set(title="training loss (MSE)", xlabel="step", ylabel="loss")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(paths["loss.png"], dpi=100)
-    plt.close(fig)
+    demo.save_figure(fig, str(paths["loss.png"]))
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.scatter(x, y, s=8, color="0.5")
@@ -128,9 +125,7 @@ def write(result: Result, out: Path) -> dict[str, Path]:
         label.set_text(f"step {step}  loss = {loss:.4f}" if step else "step 0")
         return line, label
 
-    anim = FuncAnimation(fig, draw, frames=len(result.frames), blit=True)
-    anim.save(paths["fit.gif"], writer=PillowWriter(fps=6), dpi=80)
-    plt.close(fig)
+    demo.save_gif(fig, draw, len(result.frames), str(paths["fit.gif"]), fps=6, dpi=80)
     return paths
 
 
@@ -139,11 +134,18 @@ def parse(argv: list[str]) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seed", type=int, default=0, help="torch seed (model, then data)")
     p.add_argument("--out", default="demo-output/cubic")
-    p.add_argument("--accumulation-steps", type=int, default=1,
+    p.add_argument("--accumulation-steps", type=positive_int, default=1,
                    help="micro-batches per step on each process (the step stays full-batch)")
-    p.add_argument("--nproc", type=int, default=1, help="processes (torch.distributed, gloo)")
-    p.add_argument("--steps", type=int, default=STEPS)
-    return p.parse_args(argv)
+    p.add_argument("--nproc", type=positive_int, default=1,
+                   help="processes (torch.distributed, gloo)")
+    p.add_argument("--steps", type=positive_int, default=STEPS)
+    args = p.parse_args(argv)
+    if args.nproc * args.accumulation_steps > POINTS:
+        p.error(f"--nproc {args.nproc} x --accumulation-steps {args.accumulation_steps} = "
+                f"{args.nproc * args.accumulation_steps} micro-batches per step, but the data "
+                f"set has only {POINTS} points")
+    output_folder(p, args.out)
+    return args
 
 
 def run(args: argparse.Namespace) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import numpy_nn as nn
+from ..argtypes import output_folder, positive_int
 
 EPOCHS = 600
 NOISE = 0.15
@@ -109,13 +110,13 @@ def train(seed: int = 0, epochs: int = EPOCHS, lr: float = LR,
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fromscratch demo moons", description=__doc__.split("\n")[0])
     p.add_argument("--seed", type=int, default=0, help="seed of the data and the weights")
-    p.add_argument("--epochs", type=int, default=EPOCHS)
-    p.add_argument("--frames", type=int, default=14, help="frames in the GIF")
+    p.add_argument("--epochs", type=positive_int, default=EPOCHS)
+    p.add_argument("--frames", type=positive_int, default=14, help="frames in the GIF")
     p.add_argument("--out", default="demo-output/moons")
     args = p.parse_args(argv)
 
+    out = output_folder(p, args.out)
     from . import _engine_demo as demo
-    out = demo.out_dir(args.out)
     shots = demo.snapshot_epochs(args.epochs, args.frames)
     print(f"moons: MLP [2, 32, 32, 2] with ReLU, cross-entropy, Adam, {args.epochs} epochs, "
           f"seed {args.seed}")

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .. import numpy_nn as nn
+from ..argtypes import output_folder, positive_int
 
 
 @dataclass(frozen=True)
@@ -111,14 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
     p.add_argument("--seed-config", action="store_true",
                    help="the notebook's configuration, reproduced exactly")
-    p.add_argument("--epochs", type=int, default=EPOCHS)
-    p.add_argument("--frames", type=int, default=16, help="frames in the GIF")
+    p.add_argument("--epochs", type=positive_int, default=EPOCHS)
+    p.add_argument("--frames", type=positive_int, default=16, help="frames in the GIF")
     p.add_argument("--out", default="demo-output/sine")
     args = p.parse_args(argv)
 
+    out = output_folder(p, args.out)
     from . import _engine_demo as demo
     config = NOTEBOOK if args.seed_config else DEFAULT
-    out = demo.out_dir(args.out)
     shots = demo.snapshot_epochs(args.epochs, args.frames)
     print(f"sine: [1, 25, 1] sigmoid network, {args.epochs} epochs, {config.name} "
           f"configuration ({config.optimizer}, lr {config.lr}), seed {args.seed}")

@@ -28,6 +28,8 @@ import torch
 from torch import nn
 
 from .. import nn as ours
+from ..argtypes import output_folder
+from ..atomic import atomic_write_text
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
           "bfloat16": torch.bfloat16}
@@ -228,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=os.path.join("demo-output", "verify"),
                    help="folder for verify.json")
     args = p.parse_args(argv)
+    output_folder(p, args.out)
     from rich.console import Console
 
     start = time.perf_counter()
@@ -241,12 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     failed = [f"{r.layer} {r.dtype}" for r in rows if not r.passed]
     console.print(f"{len(rows) - len(failed)} of {len(rows)} pass"
                   + (f"; FAILED: {', '.join(failed)}" if failed else "") + f" ({seconds:.1f} s)")
-    os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "verify.json")
-    with open(path, "w") as f:
-        json.dump({"passed": not failed, "torch": torch.__version__, "shape": list(SHAPE),
-                   "seconds": round(seconds, 3),
-                   "rows": [{**asdict(r), "passed": r.passed} for r in rows]}, f, indent=1)
+    atomic_write_text(path, json.dumps({
+        "passed": not failed, "torch": torch.__version__, "shape": list(SHAPE),
+        "seconds": round(seconds, 3),
+        "rows": [{**asdict(r), "passed": r.passed} for r in rows]}, indent=1))
     console.print(f"wrote {path}")
     return 1 if failed else 0
 

@@ -240,13 +240,14 @@ def _check_folder(folder: Path, rank: int) -> None:
 
 def _nonfinite_message(problem: str, step: int, epoch: int, first: int, last: int,
                        path: Path | None, last_saved: int | None) -> str:
-    where = (f"step {step} (epoch {epoch + 1}, micro-batches {first + 1}..{last} of the epoch): "
-             f"{problem}; no step was taken")
+    batches = f"micro-batch {last}" if last == first + 1 else f"micro-batches {first + 1}..{last}"
+    where = f"step {step} (epoch {epoch + 1}, {batches}): {problem}; no step was taken"
+    hint = " (to skip such steps: on_nonfinite='skip', fromscratch train --skip-nonfinite)"
     if path is None:
-        return where + " (on_nonfinite='skip' would skip such steps)"
+        return where + hint
     kept = (f"{path} still holds step {last_saved}, the last good one" if last_saved is not None
             else f"no checkpoint had been written to {path} yet")
-    return f"{where} and nothing was saved: {kept} (on_nonfinite='skip' would skip such steps)"
+    return f"{where} and nothing was saved: {kept}{hint}"
 
 
 def _window_step(ddp: nn.Module, batches: list[Any], history: History, *, net: nn.Module,
