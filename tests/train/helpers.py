@@ -11,14 +11,17 @@ from torch import nn
 
 from fromscratch.nn import BatchNorm, SyncBatchNorm
 from fromscratch.train import fit
+from fromscratch.train.fit import NonFiniteError
 
 IGNORE = -100
 T, FEATURES, CLASSES = 6, 4, 3
 
 
-def token_batches(n_batches: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def token_batches(n_batches: int, seed: int = 0,
+                  poison: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Micro-batches of 1..4 sequences of T tokens; a random tail of each is padding
-    (target IGNORE), so micro-batches hold different numbers of items."""
+    (target IGNORE), so micro-batches hold different numbers of items. Micro-batch
+    ``poison`` gets an inf input (its loss and gradient are then NaN)."""
     g = torch.Generator().manual_seed(seed)
     batches = []
     for i in range(n_batches):
@@ -28,6 +31,8 @@ def token_batches(n_batches: int, seed: int = 0) -> list[tuple[torch.Tensor, tor
         lengths = torch.randint(1, T + 1, (b,), generator=g)
         y[torch.arange(T) >= lengths[:, None]] = IGNORE
         batches.append((x, y))
+    if poison is not None:
+        batches[poison][0][0, 0, 0] = float("inf")
     return batches
 
 
@@ -132,11 +137,16 @@ def fit_worker(rank: int, cfgs: dict[str, dict[str, Any]], out: str) -> None:
                 return allreduce_hook(None, bucket)
             net.register_comm_hook(None, hook)
         loss_fn: Callable[..., Any] = ce_mean if cfg.get("mean_loss") else ce_sum
-        history = fit(net, token_batches(cfg["n_batches"]), loss_fn, optimizer,
-                      scheduler=scheduler, epochs=cfg["epochs"], accumulation_steps=cfg["k"],
-                      max_grad_norm=cfg.get("max_grad_norm"), progress=False)
+        try:
+            history = fit(net, token_batches(cfg["n_batches"], poison=cfg.get("poison")),
+                          loss_fn, optimizer, scheduler=scheduler, epochs=cfg["epochs"],
+                          accumulation_steps=cfg["k"], max_grad_norm=cfg.get("max_grad_norm"),
+                          on_nonfinite=cfg.get("on_nonfinite", "raise"), progress=False)
+        except NonFiniteError as e:   # every rank must raise it, or the others would hang
+            results[name] = {"error": str(e)}
+            continue
         results[name] = {"params": {k: v.cpu() for k, v in params(model).items()},
-                         "loss": history.loss,
+                         "loss": history.loss, "skipped": history.skipped,
                          "items": history.items, "lr": history.lr, "syncs": syncs["n"]}
     if rank == 0:
         torch.save(results, Path(out) / "fit.pt")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,11 @@ CONFIGS = {
     "mean-loss": dict(n_batches=9, k=1, epochs=1, optimizer="sgd", mean_loss=True),
     # SyncBatchNorm inside DDP, with the empty micro-batch in the last window
     "sync-bn": dict(n_batches=9, k=1, epochs=2, optimizer="sgd", norm="sync"),
+    # an inf input in micro-batch 5, which only rank 1 sees: both ranks skip step 3 (or
+    # both stop: one that went on alone would wait for the other until the timeout)
+    "nonfinite-skip": dict(n_batches=9, k=1, epochs=1, optimizer="sgd", poison=5,
+                           on_nonfinite="skip"),
+    "nonfinite-raise": dict(n_batches=9, k=1, epochs=1, optimizer="sgd", poison=5),
 }
 
 
@@ -40,7 +46,8 @@ def one_process(cfg, k, batches=None, norm=None):
     history = fit(model, batches or token_batches(cfg["n_batches"]),
                   ce_mean if cfg.get("mean_loss") else ce_sum, optimizer, scheduler=scheduler,
                   epochs=cfg["epochs"], accumulation_steps=k,
-                  max_grad_norm=cfg.get("max_grad_norm"), progress=False)
+                  max_grad_norm=cfg.get("max_grad_norm"),
+                  on_nonfinite=cfg.get("on_nonfinite", "raise"), progress=False)
     return params(model), history
 
 
@@ -71,6 +78,14 @@ def test_two_gloo_processes(tmp_path):
     got = results["sync-bn"]
     assert max_diff(got["params"], ref) < 1e-12, "sync-bn"
     assert got["loss"] == pytest.approx(history.loss, rel=1e-12, abs=0)
+
+    # a non-finite window seen by rank 1 only: skipped (or stopped on) by both ranks alike
+    cfg, got = CONFIGS["nonfinite-skip"], results["nonfinite-skip"]
+    ref, history = one_process(cfg, 2, batches=token_batches(9, poison=5))
+    assert got["skipped"] == history.skipped == [3]
+    assert max_diff(got["params"], ref) < 1e-12, "nonfinite-skip"
+    assert re.match(r"step 3 \(epoch 1, micro-batches 5\.\.6\): the (loss|gradient norm) is nan",
+                    results["nonfinite-raise"]["error"])
 
 
 def test_deal_is_round_robin_and_pads():

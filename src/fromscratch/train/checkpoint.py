@@ -25,6 +25,7 @@ import torch
 from ..atomic import atomic_write
 
 CHECKPOINT = "checkpoint.pt"
+ZIP_START = b"PK\x03\x04"     # a zip archive's first local file header
 
 
 class CheckpointError(RuntimeError):
@@ -53,11 +54,14 @@ def load(path: str | os.PathLike[str], map_location: Any = "cpu",
     if size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
     # torch.save writes a zip archive whose directory is its last record: a file cut short
-    # loses it, so this tells "truncated" apart from what torch.load would say about it.
+    # loses it, so this tells "truncated" and "not a checkpoint" apart before torch.load.
     if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"checkpoint {path} is truncated or is not a torch checkpoint: "
-                              f"{size} bytes without the zip directory torch.save ends with "
-                              f"(it starts with {_head(path)})")
+        head = _head(path)
+        if head.startswith(ZIP_START):
+            raise CheckpointError(f"checkpoint {path} is truncated: {size} bytes of a zip "
+                                  f"archive (as torch.save writes) without its end")
+        raise CheckpointError(f"checkpoint {path} is not a torch checkpoint: {size} bytes "
+                              f"that are not a zip archive (they start with {head!r})")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -79,9 +83,9 @@ def load(path: str | os.PathLike[str], map_location: Any = "cpu",
     return state
 
 
-def _head(path: Path, n: int = 16) -> str:
+def _head(path: Path, n: int = 16) -> bytes:
     with open(path, "rb") as f:
-        return repr(f.read(n))
+        return f.read(n)
 
 
 def _unpickler_reason(error: Exception) -> str:
