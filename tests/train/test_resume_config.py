@@ -13,14 +13,6 @@ from fromscratch.train.runconfig import ResumeError
 from .helpers import TINY, train_cli
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_resume_lists_every_changed_setting(tmp_path, capsys):
     ck = ["--checkpoint-dir", str(tmp_path / "ck")]
     assert train_cli([*TINY, *ck, "--out", str(tmp_path / "a")], capsys)[0] == 0
