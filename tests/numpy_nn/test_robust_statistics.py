@@ -11,7 +11,6 @@ from tests._compare import TOL, assert_close
 import torch
 
 RTOL, ATOL = TOL[torch.float32]
-pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 
 
 def spread(m, n, mean, scale, seed=0):

@@ -6,6 +6,7 @@ returns the module itself. Only the spellings that differ live here.
 """
 from __future__ import annotations
 
+import contextlib
 from types import ModuleType
 from typing import Any
 
@@ -143,6 +144,12 @@ def sumsq(a: Array) -> Array:
     return vecdot(a, a)[..., None]          # differentiable twice, also where a = 0
 
 
+def overflow_ok(a: Array) -> contextlib.AbstractContextManager[Any]:
+    """Where squares may overflow and ``inv_rms`` then scales the row, the answer is right:
+    NumPy's "overflow encountered" warning would only alarm the caller (torch never warns)."""
+    return contextlib.nullcontext() if is_torch(a) else np.errstate(over="ignore")
+
+
 def inv_rms(a: Array, eps: float, ms: Array | None = None, axis: int = -1) -> Array:
     r"""r = 1 / sqrt(mean(a^2) + eps) along ``axis`` (-1: per row, kept as (..., 1); 0: per
     column of an (M, C) array, shape (C,)); ``ms`` is mean(a^2) where the caller has it.
@@ -156,14 +163,14 @@ def inv_rms(a: Array, eps: float, ms: Array | None = None, axis: int = -1) -> Ar
 
     A row holding inf keeps r = 0, as torch's (LayerNorm's row is NaN anyway; RMSNorm's is
     NaN at the inf and 0 elsewhere, as torch.nn.RMSNorm), one holding NaN stays NaN. The
-    second computation runs only when a
-    row overflowed; where that check would need a host sync or cannot be taken (CUDA,
+    second computation runs only when a row overflowed; where that check would need a host sync or cannot be taken (CUDA,
     torch.compile, torch.func transforms) both run and ``where`` picks, the same numbers.
     """
     xp = namespace(a)
     n = a.shape[axis]
     if ms is None:
-        ms = sumsq(a) / n if axis == -1 else sum_rows(a * a) / n
+        with overflow_ok(a):
+            ms = sumsq(a) / n if axis == -1 else sum_rows(a * a) / n
     rstd = 1.0 / xp.sqrt(ms + eps)
     over = xp.isinf(ms)
     if not _always(a) and not bool(over.any()):

@@ -41,7 +41,8 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-from ._xp import Array, addcmul, empty_like, inv_rms, isub, mul, namespace, row_blocks, sub, sum_rows
+from ._xp import (Array, addcmul, empty_like, inv_rms, isub, mul, namespace, overflow_ok,
+                  row_blocks, sub, sum_rows)
 from .layer_norm import affine
 
 # Rows per block: about 2 MB of them. Measured as ours / torch.nn.BatchNorm1d, forward +
@@ -156,7 +157,8 @@ def forward(x: Array, weight: Array | None = None, bias: Array | None = None,
     if mean is None:
         shift, mean_d = _shifted_mean(x)          # K and mean(x - K)
         mean = shift + mean_d                                                 # (1)
-        xc, m2, _, _ = _centred_sums(x, shift, mean_d)  # the one new array: x - mu, then y
+        with overflow_ok(x):                       # inv_rms scales a channel whose xc^2 overflows
+            xc, m2, _, _ = _centred_sums(x, shift, mean_d)  # the one new array: x - mu, then y
         var = m2 / x.shape[0]                      # biased: the batch's own spread   (2)
         rstd = inv_rms(xc, eps, var, axis=0)       # never 0 where xc^2 overflows
     else:
