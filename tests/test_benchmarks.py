@@ -76,7 +76,10 @@ def test_host_overhead_times_every_op_and_restores_the_kernels(tmp_path):
     for op, cells in table.items():        # fwd, fwd+bwd, to the backward's launch; torch's two
         fwd, both, to_bwd, *torch_cells = map(float, cells)
         assert len(torch_cells) == 2 and min(fwd, to_bwd, *torch_cells) > 0, (op, cells)
-        assert to_bwd < both, f"{op}: the backward launched after the step ended? {cells}"
+        # within one step the backward launches before the step ends; the two columns are
+        # medians of separate runs, though, which a busy machine (CI's other worker) can
+        # swap: only a gross error (the wrong launch taken as the backward's) is a failure
+        assert to_bwd < 2 * both, f"{op}: the backward launched after the step ended? {cells}"
     assert floor[3:] == ["-", "-"] and 0 < float(floor[2]) < float(floor[1]), floor
 
 
