@@ -71,16 +71,20 @@ def test_host_overhead_times_every_op_and_restores_the_kernels(tmp_path):
     table = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]] for r in rows[1:]}
     floor = table.pop("floor (autograd, nothing else)")
     custom_op = table.pop("layer_norm through its custom op, called eagerly")
-    assert custom_op[3:] == ["-", "-"] and 0 < float(custom_op[2]) < float(custom_op[1])
+    assert custom_op[3:] == ["-", "-"] and launched_within_the_step(*custom_op[1:3]), custom_op
     assert set(table) == set(host.OPS)
     for op, cells in table.items():        # fwd, fwd+bwd, to the backward's launch; torch's two
         fwd, both, to_bwd, *torch_cells = map(float, cells)
         assert len(torch_cells) == 2 and min(fwd, to_bwd, *torch_cells) > 0, (op, cells)
-        # within one step the backward launches before the step ends; the two columns are
-        # medians of separate runs, though, which a busy machine (CI's other worker) can
-        # swap: only a gross error (the wrong launch taken as the backward's) is a failure
-        assert to_bwd < 2 * both, f"{op}: the backward launched after the step ended? {cells}"
-    assert floor[3:] == ["-", "-"] and 0 < float(floor[2]) < float(floor[1]), floor
+        assert launched_within_the_step(both, to_bwd), f"{op}: backward after the step? {cells}"
+    assert floor[3:] == ["-", "-"] and launched_within_the_step(*floor[1:3]), floor
+
+
+def launched_within_the_step(both: str | float, to_bwd: str | float) -> bool:
+    """Within one step the backward launches before the step ends, but the two columns are
+    medians of separate runs, which a busy machine (CI's other worker) can swap by a few
+    percent: only a gross error (the wrong launch taken as the backward's) fails."""
+    return 0 < float(to_bwd) < 2 * float(both)
 
 
 def test_gpu_benchmark_names_a_contender_that_writes_into_a_shared_input():
