@@ -19,10 +19,10 @@ same way, writes mu and r, and updates the running statistics in place. A third 
 normalises. As in ``ops``, the statistics are those of x shifted by the batch's first row
 K (each program loads it, C values): d = x - K, mu = K + mean(d), and the normalise kernel
 computes x - mu as (x - K) - mean(d): exactly 0 on a constant channel, without mu's
-rounding on a channel with a large mean. Where the squares overflow (|x| beyond 1.8e19),
-var is inf and r NaN, never 0: scaling would need one more pass over the batch. The
-backward uses the saved, rounded mu, as torch's kernel does. The backward is two passes too: the column sums sum(dy) and sum(dy xhat)
-(partials, then ``_reduce.sum_rows``), then dx.
+rounding on a channel with a large mean. Where the squares overflow (|x| beyond 1.8e19), var
+is inf and r NaN, never 0: scaling would need one more pass over the batch. The backward
+uses the saved, rounded mu, as torch's kernel does. The backward is two passes too: the
+column sums sum(dy) and sum(dy xhat) (partials, then ``_reduce.sum_rows``), then dx.
 
 Memory traffic is therefore 3 MN elements forward (x twice, y once) and 5 MN backward,
 8 MN in all, against 5 MN for a row norm: statistics over a batch larger than the cache

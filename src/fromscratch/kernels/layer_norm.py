@@ -11,9 +11,9 @@ variance, so mean-shifted rows keep their digits). As in ``ops``, the row is fir
 by its first element K (one more load of a value already in cache): d = x - K,
 mu = K + mean(d), xc = d - mean(d), exactly 0 on a constant row, without mu's rounding on a
 row with a large mean. r is ``_stats.inv_rms_rows``: scaled where xc^2 overflows. It saves
-mean and r, 8 bytes a row, for the backward. Rows longer than ``MAX_FUSED_FWD`` go to a looped kernel that walks the row
-in chunks three times (sum, squared deviations, output); there r is NaN, never 0, where
-xc^2 overflows (``_stats.inv_rms_or_nan``).
+mean and r, 8 bytes a row, for the backward. Rows longer than ``MAX_FUSED_FWD`` go to a
+looped kernel that walks the row in chunks three times (sum, squared deviations, output);
+there r is NaN, never 0, where xc^2 overflows (``_stats.inv_rms_or_nan``).
 
 Backward: ``_row_backward``, shared with RMSNorm (persistent grid, float32 dw/db partials
 reduced by ``_reduce.sum_rows``; traffic: read x and dy, write dx, the minimum).

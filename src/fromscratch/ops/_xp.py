@@ -163,8 +163,9 @@ def inv_rms(a: Array, eps: float, ms: Array | None = None, axis: int = -1) -> Ar
 
     A row holding inf keeps r = 0, as torch's (LayerNorm's row is NaN anyway; RMSNorm's is
     NaN at the inf and 0 elsewhere, as torch.nn.RMSNorm), one holding NaN stays NaN. The
-    second computation runs only when a row overflowed; where that check would need a host sync or cannot be taken (CUDA,
-    torch.compile, torch.func transforms) both run and ``where`` picks, the same numbers.
+    second computation runs only when a row overflowed; where that check would need a host
+    sync or cannot be taken (CUDA, torch.compile, torch.func transforms) both run and
+    ``where`` picks, the same numbers.
     """
     xp = namespace(a)
     n = a.shape[axis]

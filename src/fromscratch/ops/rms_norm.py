@@ -8,9 +8,10 @@ Backward, with g = dy * w (eqs. 4, 5 and 7):
 
     dx = r * (g - xhat * mean(g * xhat))          dw = sum_rows(dy * xhat)
 
-r is ``_xp.inv_rms``: where x^2 overflows (float32: |x| beyond 1.8e19) it scales the row
-by max|x| first, so xhat is right (about +-1), never 0. No mean is subtracted, so unlike LayerNorm there is no mean(g) term. As in layer_norm,
-the only new full-size arrays are xhat and y (forward) and dx (backward).
+r is ``_xp.inv_rms``: where x^2 overflows (float32: |x| beyond 1.8e19) it scales the row by
+max|x| first, so xhat is right (about +-1), never 0. No mean is subtracted, so unlike
+LayerNorm there is no mean(g) term. As in layer_norm, the only new full-size arrays are xhat
+and y (forward) and dx (backward).
 """
 from __future__ import annotations
 
