@@ -11,14 +11,14 @@
 3. Times, for LayerNorm, RMSNorm, Dropout (p=0.1), BatchNorm channels-last and the fused
    residual add + RMSNorm, forward and forward+backward of: ours (backend="triton"),
    torch eager, torch.compile (dynamic=False, one compiled function per op and shape;
-   LayerNorm and RMSNorm, as DESIGN.md's table), Liger-Kernel when importable, and the seed
+   LayerNorm and RMSNorm only), Liger-Kernel when importable, and the seed
    notebook's formula. ``triton.testing.do_bench`` (CUDA events, L2 flushed before every
    call, median); each configuration is measured ``--runs`` times, interleaved, and the
    table shows the median run and the spread (min-max) across runs.
-4. Byte model (DESIGN.md): forward reads x and writes y, 2 M N elements; forward+backward
+4. Byte model (docs/kernels.md, "Byte model and benchmark"): forward reads x and writes y, 2 M N elements; forward+backward
    adds reading x and dy and writing dx, 5 M N; dropout's backward reads dy and a 1-byte mask
    and writes dx, so its forward+backward is 4 M N elements + M N bytes; BatchNorm as the
-   norms. The fused residual RMSNorm (not in DESIGN.md) reads x and residual and writes s and
+   norms. The fused residual RMSNorm (ours, not a peer's op) reads x and residual and writes s and
    y (4 M N), and its backward reads s, dy, ds and writes d(sum) (4 M N): 8 M N in all.
    GB/s = bytes / median time; % = GB/s / copy bandwidth.
 
@@ -582,7 +582,7 @@ def report(meta: dict[str, Any], results: dict[str, Any], checks: list[dict[str,
              f"- copy bandwidth (y.copy_(x), {meta['copy_numel']} bf16 elements): "
              f"**{meta['copy_GBps']:.0f} GB/s** "
              f"(runs: {', '.join(f'{v:.0f}' for v in meta['copy_runs'])})",
-             "- bf16 activations; byte model of the design notes (see benchmarks/gpu_kernels.py); "
+             "- bf16 activations; byte model of docs/kernels.md (see benchmarks/gpu_kernels.py); "
              f"timing: {meta['timer']}",
              f"- steps that replayed their launches (fromscratch.kernels._replay), per op: "
              f"{meta['replays'] or 'none'}",

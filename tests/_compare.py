@@ -1,4 +1,4 @@
-"""Comparing our numbers with a reference, with DESIGN.md's tolerances and readable failures.
+"""Comparing our numbers with a reference, with the tolerances of docs/conventions.md and readable failures.
 
 References are float64, computed from the *already rounded* low-precision inputs, so a
 tolerance measures our error only, not the rounding of the test data.
@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-# DESIGN.md, "Numerics and tolerances": (rtol, atol) per working dtype
+# docs/conventions.md, "tolerances": (rtol, atol) per working dtype
 TOL: dict[torch.dtype, tuple[float, float]] = {
     torch.float64: (1e-7, 1e-7),
     torch.float32: (1.3e-6, 1e-5),

@@ -35,7 +35,7 @@ def f64(t: torch.Tensor | None) -> torch.Tensor | None:
 def close(mine: torch.Tensor, ref: torch.Tensor, what: str, dtype: torch.dtype,
           reduced_over: int | None = None, cond: np.ndarray | float = 0.0,
           scale: float = 1.0) -> None:
-    """DESIGN.md's tolerance for ``dtype`` (outputs are stored in it), times ``scale`` for
+    """docs/conventions.md's tolerance for ``dtype`` (outputs are stored in it), times ``scale`` for
     quantities that add many rounded terms, plus ``cond``: the condition-aware term
     c * eps32 * max|x| / std for float32 maths on mean-shifted rows."""
     rtol, atol = tol(dtype, reduced_over)

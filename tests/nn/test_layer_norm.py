@@ -1,5 +1,5 @@
 """fromscratch.nn.LayerNorm against torch.nn.LayerNorm: float64 tight, then fp32 / fp16 /
-bf16 against a float64 reference built from the rounded inputs (DESIGN.md tolerances)."""
+bf16 against a float64 reference built from the rounded inputs (the tolerances of docs/conventions.md)."""
 from __future__ import annotations
 
 import pytest

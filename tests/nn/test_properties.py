@@ -2,7 +2,7 @@
 rows and non-contiguous inputs (transposed and strided views), against torch in float64.
 
 fp32 LayerNorm / BatchNorm on rows with a large mean and a small spread lose digits in any
-implementation, so there the tolerance is DESIGN.md's condition-aware one:
+implementation, so there the tolerance is the condition-aware one of docs/conventions.md:
 1e-5 + c eps32 max|x| / sqrt(var + eps) per row (c = 8; two-pass statistics need about 2,
 E[x^2] - E[x]^2 would need ~1/eps32)."""
 from __future__ import annotations

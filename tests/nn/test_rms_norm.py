@@ -1,5 +1,5 @@
 """fromscratch.nn.RMSNorm against torch.nn.RMSNorm: float64 tight, then fp32 / fp16 / bf16
-against a float64 reference built from the rounded inputs (DESIGN.md tolerances).
+against a float64 reference built from the rounded inputs (the tolerances of docs/conventions.md).
 
 eps=None is float32's machine epsilon for fp32/fp16/bf16 input and float64's for float64
 input, as torch; the data hold a row whose mean square is near eps so a wrong eps shows."""

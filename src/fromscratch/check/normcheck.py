@@ -456,7 +456,7 @@ class NormBattery:
         xd = x.double()
         want = self.expected(xd, self.m_eps, self.e(torch.float32))
         dims = self.m_eps.dims
-        # condition-aware tolerance (DESIGN.md): 1e-5 + c eps32 max|x| / std per row
+        # condition-aware tolerance (docs/conventions.md): 1e-5 + c eps32 max|x| / std per row
         std = xd.std(dims, keepdim=True)
         tol = 1e-5 + 8 * torch.finfo(torch.float32).eps * xd.abs().amax(dims, keepdim=True) / std
         err = (o.y.double() - want).abs()

@@ -33,7 +33,7 @@ from ..atomic import atomic_write_text
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
           "bfloat16": torch.bfloat16}
-# docs/conventions.md, "tolerances" (the project's design notes): (rtol, atol)
+# docs/conventions.md, "tolerances": (rtol, atol)
 TOLERANCE = {torch.float64: (1e-7, 1e-7), torch.float32: (1.3e-6, 1e-5),
              torch.float16: (1e-3, 1e-3), torch.bfloat16: (2e-2, 2e-2)}
 SHAPE = (6, 20, 300)        # (batch, sequence, hidden): 120 rows of 300
