@@ -17,12 +17,12 @@ Backward, with g = dy * w (eqs. 5, 6 and 8):
     dw = sum_rows(dy * xhat)       db = sum_rows(dy)
 
 Arrays may be NumPy or torch; the caller flattens ``normalized_shape`` into the last axis.
-The backward rebuilds xc from the saved (rounded) mu the same way, d = x - mu, xc = d - mean(d),
-so its xhat is the forward's to the last digits. Like torch's own kernel, the cache keeps x,
-mu and r, not xhat: the forward allocates one
-full-size array (y) and the backward one (dx), recomputing xhat = (x - mu) r where it needs
-it. They update those arrays in place, never an array they were given (see
-``_xp.may_overwrite``), so torch can still differentiate this backward (double backward).
+The backward rebuilds xc from the saved (rounded) mu the same way, d = x - mu and
+xc = d - mean(d), so its xhat is the forward's to the last digits. Like torch's own kernel,
+the cache keeps x, mu and r, not xhat: the forward allocates one full-size array (y) and the backward
+one (dx), recomputing xhat = (x - mu) r where it needs it. They update those arrays in
+place, never an array they were given (see ``_xp.may_overwrite``), so torch can still
+differentiate this backward (double backward).
 """
 from __future__ import annotations
 
