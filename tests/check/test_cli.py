@@ -67,7 +67,7 @@ def test_json_gradient_report(capsys):
     ("nowhere.py:LayerNorm", "no such file"),
     (f"{FIXTURES / 'seed_layernorm.py'}:Nope", "has no 'Nope'; it defines: LayerNorm"),
     (f"{FIXTURES / 'seed_layernorm.py'}", "expected FILE.py:ClassName"),
-    (f"{FIXTURES / 'seed_layernorm.py'}:test_layer_norm", "not a torch.nn.Module"),
+    (f"{FIXTURES / 'seed_layernorm.py'}:test_layer_norm", "is a function but neither a torch.nn.Module"),
 ])
 def test_unloadable_exits_2_with_the_reason(capsys, target, message):
     code, out, err = run(capsys, "layernorm", target)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from fromscratch.check import check_layer
+from fromscratch.check import LoadError, check_layer
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "check"
-W, F = "wrong", "fragile"
+W, F, V = "wrong", "fragile", "variant"
 KINDS = {"layernorm": "LayerNorm", "rmsnorm": "RMSNorm", "batchnorm": "BatchNorm",
          "dropout": "Dropout"}
 
@@ -36,12 +36,12 @@ CORRECT = [(f, kind, {}) for f in ("fromscratch_layers.py", "torch_wrapped.py",
                                    "handwritten_correct.py") for kind in KINDS]
 
 BUGGY = [
-    ("ln_eps_outside.py", "layernorm", {"eps-outside-sqrt": F, "fp16-overflow": F}),
+    ("ln_eps_outside.py", "layernorm", {"eps-outside-sqrt": V, "fp16-overflow": F}),
     ("ln_wrong_dim.py", "layernorm", {"wrong-dims": W, "fp16-overflow": F}),
     ("ln_unbiased.py", "layernorm", {"unbiased-variance": W, "fp16-overflow": F,
                                      "tuple-shape": F}),
     ("ln_annotated_transformer.py", "layernorm", {"unbiased-variance": W,
-                                                  "eps-outside-sqrt": F}),
+                                                  "eps-outside-sqrt": V}),
     ("ln_no_keepdim.py", "layernorm", {"missing-keepdim": W}),
     ("ln_detached_stats.py", "layernorm", {"stats-detached": W, "fp16-overflow": F}),
     ("ln_custom_backward.py", "layernorm", {"wrong-backward": W, "fp16-overflow": F}),
@@ -66,6 +66,10 @@ BUGGY = [
     ("dropout_fixed_mask.py", "dropout", {"mask-not-fresh": W}),
     ("dropout_classic.py", "dropout", {"non-inverted": W}),
     ("dropout_shared_mask.py", "dropout", {"mask-shared": W}),
+    # dims wrong on 3-D input, right on 2-D, where the biased running_var still shows
+    ("bn_dim0_biased_running.py", "batchnorm", {"wrong-dims": W, "running-shape": W,
+                                                "running-var-biased": W, "fp16-overflow": F}),
+    ("ln_grad_mode.py", "layernorm", {"mode-follows-grad": W, "fp16-overflow": F}),
 ]
 
 
@@ -223,3 +227,44 @@ def test_tuple_shape_finding_names_the_last_dimension():
     assert f.title == "normalized_shape=(3, 5) is accepted, but only the last dimension is " \
         "normalised", f.title
     assert "(4, 3, 5)" in f.evidence[0]
+
+
+SEQUENCES = [
+    ("dropout_global_p.py", "Dropout", {"reads-global": W, "p-not-validated": F}),
+    ("dropout_global_p.py", "FixedDropout", {}),
+    ("dropout_sequences.py", "SharedOverBatchAndTime", {"mask-shared": W, "p-not-validated": F,
+                                                        "p-one-nan": F}),
+    ("dropout_sequences.py", "LockedNoRescale", {"no-rescale": W, "locked-dropout": V}),
+]
+
+
+@pytest.mark.parametrize("file,cls,expected", SEQUENCES, ids=[c for _, c, _ in SEQUENCES])
+def test_dropout_as_people_write_it(file, cls, expected):
+    """p with no default behind a metaclass, p read from a global, masks shared along a
+    dimension of (batch, time, features) input: by mistake, or by design (named)."""
+    report = check_layer("dropout", f"{FIXTURES / file}:{cls}")
+    assert report.ids() == expected, "\n" + show(report)
+
+
+def test_a_global_p_is_measured_not_guessed():
+    report = check_layer("dropout", f"{FIXTURES / 'dropout_global_p.py'}:Dropout")
+    f = report.get("reads-global")
+    assert f.title == "forward reads the module's global `p`, not the layer's own p"
+    assert "the file defines no global p" in f.evidence[0]
+    assert "constructed with p = 0.1 and the module's global p = 0.5, it keeps" in f.evidence[1]
+    assert "the metaclass PrePostInit hides the constructor's signature; read from __init__" \
+        in report.notes
+
+
+def test_p_given_reaches_a_constructor_hidden_by_a_metaclass():
+    report = check_layer("dropout", f"{FIXTURES / 'dropout_global_p.py'}:FixedDropout", p=0.3)
+    assert report.settings["p"] == 0.3 and report.settings["p from"] == "given on the command line"
+    assert any(c.name == "keep rate at p=0.3" and c.status == "pass" for c in report.checks)
+
+
+def test_a_layer_that_does_not_take_tensors_cannot_be_checked():
+    """A plain class that fails on every tensor (micrograd's lists of scalars) is not called
+    wrong: exit 2, saying why."""
+    with pytest.raises(LoadError, match="is not a torch.nn.Module and fails on every tensor "
+                                        "input tried"):
+        check_layer("layernorm", f"{FIXTURES / 'not_tensors.py'}:LayerNorm")

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "check"
 RUNAWAY = FIXTURES / "runaway.py"
 EXITS = FIXTURES / "exits.py"
-ORDINARY = "on a (4, 7, 37) float64 input (probe: forward on ordinary inputs)"
+ORDINARY = "on a (4, 7, 37) float64 input (probe: building the layer)"
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str, float]:
@@ -55,7 +55,8 @@ def command(*argv: str, limit: float = 180) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("target,timeout,running", [
     (f"{RUNAWAY}:LoopsInForward", 1, f"running LoopsInForward.forward {ORDINARY}"),
-    (f"{RUNAWAY}:LoopsInInit", 1, "constructing LoopsInInit(hidden_size=37)"),
+    (f"{RUNAWAY}:LoopsInInit", 1, "constructing LoopsInInit(hidden_size=37) (probe: building "
+                                  "the layer)"),
     (f"{FIXTURES / 'runaway_import.py'}:LayerNorm", 1, "importing runaway_import.py"),
     # it gets as far as the gradient probe; meta's first forward imports for a while
     (f"{RUNAWAY}:LoopsInBackward", 3, "running the backward of LoopsInBackward.forward on "

@@ -145,3 +145,66 @@ def test_mapping_override_and_unknown_name():
     assert m.get("weight").path == "betta" and m.get("bias").path == "gamma"
     with pytest.raises(KeyError, match="no tensor 'w'"):
         mapping.map_tensors(Named(5), 5, ROLES, {"weight": "w"})
+
+
+class AxisWithDefault(nn.Module):              # ESPnet: LayerNorm(nout, dim=-1)
+    def __init__(self, nout, dim=-1):
+        super().__init__()
+        self.n, self.dim = nout, dim
+
+
+class SizeThenDim(nn.Module):                  # litgpt: RMSNorm(size, dim=-1, eps=1e-6)
+    def __init__(self, size: int, dim: int = -1, eps: float = 1e-6):
+        super().__init__()
+        self.n, self.dim = size, dim
+
+
+class RequiredFlag(nn.Module):                 # nanoGPT: LayerNorm(ndim, bias)
+    def __init__(self, ndim, bias):
+        super().__init__()
+        self.n, self.bias_on = ndim, bias
+
+
+@pytest.mark.parametrize("cls,size_arg", [(AxisWithDefault, "nout"), (SizeThenDim, "size"),
+                                          (RequiredFlag, "ndim")])
+def test_the_size_goes_to_a_required_argument_not_an_axis(cls, size_arg):
+    sig = loader.signature(cls, needs_size=True)
+    assert sig.size == size_arg
+    inst = loader.construct(cls, sig, 37, {})
+    assert inst.n == 37 and getattr(inst, "dim", -1) == -1
+
+
+def test_a_required_flag_is_tried_on_then_off():
+    sig = loader.signature(RequiredFlag, needs_size=True)
+    assert [fixed for _, fixed in sig.choices] == [{"bias": True}, {"bias": False}]
+    assert loader.construct(RequiredFlag, sig, 8, {}).bias_on is True
+
+
+def test_a_rank_argument_is_tried_as_2_4_3():
+    class D2l(nn.Module):                      # d2l: BatchNorm(num_features, num_dims)
+        def __init__(self, num_features, num_dims):
+            super().__init__()
+    sig = loader.signature(D2l, needs_size=True)
+    assert [fixed["num_dims"] for _, fixed in sig.choices] == [2, 4, 3]
+
+
+def test_p_as_an_argument_of_forward():
+    class Locked(nn.Module):                   # AWD-LSTM: forward(x, dropout=0.5)
+        def forward(self, x, dropout=0.5):
+            return x
+    sig = loader.signature(Locked, needs_size=False, forward_roles=("p",))
+    assert sig.forward_arg == {"p": "dropout"} and sig.default("p") == 0.5 and sig.takes("p")
+
+
+def test_a_metaclass_that_hides_the_signature_is_looked_through():
+    class Meta(type):
+        def __call__(cls, *args, **kwargs):
+            return super().__call__(*args, **kwargs)
+
+    class Hidden(nn.Module, metaclass=Meta):
+        def __init__(self, p):
+            super().__init__()
+            self.p = p
+    sig = loader.signature(Hidden, needs_size=False)
+    assert sig.hidden_by == "Meta" and sig.role_arg == {"p": "p"}
+    assert loader.construct(Hidden, sig, None, {"p": 0.2}).p == 0.2

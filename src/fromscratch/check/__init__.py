@@ -51,6 +51,7 @@ def check_layer(kind: str, target: str, eps: float | None = None,
         torch.manual_seed(0)
         subject = probes.open_subject(kind, target, roles, SIZE[kind], given, params)
         report = Report(kind, target)
+        report.notes.extend(subject.notes)
         battery.run(subject, report)
     report.notes.extend(session.notes)
     report.settings = {k: v for k, v in subject.settings.items()}

@@ -14,12 +14,12 @@ from __future__ import annotations
 import torch
 
 from ..ops import batch_norm as bn
-from . import guard, source
+from . import guard, modulelike, source
 from .guard import probe
 from .findings import Report, finding
-from .normcheck import NormBattery, NormSpec
+from .normcheck import NormBattery, NormSpec, channels_first
 from .normmodel import agree, normalise_with
-from .probes import Subject, call, close, diff, randn, shape_str
+from .probes import Subject, call, close, diff, generator, randn, shape_str
 
 STEPS = 3
 
@@ -95,10 +95,27 @@ class BatchNormBattery(NormBattery):
         super().__init__(subject, SPEC, report)
         self.momentum = subject.settings.get("momentum", 0.1)
         self.has_running = True
+        self.eval_grad = True         # eval() checked with gradients on, as people may
 
-    def batches(self) -> list[torch.Tensor]:
+    def batches(self, shape: tuple[int, ...] | None = None) -> list[torch.Tensor]:
         """STEPS batches whose channel means move from step to step."""
-        return [channels_like_people_have(self.shape, self.gen) + 2.0 * k for k in range(STEPS)]
+        return [channels_like_people_have(shape or self.shape, self.gen) + 2.0 * k
+                for k in range(STEPS)]
+
+    def graph_and_shape(self, inst, shape: tuple[int, ...], start: dict[str, tuple]) -> None:
+        """After training steps the running statistics hold no graph and keep their shape."""
+        for role in ("running_mean", "running_var"):
+            t = self.s.tensor(inst, role)
+            path = self.s.mapping.get(role).path
+            if t.requires_grad or t.grad_fn is not None:
+                self.r.add(finding("running-graph", f"after {STEPS} training steps on "
+                                   f"{tuple(shape)} inputs that require grad, {path}.grad_fn "
+                                   f"= {type(t.grad_fn).__name__ if t.grad_fn else None}: the "
+                                   f"graphs of earlier steps stay reachable from it"))
+            if tuple(t.shape) != start[role]:
+                self.r.add(finding("running-shape", f"{path} has shape {tuple(t.shape)} after "
+                                   f"a training step on {tuple(shape)} input; it was "
+                                   f"{start[role]}"))
 
     def running_values(self, inst) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         out = []
@@ -112,7 +129,33 @@ class BatchNormBattery(NormBattery):
         self.buffers()
         if self.has_running:
             self.running()
+        self.grad_mode()
         self.evaluation()
+
+    @probe("train/eval and grad mode")
+    def grad_mode(self) -> None:
+        """A layer whose mode follows torch.is_grad_enabled() (d2l's batch_norm) normalises
+        with the running statistics in train() under torch.no_grad(), and with the batch's
+        in eval() with gradients on. Then eval() is checked under torch.no_grad(), where
+        its eval branch runs."""
+        c, gen = self.size, generator(2)   # its own draws: the other probes' stay the same
+        w, b = 1.0 + 0.5 * randn((c,), gen), 0.5 * randn((c,), gen)
+        x = channels_like_people_have(self.shape, gen)
+        outs = {(train, grad): call(self.make(c, w, b, train=train), x, grad=grad)
+                for train in (True, False) for grad in (True, False)}
+        if not all(o.ok for o in outs.values()):
+            return
+        y = {k: o.y.double() for k, o in outs.items()}
+        follows = (not close(y[True, True], y[True, False]) and close(y[True, False],
+                   y[False, False]) and close(y[False, True], y[True, True]))
+        self.r.check("mode follows train()/eval(), not grad mode", not follows)
+        if follows:
+            self.eval_grad = False
+            self.r.add(finding("mode-follows-grad", [
+                f"on {shape_str(x)} input: train() under torch.no_grad() gives the eval() "
+                f"output (running statistics), {diff(y[True, False], y[True, True])} from "
+                f"train() with gradients on",
+                "eval() with gradients on gives the train() output (batch statistics)"]))
 
     # -- buffers ------------------------------------------------------------------------
     @probe("running statistics are buffers")
@@ -124,6 +167,10 @@ class BatchNormBattery(NormBattery):
             self.r.check("running statistics exist", False)
             self.r.add(finding("no-running-stats", f"no running mean/variance among its "
                                f"tensors: {[p for p, _ in inst.state_dict().items()]}"))
+            return
+        if not modulelike.is_module(inst):
+            self.r.check("running statistics are buffers", None, "a plain class: see "
+                         "not-a-module")
             return
         plain = [s.path for s in slots.values() if s.kind == "plain"]
         self.r.check("running statistics are buffers", not plain)
@@ -146,33 +193,33 @@ class BatchNormBattery(NormBattery):
     # -- running statistics -------------------------------------------------------------
     @probe("running statistics")
     def running(self) -> None:
+        """Graph and shape after training steps on every input shape the forward took; the
+        values on the shape where the batch statistics are right (``self.shape``)."""
+        self.gen = generator(16)   # each probe its own draws
         c = self.size
-        w, b = 1.0 + 0.5 * randn((c,), self.gen), 0.5 * randn((c,), self.gen)
-        inst = self.make(c, w, b)
-        rm0, rv0 = self.running_values(inst)
-        xs = self.batches()
-        seen: list[tuple] = []
-        for x in xs:
-            o = call(inst, x.clone().requires_grad_(True), grad=True)
-            if not o.ok:
-                self.r.check("running statistics", False, o.why())
-                return
-            seen.append(self.running_values(inst))
-        # graph and shape
-        for role in ("running_mean", "running_var"):
-            t = self.s.tensor(inst, role)
-            path = self.s.mapping.get(role).path
-            if t.requires_grad or t.grad_fn is not None:
-                self.r.add(finding("running-graph", f"after {STEPS} training steps on inputs "
-                                   f"that require grad, {path}.grad_fn = "
-                                   f"{type(t.grad_fn).__name__ if t.grad_fn else None}: the "
-                                   f"graphs of earlier steps stay reachable from it"))
-            if tuple(t.shape) != (c,):
-                self.r.add(finding("running-shape", f"{path} has shape {tuple(t.shape)} after "
-                                   f"a training step on {tuple(self.shape)} input, expected "
-                                   f"({c},)"))
+        results = {}
+        for shape in dict.fromkeys([self.shape] + [r[2] for r in self.ran if r[1] == c]):
+            w, b = 1.0 + 0.5 * randn((c,), self.gen), 0.5 * randn((c,), self.gen)
+            inst = self.make(c, w, b)
+            start = {r: tuple(self.s.tensor(inst, r).shape)
+                     for r in ("running_mean", "running_var")}
+            rm0, rv0 = self.running_values(inst)
+            xs = self.batches(shape)
+            seen: list[tuple] = []
+            for x in xs:
+                o = call(inst, x.clone().requires_grad_(True), grad=True)
+                if not o.ok:
+                    self.r.check(f"running statistics on {tuple(shape)} input", False, o.why())
+                    break
+                seen.append(self.running_values(inst))
+            else:
+                results[shape] = (rm0, rv0, xs, seen)
+                self.graph_and_shape(inst, shape, start)
         self.r.check("running statistics detached", not self.r.has("running-graph"))
         self.r.check("running statistics keep their shape", not self.r.has("running-shape"))
+        if self.shape not in results:
+            return
+        rm0, rv0, xs, seen = results[self.shape]
         if self.m0.dims != SPEC.ref_dims(len(self.shape)):
             self.r.check("running statistics values", None, "skipped: batch statistics are "
                          "taken over the wrong dims")
@@ -247,6 +294,7 @@ class BatchNormBattery(NormBattery):
     # -- eval ---------------------------------------------------------------------------
     @probe("eval() with the running statistics")
     def evaluation(self) -> None:
+        self.gen = generator(17)   # each probe its own draws
         c = self.size
         w, b = 1.0 + 0.5 * randn((c,), self.gen), 0.5 * randn((c,), self.gen)
         inst = self.make(c, w, b)
@@ -254,9 +302,9 @@ class BatchNormBattery(NormBattery):
             call(inst, x)
         rm0, rv0 = self.running_values(inst)
         with guard.running(f"calling {self.s.cls.__name__}.eval()"):
-            inst.eval()
+            modulelike.set_mode(inst, False)
         x = channels_like_people_have(self.shape, self.gen) + 5.0
-        o = call(inst, x)
+        o = call(inst, x, grad=self.eval_grad)
         if not o.ok:
             self.r.check("eval()", False, o.why())
             self.r.add(finding("forward-error", f"in eval(): {o.why()}",
@@ -319,29 +367,6 @@ class BatchNormBattery(NormBattery):
         return normalise_with(x.double(), mean, var, m, e)
 
 
-@probe("channels-last or channels-first")
-def channels_first_rank(subject: Subject) -> int | None:
-    """None for a channels-last layer (the seed's layout), which takes (2, 3, C); for a
-    channels-first one (torch.nn.BatchNorm1d/2d/3d's layout) the rank of the (N, C, ...)
-    input it takes, tried as 3, 4 and 5 dims."""
-    c = SPEC.probes[0][0]
-    gen = torch.Generator().manual_seed(0)
-    x = channels_like_people_have((2, 3, c), gen)
-    if call(subject.make(c), x).ok:
-        return None
-    for rank in (3, 4, 5):
-        x = randn((2, c) + (3,) * (rank - 2), gen)
-        o = call(subject.make(c), x)
-        if o.ok and o.y.shape == x.shape:
-            return rank
-    return None
-
-
 def run(subject: Subject, report: Report) -> None:
-    subject.channels_first = channels_first_rank(subject)
-    if subject.channels_first is not None:
-        report.notes.append(
-            f"channels-first: it takes (N, C, ...) input ({subject.channels_first} dims); each "
-            "check's channels-last input (N, ..., C) reaches it as (N, C, L" +
-            ", 1" * (subject.channels_first - 3) + "), L the product of the dims between")
+    channels_first(subject, SPEC, report)
     BatchNormBattery(subject, report).run()

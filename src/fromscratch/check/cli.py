@@ -28,7 +28,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("target", metavar="FILE.py:ClassName")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--strict", action="store_true",
-                   help="exit 1 on fragile findings too")
+                   help="exit 1 on fragile and variant findings too")
     p.add_argument("--eps", type=float, help="eps to construct the layer with")
     p.add_argument("--momentum", type=float, help="BatchNorm momentum to construct with")
     p.add_argument("--p", type=float, help="dropout probability to construct with")

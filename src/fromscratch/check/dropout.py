@@ -7,6 +7,10 @@ although the draws are random.
     mistakes       randn > p keeps P(Z > p) (46% at p = 0.1); rand < p keeps p
     scale          kept units must be x / (1 - p); 1 means no rescaling, E[y] = (1 - p) x
     fresh masks    two calls draw different masks; rows (columns) do not share one
+    sequences      on (batch, time, features) input, a mask shared along a dimension is
+                   named: locked (variational) dropout, word dropout, drop path; these are
+                   deliberate variants, and their keep rate and scale are still checked
+    globals        a forward that reads the module's ``p`` instead of ``self.p``
     eval           the identity, exactly
     gradient       dx = dy * keep / (1 - p), with the layer's own mask
     p              1.5 and -0.1 must raise; p = 1 gives zeros, not NaN
@@ -20,13 +24,15 @@ import math
 import torch
 
 from ..ops import dropout as dr
-from . import guard, source
+from . import guard, loader, modulelike, source
 from .guard import probe
 from .findings import Report, finding
 from .loader import LoadError
+from .normcheck import not_on_tensors
 from .probes import Subject, backward_call, call, close, diff, read_setting
 
 N_ROWS, N_COLS = 400, 250
+SEQUENCES = (40, 50, 50)        # (batch, time, features): 100 000 units, as the 2-D input
 Z_LIMIT = 5.0
 
 
@@ -59,6 +65,33 @@ def choose_p(subject: Subject) -> None:
             del subject.passed["p"]
 
 
+def shared_dims(keep: torch.Tensor) -> tuple[int, ...]:
+    """The dims along which the mask does not change (one draw shared along each)."""
+    if not 0 < int(keep.sum()) < keep.numel():
+        return ()
+    return tuple(d for d in range(keep.dim()) if keep.shape[d] > 1 and
+                 bool((keep == keep.narrow(d, 0, 1)).all()))
+
+
+def independent(keep: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """The draws themselves: index 0 along every shared dim."""
+    return keep[tuple(slice(0, 1) if d in dims else slice(None) for d in range(keep.dim()))]
+
+
+def sequence_variant(dims: tuple[int, ...]) -> tuple[str, str] | None:
+    """Name the deliberate variant a (batch, time, features) mask shared along ``dims`` is."""
+    if dims in ((0,), (1,)):
+        layout = "time-first (time, batch, features)" if dims == (0,) else \
+            "batch-first (batch, time, features)"
+        return "locked-dropout", (f"one mask per sequence, reused at every time step: shared "
+                                  f"along dim {dims[0]}, the time dim of {layout} input")
+    if dims == (2,):
+        return "word-dropout", "one draw per token, shared along the features (dim 2)"
+    if dims == (1, 2):
+        return "drop-path", "one draw per sample, shared along every dim but the batch dim"
+    return None
+
+
 class DropoutBattery:
     def __init__(self, subject: Subject, report: Report):
         self.s, self.r = subject, report
@@ -66,6 +99,7 @@ class DropoutBattery:
         self.self_train = source.tests_self_train(subject.cls)
         self.train_rate = float("nan")
         self.scale_ok = False
+        self.shape: tuple[int, ...] = (N_ROWS, N_COLS)    # 3-D for a sequences-only layer
 
     def make(self, train: bool = True, dtype=None, p: float | None = None):
         values = dict(self.s.passed)
@@ -73,11 +107,16 @@ class DropoutBattery:
             values["p"] = p
         return self.s.make(None, dtype, train=train, values=values)
 
-    def x(self, dtype=torch.float32) -> torch.Tensor:
+    def x(self, dtype=torch.float32, shape: tuple[int, ...] | None = None) -> torch.Tensor:
         g = torch.Generator().manual_seed(7)
-        return (1.0 + torch.rand((N_ROWS, N_COLS), generator=g)).to(dtype)   # no zeros
+        return (1.0 + torch.rand(shape or self.shape, generator=g)).to(dtype)   # no zeros
+
+    def small(self, rows: int) -> tuple[int, ...]:
+        """A small input of the layer's kind: (rows, cols) or (rows, time, features)."""
+        return (rows, N_COLS // 10) if len(self.shape) == 2 else (rows, 6, 7)
 
     def run(self) -> None:
+        self.reads_global()
         if not self.train_mode():
             return
         self.evaluation()
@@ -87,24 +126,83 @@ class DropoutBattery:
         self.half(torch.bfloat16)
         self.device()
 
+    # -- a global p ---------------------------------------------------------------------
+    @probe("p read from a global")
+    def reads_global(self) -> None:
+        """forward reads the module's ``p`` (fastbook's ``bernoulli_(1-p)``): with the
+        constructor's p and the global set apart, the keep rate says which one it uses."""
+        names = [n for n in self.s.global_reads if n in loader.P_NAMES + loader.KEEP_NAMES]
+        if not names:
+            return
+        name, line = names[0], self.s.global_reads[names[0]]
+        defined = name not in self.s.globals
+        p_global = 0.5 if abs(self.p - 0.5) > 0.1 else 0.2
+        self.s.globals[name] = p_global
+        x = self.x()
+        torch.manual_seed(8)
+        o = call(self.make(), x)
+        self.s.globals[name] = self.p             # from here on: the layer's own p
+        where = (f"the file's own global {name} is used" if defined else
+                 f"the file defines no global {name}: forward raises NameError unless one "
+                 f"exists")
+        if not o.ok:
+            self.r.add(finding("reads-global", [f"`{name}` at line {line} of the class is "
+                                                f"not an argument or local: {where}",
+                                                f"with the global {name} = {p_global}: "
+                                                f"{o.why()}"]))
+            return
+        kept = float((o.y != 0).double().mean())
+        follows = abs(kept - (1 - p_global)) < abs(kept - (1 - self.p))
+        self.r.check("p is the layer's own, not a global", not follows)
+        if follows:
+            self.r.add(finding("reads-global", [
+                f"`{name}` at line {line} of the class is not an argument or local: {where}",
+                f"constructed with p = {self.p} and the module's global {name} = {p_global}, "
+                f"it keeps {kept:.1%} of units: the global's rate"],
+                title=f"forward reads the module's global `{name}`, not the layer's own p",
+                fix=f"self.{name}"))
+
     # -- training: keep rate, scale, fresh masks ----------------------------------------
-    @probe("keep rate and scale in training")
-    def train_mode(self) -> bool:
-        p, x = self.p, self.x()
-        inst = self.make()
+    def first_forward(self, inst) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The training forward on 100 000 units: 2-D, or (batch, time, features) for a layer
+        that takes only sequences (AWD-LSTM's LockedDropout indexes x.size(2))."""
+        x = self.x()
         torch.manual_seed(1)
         o = call(inst, x)
+        if o.ok and o.y.shape == x.shape:
+            return x, o.y
+        why = o.why() if not o.ok else f"output shape {tuple(o.y.shape)}"
+        x3 = self.x(shape=SEQUENCES)
+        torch.manual_seed(1)
+        o3 = call(inst, x3)
+        if o3.ok and o3.y.shape == x3.shape:
+            self.shape = SEQUENCES
+            self.two_d = (f"on {tuple(x.shape)} float32 input {why}; the checks use "
+                          f"(batch, time, features) input {SEQUENCES}")
+            return x3, o3.y
+        self.r.check("forward in training", False, why)
+        if not issubclass(self.s.cls, torch.nn.Module):
+            raise LoadError(not_on_tensors(self.s.cls.__name__, why))
         if not o.ok:
-            self.r.check("forward in training", False, o.why())
-            self.r.add(finding("forward-error", f"on {tuple(x.shape)} float32 input: {o.why()}"))
+            self.r.add(finding("forward-error", f"on {tuple(x.shape)} float32 input: {why}"))
+        else:
+            self.r.add(finding("shape-changed", f"input {tuple(x.shape)} gives output "
+                               f"{tuple(o.y.shape)}"))
+        return None
+
+    @probe("keep rate and scale in training")
+    def train_mode(self) -> bool:
+        p = self.p
+        inst = self.make()
+        self.two_d = ""
+        got = self.first_forward(inst)
+        if got is None:
             return False
-        y = o.y.double()
+        x, y = got[0], got[1].double()
         keep = y != 0
-        # a mask shared by every row (column) is one draw per column (row): test that draw
-        some = 0 < int(keep.sum()) < keep.numel()
-        rows = some and bool((keep == keep[:1]).all())
-        cols = some and bool((keep == keep[:, :1]).all())
-        drawn = keep[0] if rows else keep[:, 0] if cols else keep
+        shared = shared_dims(keep)
+        # a mask shared along some dims is one draw per the others: test those draws
+        drawn = independent(keep, shared)
         n, k = drawn.numel(), int(drawn.sum())
         rate = k / n
         self.train_rate = rate
@@ -119,60 +217,95 @@ class DropoutBattery:
         scale_ok = binary and abs(s / expect - 1.0) < 1e-3
         self.scale_ok = scale_ok and k < n            # the reference's scale, measured
         self.r.check("kept units scaled by 1/(1-p)", scale_ok, f"scale {s:.4g}")
-        ev = (f"on {n} {'independent ' if rows or cols else ''}units at p={p}: kept {k} "
+        ev = (f"on {n} {'independent ' if shared else ''}units at p={p}: kept {k} "
               f"({rate:.1%}), expected {1 - p:.0%} "
               f"(binomial z = {z:.0f}); E[y] = {rate * s:.3f} x in training")
         if not rate_ok:
-            head = f"keeps {rate:.0%} of units at p={p}, expected {1 - p:.0%}"
-            if abs(z_score(k, n, keep_share_of_randn(p))) < Z_LIMIT:
-                self.r.add(finding("randn-mask", ev, title=f"{head}: the mask is drawn from "
-                                   f"randn, not rand"))
-            elif abs(z_score(k, n, p)) < Z_LIMIT:
-                if binary and p > 0 and abs(s * p - 1.0) < 1e-3:   # consistently: scale 1/p
-                    ev += ("; kept units are scaled by 1/p, consistent with p as the keep "
-                           "probability")
-                    scale_ok = True
-                self.r.add(finding("keep-drop-confused", ev, title=f"{head}: p is used as the "
-                                   f"keep probability"))
-            elif k == n:
-                self.r.add(finding("keep-rate", ev, title=f"drops nothing in training at p={p}"))
-            else:
-                self.r.add(finding("keep-rate", ev, title=head))
+            self.rate_findings(k, n, p, s, binary, ev)
+            scale_ok = scale_ok or self.r.has("keep-drop-confused") and binary and \
+                p > 0 and abs(s * p - 1.0) < 1e-3
         if k == n:
             pass                    # nothing dropped: the rate finding says it all
         elif not binary:
             self.r.add(finding("mask-not-binary", f"kept units are scaled by factors from "
                                f"{float(ratio.min()):.3g} to {float(ratio.max()):.3g}"))
         elif not scale_ok:
-            ev_s = (f"kept units are x * {s:.4g}, expected x / (1 - p) = x * {expect:.4g}; "
-                    f"E[y] = {rate * s:.3f} x in training")
-            if abs(s - 1.0) < 1e-3:
-                self.r.add(finding("no-rescale", ev_s, title=f"kept units are not scaled by "
-                                   f"1/(1 - p): E[y] = {rate:.2f} x in training, x in eval"))
-            elif abs(s - (1.0 - p)) < 1e-3:
-                self.r.add(finding("wrong-scale", ev_s, title="kept units are multiplied by "
-                                   "(1 - p) instead of divided by it"))
-            elif p > 0 and abs(s * p - 1.0) < 1e-3:
-                self.r.add(finding("wrong-scale", ev_s, title="kept units are scaled by 1/p, "
-                                   "not 1/(1 - p)"))
-            else:
-                self.r.add(finding("wrong-scale", ev_s))
-        # a fresh mask on every call, of x's full shape
+            self.scale_findings(s, p, rate, expect)
+        # a fresh mask on every call
         torch.manual_seed(2)
         o2 = call(inst, x)
         if o2.ok and 0 < k < n:      # (a mask that keeps all or nothing is always "the same")
-            keep2 = o2.y != 0
-            fresh = not torch.equal(keep, keep2)
+            fresh = not torch.equal(keep, o2.y != 0)
             self.r.check("a fresh mask on every call", fresh)
             if not fresh:
                 self.r.add(finding("mask-not-fresh", f"two training calls on the same input "
                                    f"drop exactly the same {n - k} units"))
-            self.r.check("mask has x's full shape", not (rows or cols))
-            if rows or cols:
-                axis = "row" if rows else "column"
-                self.r.add(finding("mask-shared", f"on {tuple(x.shape)} input every {axis} has "
-                                   f"the same mask", title=f"one mask is shared by every {axis}"))
+        self.sharing(shared)
         return True
+
+    def rate_findings(self, k: int, n: int, p: float, s: float, binary: bool, ev: str) -> None:
+        rate = k / n
+        head = f"keeps {rate:.0%} of units at p={p}, expected {1 - p:.0%}"
+        if abs(z_score(k, n, keep_share_of_randn(p))) < Z_LIMIT:
+            self.r.add(finding("randn-mask", ev, title=f"{head}: the mask is drawn from "
+                               f"randn, not rand"))
+        elif abs(z_score(k, n, p)) < Z_LIMIT:
+            if binary and p > 0 and abs(s * p - 1.0) < 1e-3:   # consistently: scale 1/p
+                ev += ("; kept units are scaled by 1/p, consistent with p as the keep "
+                       "probability")
+            self.r.add(finding("keep-drop-confused", ev, title=f"{head}: p is used as the "
+                               f"keep probability"))
+        elif k == n:
+            self.r.add(finding("keep-rate", ev, title=f"drops nothing in training at p={p}"))
+        else:
+            self.r.add(finding("keep-rate", ev, title=head))
+
+    def scale_findings(self, s: float, p: float, rate: float, expect: float) -> None:
+        ev_s = (f"kept units are x * {s:.4g}, expected x / (1 - p) = x * {expect:.4g}; "
+                f"E[y] = {rate * s:.3f} x in training")
+        if self.shape != (N_ROWS, N_COLS):
+            ev_s += f" (on {self.shape} (batch, time, features) input)"
+        if abs(s - 1.0) < 1e-3:
+            self.r.add(finding("no-rescale", ev_s, title=f"kept units are not scaled by "
+                               f"1/(1 - p): E[y] = {rate:.2f} x in training, x in eval"))
+        elif abs(s - (1.0 - p)) < 1e-3:
+            self.r.add(finding("wrong-scale", ev_s, title="kept units are multiplied by "
+                               "(1 - p) instead of divided by it"))
+        elif p > 0 and abs(s * p - 1.0) < 1e-3:
+            self.r.add(finding("wrong-scale", ev_s, title="kept units are scaled by 1/p, "
+                               "not 1/(1 - p)"))
+        else:
+            self.r.add(finding("wrong-scale", ev_s))
+
+    @probe("masks on (batch, time, features) input")
+    def sharing(self, shared: tuple[int, ...]) -> None:
+        """A mask shared along a dimension: on (batch, time, features) input a deliberate
+        variant (locked / variational dropout, word dropout, drop path), named; otherwise
+        (every sample dropping the same units) a mistake."""
+        shared3 = shared
+        if len(self.shape) == 2:
+            x3 = self.x(shape=SEQUENCES)
+            torch.manual_seed(9)
+            o3 = call(self.make(), x3)
+            shared3 = shared_dims(o3.y != 0) if o3.ok and o3.y.shape == x3.shape else None
+        variant = sequence_variant(shared3) if shared3 else None
+        self.r.check("mask has x's full shape", not shared and not shared3)
+        if self.two_d:
+            self.r.notes.append(self.two_d)
+        if variant is not None:
+            id, what = variant
+            self.r.add(finding(id, f"on {SEQUENCES} (batch, time, features) input: {what}"
+                               + (f"; on {(N_ROWS, N_COLS)} input the mask is shared along "
+                                  f"dim {shared[0]}" if shared and len(self.shape) == 2
+                                  else "")))
+        elif shared or shared3:
+            dims, shape = (shared, self.shape) if shared else (shared3, SEQUENCES)
+            axis = {(0,): "row", (1,): "column"}.get(dims) if len(shape) == 2 else None
+            title = (f"one mask is shared by every {axis}" if axis else
+                     f"one mask is shared along dims {dims} of a {shape} input")
+            self.r.add(finding("mask-shared", f"on {shape} input the mask does not change "
+                               f"along dim{'s' if len(dims) > 1 else ''} "
+                               f"{', '.join(map(str, dims))}", title=title))
 
     # -- eval -----------------------------------------------------------------------------
     @probe("identity in eval")
@@ -220,8 +353,9 @@ class DropoutBattery:
     @probe("gradient")
     def gradient(self) -> None:
         g = torch.Generator().manual_seed(11)
-        x = (1.0 + torch.rand((50, 40), generator=g, dtype=torch.float64)).requires_grad_(True)
-        dy = torch.randn((50, 40), generator=g, dtype=torch.float64)
+        shape = (50, 40) if len(self.shape) == 2 else (8, 10, 25)
+        x = (1.0 + torch.rand(shape, generator=g, dtype=torch.float64)).requires_grad_(True)
+        dy = torch.randn(shape, generator=g, dtype=torch.float64)
         torch.manual_seed(4)
         inst = self.make(dtype=torch.float64)
         o = call(inst, x, grad=True)
@@ -257,7 +391,7 @@ class DropoutBattery:
         if not self.s.sig.takes("p"):
             self.r.check("p validated", None, "the constructor takes no p")
             return
-        x = self.x()[:8]
+        x = self.x()[:8]                                # 8 rows (sequences)
         accepted = []
         for bad in (1.5, -0.1):
             try:
@@ -269,7 +403,8 @@ class DropoutBattery:
                 accepted.append(bad)
         self.r.check("p outside [0, 1] rejected", not accepted)
         if accepted:
-            name = self.s.sig.role_arg.get("p") or self.s.sig.keep_arg
+            name = self.s.sig.role_arg.get("p") or self.s.sig.keep_arg or \
+                f"forward's {self.s.sig.forward_arg.get('p')}"
             self.r.add(finding("p-not-validated", f"{self.s.cls.__name__}({name}={accepted[0]}) "
                                f"constructs and runs without an error"))
         try:
@@ -313,11 +448,11 @@ class DropoutBattery:
         inst = self.make()
         try:
             with guard.running(f"moving a {self.s.cls.__name__} to the meta device"):
-                inst.to("meta")
+                modulelike.to(inst, "meta")
         except Exception as e:
             self.r.check("another device (meta)", None, str(e))
             return
-        o = call(inst, torch.empty((4, 5), device="meta"))
+        o = call(inst, torch.empty(self.small(4), device="meta"))
         if o.ok:
             self.r.check("another device (meta)", o.y.device.type == "meta")
             return

@@ -10,13 +10,16 @@ Severity:
     wrong     the layer differs from the reference on ordinary inputs
     fragile   right on ordinary inputs, wrong at an edge (fp16, a constant row, a huge mean,
               another device, a bad argument)
+    variant   a deliberate convention that differs from torch.nn (Gemma's 1 + weight, eps
+              added to the std, locked dropout, a plain class used as a module): named so
+              that nobody mistakes it for the torch layer, not counted as a mistake
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-Severity = Literal["wrong", "fragile"]
+Severity = Literal["wrong", "fragile", "variant"]
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,10 @@ class Report:
     def fragile(self) -> list[Finding]:
         return [f for f in self.findings if f.severity == "fragile"]
 
+    @property
+    def variants(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "variant"]
+
     def exit_code(self, strict: bool = False) -> int:
         """0 without a *wrong* finding (``strict``: without any finding), else 1."""
         bad = self.findings if strict else self.wrong
@@ -114,7 +121,7 @@ class Report:
                 "table": self.table}
 
 
-W, F = "wrong", "fragile"
+W, F, V = "wrong", "fragile", "variant"
 
 CATALOG: dict[str, Entry] = {
     # -- any layer -----------------------------------------------------------------------
@@ -167,6 +174,24 @@ CATALOG: dict[str, Entry] = {
     "eval-ignored": Entry(W, "eval() changes nothing",
                           "forward never looks at self.training",
                           "branch on self.training, which train() and eval() set"),
+    "mode-follows-grad": Entry(W, "train/eval follows torch.is_grad_enabled(), not "
+                                  "self.training",
+                               "forward branches on torch.is_grad_enabled() (d2l's "
+                               "batch_norm): eval() with gradients on (an adversarial "
+                               "example, a saliency map, a meta-learning inner loop) still "
+                               "trains, and a training forward under torch.no_grad() does "
+                               "not", "branch on self.training, which train() and eval() "
+                               "set"),
+    "not-a-module": Entry(V, "not a torch.nn.Module: no state_dict(), .to(), train()/eval()",
+                          "a plain class with __call__, a training attribute and "
+                          "parameters(); checked through those",
+                          "subclass torch.nn.Module, register the tensors as nn.Parameter "
+                          "and buffers, and rename __call__ to forward"),
+    "reads-global": Entry(W, "forward reads a module-level global instead of the layer's "
+                             "own setting",
+                          "a name like `p` where `self.p` was meant: Python finds the "
+                          "module's global (or raises NameError when there is none), so "
+                          "the constructor's argument is ignored", "use self.p"),
     # -- LayerNorm / RMSNorm / BatchNorm forward ----------------------------------------
     "floor-division": Entry(W, "output is floor-divided: `//` where `/` was meant",
                             "a // b is floor(a / b): every normalised value becomes an "
@@ -211,10 +236,20 @@ CATALOG: dict[str, Entry] = {
                          "over dim=-1 only (or otherwise not over the trailing "
                          "len(normalized_shape) dims)",
                          "reduce over dim=tuple(range(-len(normalized_shape), 0))"),
-    "eps-outside-sqrt": Entry(F, "eps is added outside the square root: sqrt(var) + eps",
-                              "where var is comparable to eps the output differs: rows that "
-                              "are nearly constant are scaled up to 1/eps instead of "
-                              "1/sqrt(eps)", "divide by sqrt(var + eps) (torch.rsqrt)"),
+    "eps-outside-sqrt": Entry(V, "eps is added to the standard deviation, not the "
+                                 "variance: sqrt(var) + eps",
+                              "a convention (The Annotated Transformer's LayerNorm, the "
+                              "RMSNorm paper's code: rms + eps); torch adds eps inside the "
+                              "square root. They agree unless the variance is comparable to "
+                              "eps: a nearly constant row is scaled up to 1/eps instead of "
+                              "1/sqrt(eps)", "to match torch.nn: divide by sqrt(var + eps) "
+                              "(torch.rsqrt); to load torch weights, nothing changes"),
+    "weight-offset": Entry(V, "scales by (1 + weight): Gemma's convention",
+                           "the weight is stored as an offset from 1 and initialised to 0 "
+                           "(Gemma's RMSNorm, x-transformers' unit_offset); torch.nn scales "
+                           "by the weight itself",
+                           "to load torch.nn weights w into it: weight = w - 1; from it into "
+                           "torch.nn: w = 1 + weight"),
     "no-eps": Entry(F, "no eps in the denominator: a constant row gives NaN or noise",
                     "0 / sqrt(0) is NaN, and a row that is constant up to rounding is "
                     "scaled up to noise", "add eps inside the square root"),
@@ -320,6 +355,21 @@ CATALOG: dict[str, Entry] = {
                                "see the evidence", "in eval, return x"),
     "p-not-validated": Entry(F, "p outside [0, 1] is accepted silently",
                              "no check on p", "raise ValueError unless 0 <= p <= 1"),
+    "locked-dropout": Entry(V, "locked (variational) dropout: one mask per sequence, shared "
+                               "along the time dimension",
+                            "a deliberate variant (AWD-LSTM, flair, AllenNLP): every time step "
+                            "of a sequence drops the same features; torch.nn.Dropout draws "
+                            "every element independently",
+                            "nothing, if locked dropout is meant; torch.nn.Dropout for "
+                            "element-wise dropout"),
+    "word-dropout": Entry(V, "word dropout: one draw per token, shared along the features",
+                          "a deliberate variant (flair's WordDropout): whole token vectors "
+                          "are dropped; torch.nn.Dropout draws every element independently",
+                          "nothing, if word dropout is meant"),
+    "drop-path": Entry(V, "drop path (stochastic depth): one draw per sample",
+                       "a deliberate variant (timm's DropPath): the whole sample (a residual "
+                       "branch) is dropped; torch.nn.Dropout draws every element "
+                       "independently", "nothing, if stochastic depth is meant"),
     "p-one-nan": Entry(F, "p = 1 gives NaN instead of zeros",
                        "x * 0 / (1 - p) divides by zero", "return zeros when p == 1"),
     # -- NumPy networks (fromscratch check gradient) -------------------------------------

@@ -6,7 +6,7 @@ import torch
 
 from ..ops import layer_norm as ln
 from .findings import Report
-from .normcheck import NormBattery, NormSpec
+from .normcheck import NormBattery, NormSpec, channels_first
 from .probes import Subject, randn, rows_like_people_have
 
 
@@ -59,4 +59,5 @@ SPEC = NormSpec(
 
 
 def run(subject: Subject, report: Report) -> None:
+    channels_first(subject, SPEC, report)
     NormBattery(subject, SPEC, report).run()

@@ -10,9 +10,12 @@ plain tensor attributes (which the checker then reports).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
+
+from . import modulelike
 
 WEIGHT_NAMES = {"weight", "gamma", "g", "scale", "alpha", "w", "a_2", "a", "gain", "ln_weight",
                 "norm_weight"}
@@ -22,7 +25,8 @@ BIAS_NAMES = {"bias", "beta", "betta", "b", "shift", "offset", "b_2", "ln_bias",
 @dataclass
 class Slot:
     path: str      # "gamma", "ln.weight": attribute path from the module
-    kind: str      # "parameter", "buffer" or "plain"
+    kind: str      # "parameter", "buffer", "plain", or "listed" (a plain class's parameters())
+    offset: float = 0.0   # the layer scales by (offset + tensor): Gemma's 1 + weight
 
 
 @dataclass
@@ -40,9 +44,16 @@ class Mapping:
         return lines + [f"{p}: not used by the reference" for p in self.unmapped]
 
 
-def tensors(module: nn.Module) -> dict[str, Slot]:
-    """Every tensor the module holds, by attribute path, with how it is held."""
+def tensors(module: Any) -> dict[str, Slot]:
+    """Every tensor the module holds, by attribute path, with how it is held. A plain class
+    (not an nn.Module) holds tensor attributes; those its parameters() returns are "listed"."""
     found: dict[str, Slot] = {}
+    if not modulelike.is_module(module):
+        listed = {id(p) for p in modulelike.listed_parameters(module)}
+        for k, v in modulelike.tensor_attributes(module).items():
+            if not k.startswith("_"):
+                found[k] = Slot(k, "listed" if id(v) in listed else "plain")
+        return found
     for prefix, m in module.named_modules():
         pre = prefix + "." if prefix else ""
         for k, v in m._parameters.items():
@@ -57,28 +68,35 @@ def tensors(module: nn.Module) -> dict[str, Slot]:
     return found
 
 
-def get(module: nn.Module, path: str) -> torch.Tensor:
+def get(module: Any, path: str) -> torch.Tensor:
     obj = module
     for part in path.split("."):
         obj = getattr(obj, part)
     return obj
 
 
-def assign(module: nn.Module, path: str, value: torch.Tensor) -> None:
-    """Write ``value`` into the tensor at ``path`` (same storage, its own dtype and shape)."""
-    t = get(module, path)
+def read(module: Any, slot: Slot) -> torch.Tensor:
+    """The value the layer uses: the tensor, plus the offset of its convention."""
+    t = get(module, slot.path)
+    return t + slot.offset if slot.offset else t
+
+
+def assign(module: Any, slot: Slot, value: torch.Tensor) -> None:
+    """Make the layer use ``value`` for ``slot``: written into its tensor (same storage, its
+    own dtype and shape), less the offset of its convention (Gemma stores weight - 1)."""
+    t = get(module, slot.path)
     with torch.no_grad():
-        t.copy_(value.reshape(t.shape).to(t.dtype))
+        t.copy_((value - slot.offset).reshape(t.shape).to(t.dtype))
 
 
 def _role_by_name(path: str, kind: str) -> str | None:
     name = path.rsplit(".", 1)[-1].lower()
-    if kind == "parameter" or kind == "plain":
+    if kind in ("parameter", "plain", "listed"):
         if name in WEIGHT_NAMES:
             return "weight"
         if name in BIAS_NAMES:
             return "bias"
-    if kind != "parameter" or "run" in name or "moving" in name:
+    if kind not in ("parameter", "listed") or "run" in name or "moving" in name:
         moving = any(w in name for w in ("run", "moving", "ema", "avg", "average", "global"))
         if moving and "mean" in name or name in ("mu", "mean"):
             return "running_mean"
@@ -87,7 +105,7 @@ def _role_by_name(path: str, kind: str) -> str | None:
     return None
 
 
-def map_tensors(module: nn.Module, size: int, roles: tuple[str, ...],
+def map_tensors(module: Any, size: int, roles: tuple[str, ...],
                 overrides: dict[str, str] | None = None) -> Mapping:
     """Map the module's size-``size`` vectors to ``roles`` (weight, bias, running_mean, ...)."""
     found = tensors(module)
@@ -112,7 +130,8 @@ def map_tensors(module: nn.Module, size: int, roles: tuple[str, ...],
         t = get(module, p)
         trainable = t.requires_grad
         t = t.detach()
-        candidates = (("weight", "bias") if trainable or s.kind == "plain" else ()) + \
+        candidates = (("weight", "bias") if trainable or s.kind in ("plain", "listed")
+                      else ()) + \
             (("running_var", "running_mean") if not trainable else ())
         ones, zeros = bool(torch.all(t == 1)), bool(torch.all(t == 0))
         for role in candidates:

@@ -102,15 +102,16 @@ def normalise(x: torch.Tensor, m: NormModel, eps: float,
 
 
 def agree(got: torch.Tensor, want: torch.Tensor, floor: bool = False,
-          rtol: float = 1e-4, atol: float = 1e-5) -> bool:
+          rtol: float = 1e-4, atol: float = 1e-5, floor_share: float = 0.99) -> bool:
     """Same values (NaN where NaN). Floor-divided outputs are integers and may differ at a
-    boundary by rounding, so they agree when at most 1% of the entries differ."""
+    boundary by rounding, so they agree when at most 1% (``1 - floor_share``) of the
+    entries differ."""
     if got.shape != want.shape:
         return False
     got, want = got.double(), want.double()
     if floor:
         same = (got == want) | (torch.isnan(got) & torch.isnan(want))
-        return bool(same.double().mean() >= 0.99)
+        return bool(same.double().mean() >= floor_share)
     return bool(torch.allclose(got, want, rtol=rtol, atol=atol, equal_nan=True))
 
 
@@ -133,10 +134,18 @@ def space(ref: NormModel, ndim: int, max_deviations: int = 3) -> list[NormModel]
 
 def search(got: torch.Tensor, x: torch.Tensor, eps: float,
            models: Iterable[NormModel]) -> NormModel | None:
-    """The first model whose xhat agrees with ``got`` (the layer's output with weight 1, bias 0)."""
+    """The first model whose xhat agrees with ``got`` (the layer's output with weight 1, bias 0).
+
+    Where only two values are reduced, n - 1 = 1 and the unbiased variance *is* the sum of
+    squares; the commoner mistake (torch.var's default n - 1) is named then."""
     for m in models:
         h = normalise(x, m, eps)
         if h is not None and agree(got, h, m.floor):
+            if m.total and not m.ddof:
+                unbiased = replace(m, total=False, ddof=1)
+                h1 = normalise(x, unbiased, eps)
+                if h1 is not None and agree(got, h1, m.floor):
+                    return unbiased
             return m
     return None
 

@@ -12,7 +12,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import guard, loader, mapping
+from . import guard, loader, mapping, modulelike, source
+from .errors import Exited, TimedOut
 from .loader import LoadError, Signature, quiet
 
 DEFAULT_EPS = 1e-5
@@ -32,7 +33,11 @@ class Subject:
     sources: dict[str, str] = field(default_factory=dict)   # where each setting came from
     overrides: dict[str, str] = field(default_factory=dict)  # role -> attribute path (--param)
     mapping: mapping.Mapping | None = None
-    channels_first: int | None = None          # BatchNorm taking (N, C, ...): its input rank
+    channels_first: int | None = None          # a layer taking (N, C, ...): its input rank
+    globals: dict[str, Any] = field(default_factory=dict)   # module globals set for it
+    global_reads: dict[str, int] = field(default_factory=dict)  # settings read as globals
+    notes: list[str] = field(default_factory=list)          # how it was built
+    own_dtype: bool = False                    # keeps its parameters' dtype (CLIP's float32)
 
     def make(self, size: int | None, dtype: torch.dtype | None = torch.float64,
              weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
@@ -49,21 +54,26 @@ class Subject:
         if self.channels_first is not None:
             take_channels_last(inst, self.channels_first)
         for role, value in values.items():             # settings the ctor does not take
-            if not self.sig.takes(role):
+            if role in self.sig.forward_arg:
+                pass_to_forward(inst, self.sig.forward_arg[role], value)
+            elif not self.sig.takes(role):
                 set_setting(inst, role, value)
-        if dtype is not None:
+        for name, value in self.globals.items():       # what forward reads from the file
+            setattr(self.module, name, value)
+        if dtype is not None and not self.own_dtype:
             try:
-                inst.to(dtype)
+                modulelike.to(inst, dtype)
             except Exception:                          # keep its own dtype then
                 pass
+        modulelike.trainable(inst)
         if self.kind != "dropout":
             if self.mapping is None:       # attribute paths are the same for every instance
                 self.mapping = mapping.map_tensors(inst, size, self.roles, self.overrides)
             for role, value in (("weight", weight), ("bias", bias)):
                 slot = self.mapping.get(role)
                 if slot is not None and value is not None:
-                    mapping.assign(inst, slot.path, value)
-        inst.train(train)
+                    mapping.assign(inst, slot, value)
+        modulelike.set_mode(inst, train)
         return inst
 
     def tensor(self, inst: nn.Module, role: str) -> torch.Tensor | None:
@@ -71,47 +81,104 @@ class Subject:
         return mapping.get(inst, slot.path) if slot else None
 
 
-def take_channels_last(inst: nn.Module, rank: int) -> None:
+def wrap_forward(inst: Any, wrap: Callable[[Callable], Callable]) -> None:
+    """Make calling ``inst`` run ``wrap(what it ran before)``: its forward for a Module, its
+    ``__call__`` for a plain class (looked up on the type, so a subclass carries it)."""
+    if modulelike.is_module(inst):
+        inst.forward = wrap(inst.forward)
+        return
+    cls = type(inst)
+    inner = wrap(lambda *a, **k: cls.__call__(inst, *a, **k))
+    inst.__class__ = type(cls.__name__, (cls,), {
+        "__call__": lambda self, *a, **k: inner(*a, **k), "__module__": cls.__module__,
+        "__qualname__": cls.__qualname__})
+
+
+def pass_to_forward(inst: Any, name: str, value: Any) -> None:
+    """Give forward's own argument ``name`` (AWD-LSTM: ``forward(x, dropout=0.5)``) the
+    checker's value on every call."""
+    def wrap(forward: Callable) -> Callable:
+        def with_setting(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            kwargs.setdefault(name, value)
+            return forward(x, *args, **kwargs)
+        return with_setting
+    wrap_forward(inst, wrap)
+
+
+def take_channels_last(inst: Any, rank: int) -> None:
     """Let a channels-first layer (input (N, C, ...) of ``rank`` dims) take the battery's
     channels-last inputs (N, ..., C): each comes to it as (N, C, L, 1, ...), L the product
     of the dims between N and C, and its output goes back the same way. Statistics over
-    every dim but the channels do not depend on how the others are arranged."""
-    forward = inst.forward
+    every dim but the channels (BatchNorm), or over the channels alone (LayerNorm over
+    dim 1), do not depend on how the others are arranged."""
+    def wrap(forward: Callable) -> Callable:
+        def channels_first_forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            n, c, between = x.shape[0], x.shape[-1], tuple(x.shape[1:-1])
+            xf = x.movedim(-1, 1).reshape((n, c, math.prod(between)) + (1,) * (rank - 3))
+            y = forward(xf, *args, **kwargs)
+            if not isinstance(y, torch.Tensor) or y.shape != xf.shape:
+                return y                               # the battery reports what it got
+            return y.reshape((n, c) + between).movedim(1, -1)
+        return channels_first_forward
+    wrap_forward(inst, wrap)
 
-    def channels_first_forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        n, c, between = x.shape[0], x.shape[-1], tuple(x.shape[1:-1])
-        xf = x.movedim(-1, 1).reshape((n, c, math.prod(between)) + (1,) * (rank - 3))
-        y = forward(xf, *args, **kwargs)
-        if not isinstance(y, torch.Tensor) or y.shape != xf.shape:
-            return y                               # the battery reports what it got
-        return y.reshape((n, c) + between).movedim(1, -1)
-    inst.forward = channels_first_forward
+
+#: the inputs a construction is tried on, when the constructor leaves a choice (which
+#: argument is the size, a required flag): channels-last, then channels-first
+TRIALS: dict[str, list[tuple[int, ...]]] = {
+    "layernorm": [(4, 7, 37), (6, 37), (2, 37, 3, 3)],
+    "rmsnorm": [(4, 7, 37), (6, 37), (2, 37, 3, 3)],
+    "batchnorm": [(2, 3, 20), (8, 20), (2, 20, 3), (2, 20, 3, 3)],
+    "dropout": [(8, 10), (4, 5, 6)],
+}
 
 
 def open_subject(kind: str, target: str, roles: tuple[str, ...], size: int | None,
                  given: dict[str, Any], overrides: dict[str, str] | None = None) -> Subject:
-    """Load ``target``, check it constructs, and settle eps / momentum / p.
+    """Load ``target``, build it as people write it, and settle eps / momentum / p.
 
-    A setting given on the command line is passed to the constructor where it takes one;
-    otherwise the constructor's default is used; otherwise the instance's attribute.
+    A setting given on the command line is passed to the constructor (or to forward) where
+    it takes one; otherwise the default is used; otherwise the instance's attribute. A
+    setting the constructor requires without a default gets the checker's value. Where the
+    signature leaves a choice (which argument is the size, a required flag), each is tried
+    and the one whose output has the input's shape on most inputs is kept.
     """
     obj, module = loader.load_object(target)
-    if not inspect.isclass(obj) or not issubclass(obj, nn.Module):
+    if not inspect.isclass(obj) or not modulelike.usable_class(obj):
         what = "a class" if inspect.isclass(obj) else f"a {type(obj).__name__}"
-        raise LoadError(f"{target} is {what} but not a torch.nn.Module subclass")
-    sig = loader.signature(obj, needs_size=size is not None)
+        raise LoadError(f"{target} is {what} but neither a torch.nn.Module subclass nor a "
+                        f"class whose instances are called (__call__)")
+    forward_roles = tuple(ROLE_DEFAULTS[kind])
+    sig = loader.signature(obj, needs_size=size is not None, forward_roles=forward_roles)
     subject = Subject(kind, target, obj, module, sig, roles, overrides=dict(overrides or {}))
     subject.passed = {r: v for r, v in given.items() if v is not None}
+    notes: list[str] = []
+    for role in forward_roles:            # required without a default: the checker's value
+        if role not in subject.passed and sig.takes(role) and \
+                sig.default(role) is inspect.Parameter.empty:
+            subject.passed[role] = CHECKER_VALUE[kind][role]
+            notes.append(f"{role} = {CHECKER_VALUE[kind][role]} passed: the constructor "
+                         f"requires it and has no default")
+    subject.globals = missing_globals(subject, forward_roles)
+    if len(sig.choices) > 1:
+        settle(subject, size)
+    subject.own_dtype = breaks_in_float64(subject, size)
+    if subject.own_dtype:
+        notes.append("converted to float64 it fails, in its own dtype it runs: it computes "
+                     "in float32 whatever the input (CLIP's LayerNorm for float16 models), so "
+                     "it is checked with its parameters in their own dtype")
     inst = subject.make(size, dtype=None)
-    for role in ("eps", "momentum", "p"):
-        if role not in ROLE_DEFAULTS[kind]:
-            continue
-        if role in subject.passed:
+    for role in forward_roles:
+        if role in given and given[role] is not None:
             subject.settings[role] = subject.passed[role]
             subject.sources[role] = "given on the command line"
+        elif role in subject.passed:
+            subject.settings[role] = subject.passed[role]
+            subject.sources[role] = "the checker's (required, no default)"
         elif sig.default(role) is not inspect.Parameter.empty:
             subject.settings[role] = sig.default(role)
-            subject.sources[role] = "the constructor's default"
+            subject.sources[role] = ("forward's default" if role in sig.forward_arg
+                                     else "the constructor's default")
         else:
             found, value = read_setting(inst, role)
             if found:
@@ -120,19 +187,94 @@ def open_subject(kind: str, target: str, roles: tuple[str, ...], size: int | Non
             else:
                 subject.settings[role] = ROLE_DEFAULTS[kind][role]
                 subject.sources[role] = "not found; assumed"
+    subject.notes = notes
+    if sig.hidden_by:
+        subject.notes.append(f"the metaclass {sig.hidden_by} hides the constructor's "
+                             f"signature; read from __init__")
     return subject
+
+
+def missing_globals(subject: Subject, roles: tuple[str, ...]) -> dict[str, Any]:
+    """Settings (``p``) the class reads as module globals that the file does not define:
+    the checker defines them with its own value so that forward runs (and reports it)."""
+    names = tuple(n for r in roles for n in loader.ROLE_NAMES[r])
+    reads = source.global_reads(subject.cls, names)
+    subject.global_reads = reads
+    out: dict[str, Any] = {}
+    for name in reads:
+        if subject.module is not None and not hasattr(subject.module, name):
+            role = next(r for r in roles if name in loader.ROLE_NAMES[r])
+            out[name] = subject.passed.get(role, CHECKER_VALUE[subject.kind][role])
+    return out
+
+
+@guard.probe("building the layer")
+def breaks_in_float64(subject: Subject, size: int | None) -> bool:
+    """Does converting the module to float64 break it, where its own dtype runs? (A layer
+    that casts its input to float32 and keeps float32 parameters: CLIP's LayerNorm.)"""
+    for shape in TRIALS[subject.kind]:
+        if size is not None:
+            shape = tuple(size if s in (37, 20) else s for s in shape)
+        x = torch.randn(shape, generator=generator(0), dtype=torch.float64) + 1.0
+        converted = call(subject.make(size, dtype=torch.float64), x)
+        if converted.ok and converted.y.shape == x.shape:
+            return False
+        own = call(subject.make(size, dtype=None), x)
+        if own.ok and own.y.shape == x.shape:
+            return True
+    return False
+
+
+@guard.probe("building the layer")
+def settle(subject: Subject, size: int | None) -> None:
+    """Among the constructions the signature allows, keep the first whose output has the
+    input's shape on the most trial inputs; a construction that fails is skipped."""
+    best, best_score, errors = None, -1, []
+    for size_arg, fixed in subject.sig.choices:
+        subject.sig.choose(size_arg, fixed)
+        try:
+            inst = subject.make(size, dtype=torch.float64)
+        except LoadError as e:
+            if isinstance(e, (TimedOut, Exited)):
+                raise
+            errors.append(str(e))
+            continue
+        score = 0
+        for shape in TRIALS[subject.kind]:
+            if size is not None:
+                shape = tuple(size if s in (37, 20) else s for s in shape)
+            x = torch.randn(shape, generator=generator(0), dtype=torch.float64) + 1.0
+            o = call(inst, x)
+            score += int(o.ok and o.y.shape == x.shape)
+        if score > best_score:
+            best, best_score = (size_arg, fixed), score
+    if best is None:
+        raise LoadError(errors[0] if errors else f"cannot construct {subject.cls.__name__}")
+    subject.sig.choose(*best)
+    if best != subject.sig.choices[0] or best[1]:
+        args = ([f"{best[0]}={size}"] if best[0] else []) + \
+            [f"{k}={v!r}" for k, v in best[1].items()]
+        subject.notes.append(f"built as {subject.cls.__name__}({', '.join(args)}): of the "
+                             f"constructions its signature allows, the one whose output has "
+                             f"the input's shape on the most inputs")
 
 
 ROLE_DEFAULTS: dict[str, dict[str, Any]] = {
     "layernorm": {"eps": DEFAULT_EPS}, "rmsnorm": {"eps": None},
     "batchnorm": {"eps": DEFAULT_EPS, "momentum": 0.1}, "dropout": {"p": 0.5},
 }
+#: what the checker passes for a setting the constructor requires without a default (p: at
+#: 0.5 keeping and dropping look alike)
+CHECKER_VALUE: dict[str, dict[str, Any]] = {
+    "layernorm": {"eps": DEFAULT_EPS}, "rmsnorm": {"eps": 1e-6},
+    "batchnorm": {"eps": DEFAULT_EPS, "momentum": 0.1}, "dropout": {"p": 0.1},
+}
 
 
-def read_setting(inst: nn.Module, role: str) -> tuple[bool, Any]:
+def read_setting(inst: Any, role: str) -> tuple[bool, Any]:
     """The instance's eps / momentum / p, looked up by the usual names in it and its children."""
     names = loader.ROLE_NAMES[role] + (loader.KEEP_NAMES if role == "p" else ())
-    for m in inst.modules():
+    for m in modulelike.parts(inst):
         for name in names:
             v = getattr(m, name, "missing")
             if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)):
@@ -142,8 +284,8 @@ def read_setting(inst: nn.Module, role: str) -> tuple[bool, Any]:
     return False, None
 
 
-def set_setting(inst: nn.Module, role: str, value: Any) -> bool:
-    for m in inst.modules():
+def set_setting(inst: Any, role: str, value: Any) -> bool:
+    for m in modulelike.parts(inst):
         for name in loader.ROLE_NAMES[role]:
             if hasattr(m, name) and not callable(getattr(m, name)):
                 setattr(m, name, value)
@@ -176,7 +318,10 @@ class Outcome:
 
     def why(self) -> str:
         if self.error is not None:
-            return f"{type(self.error).__name__}: {str(self.error).splitlines()[0]}"
+            lines = str(self.error).splitlines()
+            if not lines:                                 # a bare assert: name its line
+                return f"{type(self.error).__name__} at {guard.where(self.error.__traceback__)}"
+            return f"{type(self.error).__name__}: {lines[0]}"
         return f"returned {type(self.y).__name__}, not a tensor"
 
 
@@ -189,8 +334,9 @@ def backward_call(inst: nn.Module, x: torch.Tensor) -> str:
     return f"running the backward of {type(inst).__name__}.forward on a {shape_str(x)} input"
 
 
-def call(inst: nn.Module, x: torch.Tensor, grad: bool = False) -> Outcome:
-    """inst(x), quietly, catching errors; under no_grad unless ``grad``.
+def call(inst: Any, x: torch.Tensor, grad: bool = True) -> Outcome:
+    """inst(x), quietly, catching errors; with gradients enabled, as in training (a layer
+    may branch on torch.is_grad_enabled(): d2l's batch_norm), unless ``grad`` is False.
 
     The layer gets a copy of x (through which gradients still reach x), so a layer that
     writes into its input does not spoil the probe; ``modifies_input`` reports that.
@@ -202,7 +348,7 @@ def call(inst: nn.Module, x: torch.Tensor, grad: bool = False) -> Outcome:
         return Outcome(None, e)
     if not isinstance(y, torch.Tensor):
         return Outcome(None, TypeError(f"forward returned {type(y).__name__}, not a tensor"))
-    return Outcome(y)
+    return Outcome(y if x.requires_grad else y.detach())
 
 
 def modifies_input(inst: nn.Module, x: torch.Tensor) -> bool:

@@ -12,7 +12,8 @@ from rich.text import Text
 from .findings import Report
 
 STATUS = {"pass": ("ok", "green"), "fail": ("FAIL", "red"), "skip": ("-", "dim")}
-SEVERITY = {"wrong": ("WRONG", "bold red"), "fragile": ("fragile", "yellow")}
+SEVERITY = {"wrong": ("WRONG", "bold red"), "fragile": ("fragile", "yellow"),
+            "variant": ("variant", "cyan")}
 
 
 def to_json(report: Report, strict: bool = False) -> str:
@@ -65,8 +66,10 @@ def render(report: Report, strict: bool = False, file: TextIO | None = None) -> 
             body.append(f"\n[{f.id}]", style="dim")
             t.add_row(Text(label, style=style), body, f"{f.cause}\nfix: {f.fix}")
         console.print(t)
-    n_wrong, n_fragile = len(report.wrong), len(report.fragile)
+    n_wrong, n_fragile, n_variant = len(report.wrong), len(report.fragile), \
+        len(report.variants)
     verdict = ("no wrong finding" if not n_wrong else f"{n_wrong} wrong") + \
-        (f", {n_fragile} fragile" if n_fragile else "")
+        (f", {n_fragile} fragile" if n_fragile else "") + \
+        (f", {n_variant} variant{'s' if n_variant > 1 else ''}" if n_variant else "")
     code = report.exit_code(strict)
     console.print(Text(f"{verdict} (exit {code})", style="bold red" if code else "bold green"))

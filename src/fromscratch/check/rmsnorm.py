@@ -8,7 +8,7 @@ import torch
 from ..ops import rms_norm as rn
 from .findings import Report
 from .layernorm import per_row
-from .normcheck import NormBattery, NormSpec
+from .normcheck import NormBattery, NormSpec, channels_first
 from .probes import Subject, randn, rows_like_people_have
 
 
@@ -43,4 +43,5 @@ SPEC = NormSpec(
 
 
 def run(subject: Subject, report: Report) -> None:
+    channels_first(subject, SPEC, report)
     NormBattery(subject, SPEC, report).run()

@@ -61,3 +61,27 @@ def has_autograd_function(module: ModuleType | None) -> bool:
 def mentions(cls: type, *words: str) -> bool:
     src = class_source(cls)
     return any(w in src for w in words)
+
+
+def global_reads(cls: type, names: tuple[str, ...]) -> dict[str, int]:
+    """Names from ``names`` that a method of the class reads without defining them: not an
+    argument, not assigned in that method, so Python takes the module's global (fastbook's
+    Dropout: ``bernoulli_(1-p)`` where ``self.p`` was meant). name -> line in the class."""
+    tree = _tree(class_source(cls))
+    if tree is None:
+        return {}
+    found: dict[str, int] = {}
+    for fn in ast.walk(tree):
+        if not isinstance(fn, (ast.FunctionDef, ast.Lambda)):
+            continue
+        a = fn.args
+        local = {x.arg for x in a.posonlyargs + a.args + a.kwonlyargs}
+        local |= {x.arg for x in (a.vararg, a.kwarg) if x is not None}
+        body = list(ast.walk(fn))
+        local |= {n.id for n in body if isinstance(n, ast.Name) and
+                  isinstance(n.ctx, (ast.Store, ast.Del))}
+        for n in body:
+            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and n.id in names \
+                    and n.id not in local:
+                found.setdefault(n.id, n.lineno)
+    return found
