@@ -133,6 +133,11 @@ class NormBattery:
             if id == "wrong-dims":
                 title = (f"normalises over dims {m.dims} of a {tuple(x.shape)} input; "
                          f"{self.spec.name} normalises over dims {ref.dims}")
+                if self.s.channels_first is not None:      # say it in the layer's layout
+                    own = sorted({0 if d == 0 else 1 if d == x.dim() - 1 else 2
+                                  for d in m.dims})
+                    title += (f" (in its own layout, (N, C, L), it normalises over dims "
+                              f"{tuple(own)})")
             extra = ("every normalised value is an integer; " if id == "floor-division" else "")
             severity = None
             if id == "eps-ignored":            # it shows on ordinary inputs: wrong
@@ -233,9 +238,7 @@ class NormBattery:
                                                                self.e(x.dtype))):
             return None
         if self.s.sources.get("eps", "").startswith("not found"):
-            self.r.notes.append(f"eps is not an attribute or argument; measured eps = "
-                                f"{est:.3g}, used from here on")
-            self.eps = self.s.settings["eps"] = est
+            self.adopt_eps(est)
             return ref
         return replace(ref, eps_value=est)
 
@@ -429,7 +432,9 @@ class NormBattery:
                                    f"{diff(got, self.expected(x, self.m0, e))}"))
                 return
         m = self.m_eps
-        ok = m.eps == "inside" and m.eps_value is None
+        measured = m.eps_value is not None and m.eps == "inside" and \
+            self.s.sources.get("eps", "").startswith("not found")
+        ok = m.eps == "inside" and (m.eps_value is None or measured)
         self.r.check(name, ok, "" if ok else formula(m, self.spec.ref_model(x.dim())))
         ev = (f"on rows whose variance is 0.01, 1 and 100 times eps = {e:.3g}: the output is "
               f"{formula(m, self.spec.ref_model(x.dim()))}; "
@@ -438,16 +443,20 @@ class NormBattery:
             self.r.add(finding("eps-outside-sqrt", ev))
         elif m.eps == "none":
             self.r.add(finding("no-eps", ev))
+        elif measured:
+            self.adopt_eps(m.eps_value)
+            self.m_eps = replace(m, eps_value=None)
         elif m.eps_value is not None:
-            if self.s.sources.get("eps", "").startswith("not found"):
-                self.r.notes.append(f"eps is not an attribute or argument; measured eps = "
-                                    f"{m.eps_value:.3g}, used from here on")
-                self.eps = m.eps_value
-                self.s.settings["eps"] = m.eps_value
-                self.m_eps = replace(m, eps_value=None)
-            else:
-                self.r.add(finding("eps-ignored", ev, title=f"normalises with eps = "
-                                   f"{m.eps_value:.3g}, not the layer's eps = {e:.3g}"))
+            self.r.add(finding("eps-ignored", ev, title=f"normalises with eps = "
+                               f"{m.eps_value:.3g}, not the layer's eps = {e:.3g}"))
+
+    def adopt_eps(self, measured: float) -> None:
+        """A layer with no eps setting: the eps it uses, measured, is its own from here on."""
+        eps = float(f"{measured:.3g}")
+        self.r.notes.append(f"eps is not an attribute or argument; measured eps = {eps:.3g}, "
+                            f"used from here on")
+        self.eps = self.s.settings["eps"] = eps
+        self.s.sources["eps"] = "measured"
 
     @probe("constant input")
     def constant_rows(self) -> None:
@@ -753,8 +762,10 @@ def channels_first_rank(subject: Subject, spec: NormSpec) -> int | None:
     c, shape = spec.probes[0]
     gen = generator(0)
     x = spec.ordinary(shape, gen)
-    o = call(subject.make(c), x)
-    if o.ok and o.y.shape == x.shape:
+    inst = subject.make(c)
+    o = call(inst, x)
+    if o.ok and o.y.shape == x.shape and not (spec.kind != "batchnorm" and
+                                               over_dim1_only(o.y, x, spec, subject, inst)):
         return None
     for rank in (3, 4, 5):
         x = randn((2, c) + (3,) * (rank - 2), gen)
@@ -762,6 +773,22 @@ def channels_first_rank(subject: Subject, spec: NormSpec) -> int | None:
         if o.ok and o.y.shape == x.shape:
             return rank
     return None
+
+
+def over_dim1_only(y: torch.Tensor, x: torch.Tensor, spec: NormSpec, subject: Subject,
+                   inst) -> bool:
+    """Does a layer with no per-channel tensor (a parameter-free PixelNorm) normalise over
+    dim 1? Nothing in it ties it to the last dim, and it behaves as a channels-first layer
+    on every input: it is taken as one (a layer with a weight of the hidden size that
+    normalises over dim 1 is the wrong-dims mistake instead: its weight broadcasts along
+    the last dim)."""
+    if subject.mapping is not None and subject.mapping.slots:
+        return False
+    dim1 = NormModel((1,), centre=spec.centre)
+    m = search(y.double(), x, resolve_eps(subject.settings.get("eps"), x.dtype),
+               space(dim1, x.dim())) if not agree(y.double(), normalise(x, dim1, 1e-12)) \
+        else dim1
+    return m is not None and m.dims == (1,)
 
 
 def channels_first(subject: Subject, spec: NormSpec, report: Report) -> None:

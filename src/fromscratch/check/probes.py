@@ -115,6 +115,7 @@ def take_channels_last(inst: Any, rank: int) -> None:
         def channels_first_forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
             n, c, between = x.shape[0], x.shape[-1], tuple(x.shape[1:-1])
             xf = x.movedim(-1, 1).reshape((n, c, math.prod(between)) + (1,) * (rank - 3))
+            xf = xf.contiguous()           # as a real (N, C, ...) tensor is (.view works)
             y = forward(xf, *args, **kwargs)
             if not isinstance(y, torch.Tensor) or y.shape != xf.shape:
                 return y                               # the battery reports what it got
