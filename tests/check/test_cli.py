@@ -41,6 +41,21 @@ def test_fragile_only_exits_0_unless_strict(capsys):
     assert run(capsys, "layernorm", target, "--strict")[0] == 1
 
 
+def test_a_named_convention_exits_0_unless_strict_and_says_how_to_load_weights(capsys):
+    """Gemma's 1 + weight is a variant, not a mistake: exit 0, named, with the conversion."""
+    target = f"{FIXTURES / 'real' / 'hf_gemma_rmsnorm.py'}:GemmaRMSNorm"
+    code, out, _ = run(capsys, "rmsnorm", target, "--json")
+    report = json.loads(out)
+    assert code == 0 and report["exit_code"] == 0
+    (f,) = report["findings"]
+    assert f["id"] == "weight-offset" and f["severity"] == "variant"
+    assert f["fix"] == ("to load torch.nn weights w into it: weight = w - 1; from it into "
+                        "torch.nn: w = 1 + weight")
+    code, out, _ = run(capsys, "rmsnorm", target)
+    assert code == 0 and "1 variant (exit 0)" in out
+    assert run(capsys, "rmsnorm", target, "--strict")[0] == 1
+
+
 def test_json_report(capsys):
     code, out, _ = run(capsys, "dropout", f"{FIXTURES / 'seed_dropout.py'}:Dropout", "--json")
     report = json.loads(out)

@@ -415,6 +415,9 @@ class DropoutBattery:
         o = call(inst, x)
         if not o.ok:
             self.r.check("p = 1 gives zeros", False, o.why())
+            self.r.add(finding("p-one-nan", f"with p = 1 forward raises {o.why()}",
+                               title=f"p = 1 raises {type(o.error).__name__} instead of "
+                               f"giving zeros" if o.error is not None else None))
             return
         finite = bool(torch.isfinite(o.y).all())
         self.r.check("p = 1 gives zeros", finite and bool((o.y == 0).all()))

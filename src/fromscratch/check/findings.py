@@ -370,7 +370,7 @@ CATALOG: dict[str, Entry] = {
                        "a deliberate variant (timm's DropPath): the whole sample (a residual "
                        "branch) is dropped; torch.nn.Dropout draws every element "
                        "independently", "nothing, if stochastic depth is meant"),
-    "p-one-nan": Entry(F, "p = 1 gives NaN instead of zeros",
+    "p-one-nan": Entry(F, "p = 1 gives NaN instead of zeros (or raises)",
                        "x * 0 / (1 - p) divides by zero", "return zeros when p == 1"),
     # -- NumPy networks (fromscratch check gradient) -------------------------------------
     "gradient-scaled": Entry(W, "the gradient is a constant multiple of the reported loss's",
