@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from fromscratch.check import LoadError, check_layer
 
@@ -268,3 +269,10 @@ def test_a_layer_that_does_not_take_tensors_cannot_be_checked():
     with pytest.raises(LoadError, match="is not a torch.nn.Module and fails on every tensor "
                                         "input tried"):
         check_layer("layernorm", f"{FIXTURES / 'not_tensors.py'}:LayerNorm")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the layer runs on this machine's GPU")
+def test_a_layer_that_runs_only_on_a_gpu_cannot_be_checked_on_a_cpu():
+    """Not called wrong for what the machine lacks: exit 2, saying why."""
+    with pytest.raises(LoadError, match="it runs only on a GPU"):
+        check_layer("rmsnorm", f"{FIXTURES / 'gpu_only.py'}:RMSNorm")

@@ -28,7 +28,7 @@ from . import guard, loader, modulelike, source
 from .guard import probe
 from .findings import Report, finding
 from .loader import LoadError
-from .normcheck import not_on_tensors
+from .normcheck import unrunnable
 from .probes import Subject, backward_call, call, close, diff, read_setting
 
 N_ROWS, N_COLS = 400, 250
@@ -181,8 +181,7 @@ class DropoutBattery:
                           f"(batch, time, features) input {SEQUENCES}")
             return x3, o3.y
         self.r.check("forward in training", False, why)
-        if not issubclass(self.s.cls, torch.nn.Module):
-            raise LoadError(not_on_tensors(self.s.cls.__name__, why))
+        unrunnable(self.s.cls, why)
         if not o.ok:
             self.r.add(finding("forward-error", f"on {tuple(x.shape)} float32 input: {why}"))
         else:

@@ -13,7 +13,6 @@ as a module. Every place the batteries would call a module method goes through h
 """
 from __future__ import annotations
 
-import inspect
 from typing import Any, Iterable
 
 import torch
@@ -95,9 +94,3 @@ def lacks(obj: Any) -> str:
             f"registered as a submodule of a model that holds it (model.parameters() and "
             f"model.state_dict() miss its tensors)")
 
-
-def describe_signature(cls: type) -> inspect.Signature | None:
-    try:
-        return inspect.signature(cls)
-    except (TypeError, ValueError):
-        return None

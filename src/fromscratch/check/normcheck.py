@@ -225,8 +225,7 @@ class NormBattery:
                 self.r.add(finding("missing-keepdim", [errors[0], f"on a square {tuple(x.shape)} "
                                    f"input it runs, and its output is {formula(m, ref)}"]))
                 return
-        if not issubclass(self.s.cls, torch.nn.Module):
-            raise LoadError(not_on_tensors(self.s.cls.__name__, errors[0]))
+        unrunnable(self.s.cls, errors[0])
         self.r.add(finding("forward-error", errors, title="forward raises an error on every "
                            "input shape tried"))
 
@@ -801,9 +800,18 @@ def channels_first(subject: Subject, spec: NormSpec, report: Report) -> None:
             ", 1" * (subject.channels_first - 3) + "), L the product of the dims between")
 
 
-def not_on_tensors(name: str, error: str) -> str:
-    """Why a plain class that fails on every input cannot be checked (a micrograd-style layer
-    takes lists of scalars)."""
-    return (f"{name} is not a torch.nn.Module and fails on every tensor input tried ({error}): "
-            f"the checker calls a layer with a torch.Tensor and needs a tensor of the same "
-            f"shape back")
+GPU_ONLY = ("cuda", "triton", "cpu tensor?", "no nvidia driver", "active drivers")
+
+
+def unrunnable(cls: type, error: str) -> None:
+    """Every input failed. Raise LoadError (exit 2) where that says nothing about the layer:
+    a plain class that does not take tensors (a micrograd-style layer on lists of scalars),
+    or a layer that runs only on a GPU (a Triton or CUDA kernel, on this machine's CPU).
+    An nn.Module that fails on every input otherwise is a finding (``forward-error``)."""
+    if any(word in error.lower() for word in GPU_ONLY):
+        raise LoadError(f"{cls.__name__} fails on every CPU input tried ({error}): it runs "
+                        f"only on a GPU (a CUDA or Triton kernel), which this machine lacks")
+    if not issubclass(cls, torch.nn.Module):
+        raise LoadError(f"{cls.__name__} is not a torch.nn.Module and fails on every tensor "
+                        f"input tried ({error}): the checker calls a layer with a "
+                        f"torch.Tensor and needs a tensor of the same shape back")

@@ -352,15 +352,15 @@ def call(inst: Any, x: torch.Tensor, grad: bool = True) -> Outcome:
     return Outcome(y if x.requires_grad else y.detach())
 
 
-def modifies_input(inst: nn.Module, x: torch.Tensor) -> bool:
-    """Does inst(x) write into x (x -= mean, x.div_(...))?"""
+def modifies_input(inst: Any, x: torch.Tensor) -> bool:
+    """Does inst(x) write into x (x -= mean, x.div_(...))? With gradients on, as ``call``."""
     xc = x.clone()
     try:
-        with quiet(), torch.no_grad(), guard.running(forward_call(inst, x)):
+        with quiet(), torch.enable_grad(), guard.running(forward_call(inst, x)):
             inst(xc)
     except Exception:
         return False
-    return not torch.equal(xc, x)
+    return not torch.equal(xc.detach(), x)
 
 
 # -- inputs --------------------------------------------------------------------------------
