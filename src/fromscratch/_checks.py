@@ -187,22 +187,67 @@ def param(op: str, name: str, p: Any, shape: tuple[int, ...], input: Any,
     param_shape(op, name, p, shape)
 
 
+# torch's channels-first layouts by rank, and the fromscratch.nn class that takes each
+_CHANNELS_FIRST = {2: ("(N, C)", "BatchNorm1d"), 3: ("(N, C, L)", "BatchNorm1d"),
+                   4: ("(N, C, H, W)", "BatchNorm2d"), 5: ("(N, C, D, H, W)", "BatchNorm3d")}
+
+
+def batch_norm_rank(op: str, x_shape: Sequence[int], ranks: tuple[int, ...]) -> None:
+    """A channels-first BatchNorm's input rank, in torch's words ("expected 4D input (got
+    3D input)"), with the shape and the layouts the module takes."""
+    if len(x_shape) not in ranks:
+        raise ShapeError(f"{op}: expected {' or '.join(f'{r}D' for r in ranks)} input (got "
+                         f"{len(x_shape)}D input of shape {tuple(x_shape)}); {op} takes "
+                         + " or ".join(_CHANNELS_FIRST[r][0] for r in ranks))
+
+
+def _wrong_channels(op: str, shape: tuple[int, ...], n: int, channels_first: bool) -> str:
+    """The wrong channel count, and the layout mix-up when the other end of the shape has
+    num_features: (N, C, H, W) into a channels-last BatchNorm, or the reverse."""
+    if channels_first:
+        message = (f"{op}: input of shape {shape} has {shape[1]} channels in dimension 1, "
+                   f"expected num_features={n}")
+        if shape[-1] == n:
+            message += (f". Its last dimension has {n}: is it channels-last (N, ..., C)? {op} "
+                        f"is channels-first (N, C, ...), as torch.nn's BatchNorm1d/2d/3d: use "
+                        f"fromscratch.nn.BatchNorm for channels-last input, or move the "
+                        f"channels first: input.movedim(-1, 1)")
+        return message
+    message = (f"{op}: input of shape {shape} has {shape[-1]} channels in its last dimension, "
+               f"expected num_features={n}")
+    if len(shape) > 2 and shape[1] == n:
+        layout, cls = _CHANNELS_FIRST.get(len(shape), ("(N, C, ...)", None))
+        message += (f". Its dimension 1 has {n}: is it channels-first {layout}"
+                    + (f", as torch.nn.{cls} takes" if cls else "")
+                    + f"? {op} is channels-last and normalises the last dimension: "
+                    + (f"use fromscratch.nn.{cls}, or " if cls else "")
+                    + "move the channels last: input.movedim(1, -1) (np.moveaxis(x, 1, -1) "
+                    "for an array)")
+    return message
+
+
 def batch_norm_input(op: str, x_shape: Sequence[int], num_features: int | None,
-                     training: bool, eps: float) -> None:
+                     training: bool, eps: float, channels_first: bool = False) -> None:
+    """Channels-last input (N, C) or (N, ..., C), or with ``channels_first`` (N, C, ...)
+    (its rank is the module's to check: ``batch_norm_rank``); more than one value per
+    channel in training; eps > 0 in training, finite and >= 0 always."""
     eps = real(op, "eps", eps)
-    if len(x_shape) < 2:
-        raise ShapeError(f"{op}: expected input of shape (N, C) or (N, ..., C) with channels "
-                         f"last, got {tuple(x_shape)}")
-    if num_features is not None and x_shape[-1] != num_features:
-        raise ShapeError(f"{op}: input of shape {tuple(x_shape)} has {x_shape[-1]} channels in its "
-                         f"last dimension, expected num_features={num_features}")
+    shape = tuple(x_shape)
+    if len(shape) < 2:
+        layout = "(N, C, ...) with channels first" if channels_first else \
+            "(N, C) or (N, ..., C) with channels last"
+        raise ShapeError(f"{op}: expected input of shape {layout}, got {shape}")
+    channel = 1 if channels_first else len(shape) - 1
+    if num_features is not None and shape[channel] != num_features:
+        raise ShapeError(_wrong_channels(op, shape, num_features, channels_first))
     if training:
         per_channel = 1
-        for s in x_shape[:-1]:
-            per_channel *= s
+        for i, s in enumerate(shape):
+            if i != channel:
+                per_channel *= s
         if per_channel == 1:                           # an empty batch is fine, as in torch
             raise ValueError(f"{op}: expected more than 1 value per channel when training, got "
-                             f"input of shape {tuple(x_shape)}")
+                             f"input of shape {shape}")
         if not eps > 0:                                # also NaN
             raise ValueError(f"{op}: eps must be > 0 in training (var may be 0), got {eps}")
     epsilon(op, eps)                                   # and finite, >= 0 in eval too

@@ -108,6 +108,19 @@ def test_eval_uses_running_statistics(device):
     close(db, db_ref, "dbias", torch.bfloat16, reduced_over=13)
 
 
+def train_twice_then_eval(mod, x, dy):
+    """[y, dx] of two training steps on x and x + 1, then the eval output, dweight, dbias
+    and the running statistics."""
+    res = []
+    for step in range(2):
+        xi = (x + step).requires_grad_(True)
+        y = mod(xi)
+        y.backward(dy)
+        res += [y, xi.grad]
+    mod.eval()
+    return res + [mod(x), mod.weight.grad, mod.bias.grad, mod.running_mean, mod.running_var]
+
+
 def test_module_matches_torch_backend(device):
     """nn.BatchNorm(backend='triton') vs 'torch' on (N, L, C): two training steps (cumulative
     momentum), then eval; outputs, gradients and buffers agree, state_dict keys are equal."""
@@ -116,16 +129,8 @@ def test_module_matches_torch_backend(device):
     dy = rows(12, 37, torch.float32, device, seed=3, shifted=False).reshape(4, 3, 37)
     outs, mods = {}, {}
     for backend in ("torch", "triton"):
-        mod = BatchNorm(37, momentum=None, backend=backend, device=device)
-        res = []
-        for step in range(2):
-            xi = (x + step).requires_grad_(True)
-            y = mod(xi)
-            y.backward(dy)
-            res += [y, xi.grad]
-        mod.eval()
-        res += [mod(x), mod.weight.grad, mod.bias.grad, mod.running_mean, mod.running_var]
-        outs[backend], mods[backend] = res, mod
+        mods[backend] = BatchNorm(37, momentum=None, backend=backend, device=device)
+        outs[backend] = train_twice_then_eval(mods[backend], x, dy)
     cond = col_condition(x.reshape(-1, 37))
     for i, (a, b) in enumerate(zip(outs["triton"], outs["torch"])):
         close(a, f64(b), f"output {i}", torch.float32, reduced_over=24, cond=cond * 100)
@@ -164,3 +169,18 @@ def test_every_launch_configuration(device, monkeypatch):
         monkeypatch.setattr(K, "_reduce_configs", lambda _, cfg=red[i % len(red)]: [cfg])
         monkeypatch.setattr(K, "_elementwise_configs", lambda _, cfg=elt[i % len(elt)]: [cfg])
         check_all(run_kernel(x, w, b, dy), ref, x, torch.bfloat16)
+
+
+def test_channels_first_module_matches_torch_backend(device):
+    """nn.BatchNorm2d(backend='triton') on a tiny (N, C, H, W): the kernels see the channels
+    moved last; two training steps then eval agree with the 'torch' backend."""
+    from fromscratch.nn import BatchNorm2d
+    x = columns(2 * 3 * 2, 5, torch.float32, device).reshape(2, 3, 2, 5).movedim(-1, 1)
+    dy = rows(12, 5, torch.float32, device, seed=3, shifted=False).reshape(2, 5, 3, 2)
+    outs = {backend: train_twice_then_eval(BatchNorm2d(5, backend=backend, device=device), x, dy)
+            for backend in ("torch", "triton")}
+    cond = col_condition(x.movedim(1, -1).reshape(-1, 5))
+    for i, (a, b) in enumerate(zip(outs["triton"], outs["torch"])):
+        if a.dim() == 4:                   # channels last, where cond (per channel) broadcasts
+            a, b = a.movedim(1, -1), b.movedim(1, -1)
+        close(a, f64(b), f"output {i}", torch.float32, reduced_over=12, cond=cond * 100)

@@ -43,7 +43,7 @@ def compare(ours, theirs, x, dy, rtol, atol, what):
     """One forward/backward of both modules (same dtype): outputs, grads and buffers."""
     y, dx, g = forward_backward(ours, x, dy)
     y_t, dx_t, g_t = forward_backward(theirs, x, dy)
-    rows = x.numel() // x.shape[-1]
+    rows = x.numel() // ours.num_features           # values per channel, in either layout
     assert_close(y, y_t, f"{what} y", rtol, atol)
     assert_close(dx, dx_t, f"{what} dx", rtol, atol)
     assert g.keys() == g_t.keys()
@@ -96,33 +96,39 @@ def test_float64_variants_train_and_eval(kw):
     compare(ours, theirs, *batch((5, 4, 7), 2, torch.float64), rtol, atol, "eval")
 
 
+def compare_to_float64(ours, theirs, reference, x, dy, what):
+    """One step of ours in x's working dtype against ``reference``, the float64 twin of
+    ``theirs`` (torch's own answer only quoted): outputs, grads and running buffers, with
+    docs/conventions.md's tolerance; dtypes kept (the input's, the parameters')."""
+    dtype, pdtype = x.dtype, ours.weight.dtype
+    y, dx, g = forward_backward(ours, x, dy)
+    y_r, dx_r, g_r = forward_backward(reference, x.double(), dy.double())
+    t = try_forward_backward(theirs, x, dy)
+    assert y.dtype == dx.dtype == dtype and all(v.dtype == pdtype for v in g.values())
+    assert_close(y, y_r, f"{what} y", *tol(dtype), theirs=t and t[0])
+    assert_close(dx, dx_r, f"{what} dx", *tol(dtype), theirs=t and t[1])
+    rows = x.numel() // ours.num_features
+    for name in g:
+        assert_close(g[name], g_r[name], f"{what} d{name}", *tol(dtype, reduced_over=rows),
+                     theirs=t and t[2][name])
+    for name in ("running_mean", "running_var"):
+        assert getattr(ours, name).dtype == pdtype
+        assert_close(getattr(ours, name), getattr(reference, name), f"{what} {name}",
+                     *tol(dtype))
+    assert int(ours.num_batches_tracked) == int(reference.num_batches_tracked)
+
+
 @pytest.mark.parametrize("param_dtype", ["same", "float32"])
 @pytest.mark.parametrize("dtype", WORKING_DTYPES, ids=str)
 def test_working_dtypes_against_float64_reference(dtype, param_dtype):
     pdtype = dtype if param_dtype == "same" else torch.float32
     ours, theirs = pair(11, pdtype)
     reference = float64_twin(theirs)
-    shape = (6, 5, 11)
-    rows = 30
     for step in range(3):
         if step == 2:
             ours.eval(), theirs.eval(), reference.eval()
-        x, dy = batch(shape, step, dtype)
-        y, dx, g = forward_backward(ours, x, dy)
-        y_r, dx_r, g_r = forward_backward(reference, x.double(), dy.double())
-        t = try_forward_backward(theirs, x, dy)
-        what = f"{dtype} params {pdtype} step {step}"
-        assert y.dtype == dx.dtype == dtype and all(v.dtype == pdtype for v in g.values())
-        assert_close(y, y_r, f"{what} y", *tol(dtype), theirs=t and t[0])
-        assert_close(dx, dx_r, f"{what} dx", *tol(dtype), theirs=t and t[1])
-        for name in g:
-            assert_close(g[name], g_r[name], f"{what} d{name}", *tol(dtype, reduced_over=rows),
-                         theirs=t and t[2][name])
-        for name in ("running_mean", "running_var"):
-            assert getattr(ours, name).dtype == pdtype
-            assert_close(getattr(ours, name), getattr(reference, name), f"{what} {name}",
-                         *tol(dtype))
-        assert int(ours.num_batches_tracked) == int(reference.num_batches_tracked)
+        compare_to_float64(ours, theirs, reference, *batch((6, 5, 11), step, dtype),
+                           f"{dtype} params {pdtype} step {step}")
 
 
 def test_momentum_semantics_explicitly():

@@ -1,7 +1,8 @@
 """Each module is a drop-in for its torch.nn twin: constructor signature, attributes,
 parameters, buffers, state_dict (keys, values, loading both ways), extra_repr,
 reset_parameters and .to(dtype) all as torch.nn's. BatchNorm's twin is BatchNorm1d
-(ours is channels-last; the parameters and buffers are the same)."""
+(ours is channels-last; the parameters and buffers are the same); BatchNorm1d/2d/3d's are
+torch's namesakes."""
 from __future__ import annotations
 
 import inspect
@@ -27,6 +28,9 @@ CASES = [
     (fnn.BatchNorm, nn.BatchNorm1d, (6,), {"bias": False}),
     (fnn.BatchNorm, nn.BatchNorm1d, (6,), {"track_running_stats": False}),
     (fnn.BatchNorm, nn.BatchNorm1d, (6,), {"affine": False, "track_running_stats": False}),
+    (fnn.BatchNorm1d, nn.BatchNorm1d, (6,), {"momentum": None}),
+    (fnn.BatchNorm2d, nn.BatchNorm2d, (6,), {"affine": False}),
+    (fnn.BatchNorm3d, nn.BatchNorm3d, (6,), {"track_running_stats": False}),
     (fnn.Dropout, nn.Dropout, (), {}),
     (fnn.Dropout, nn.Dropout, (0.2,), {"inplace": True}),
 ]
@@ -81,6 +85,9 @@ def assert_states_equal(a: nn.Module, b: nn.Module) -> None:
 @pytest.mark.parametrize("ours_cls,torch_cls", [(fnn.LayerNorm, nn.LayerNorm),
                                                 (fnn.RMSNorm, nn.RMSNorm),
                                                 (fnn.BatchNorm, nn.BatchNorm1d),
+                                                (fnn.BatchNorm1d, nn.BatchNorm1d),
+                                                (fnn.BatchNorm2d, nn.BatchNorm2d),
+                                                (fnn.BatchNorm3d, nn.BatchNorm3d),
                                                 (fnn.Dropout, nn.Dropout)])
 def test_constructor_signature_is_torchs(ours_cls, torch_cls):
     assert_signature_extends(ours_cls.__init__, torch_cls.__init__)

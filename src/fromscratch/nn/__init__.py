@@ -1,8 +1,9 @@
 """Drop-in torch.nn modules whose gradients are the hand-derived ones in ``fromscratch.ops``."""
-from .batch_norm import BatchNorm
+from .batch_norm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
 from .dropout import Dropout
 from .layer_norm import LayerNorm
 from .rms_norm import RMSNorm
 from .sync_batch_norm import SyncBatchNorm
 
-__all__ = ["BatchNorm", "Dropout", "LayerNorm", "RMSNorm", "SyncBatchNorm"]
+__all__ = ["BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "Dropout", "LayerNorm",
+           "RMSNorm", "SyncBatchNorm"]

@@ -18,8 +18,18 @@ class BatchNorm(nn.Module):
     Training normalises with the batch's biased variance and stores the unbiased one:
     running = (1 - momentum) running + momentum batch; ``momentum=None`` is the cumulative
     average over ``num_batches_tracked``.
+
+    The layout is read from the shape: the last dimension must be ``num_features``. An
+    (N, C, H, W) input whose dimension 1 is ``num_features`` but not its last one is
+    refused with an error that names the layout and the fix (``BatchNorm2d`` below, or
+    ``input.movedim(1, -1)``). An (N, C, L) input with L == C == num_features cannot be
+    told apart from (N, L, C): it is taken as channels-last and its *last* dimension is
+    normalised. A module that replaces ``torch.nn.BatchNorm1d`` must therefore be
+    ``BatchNorm1d``, never this one.
     """
 
+    # the input ranks of a channels-first layout (BatchNorm1d: 2 and 3); () is channels-last
+    _channels_first: tuple[int, ...] = ()
     _version = 2
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
@@ -81,12 +91,27 @@ class BatchNorm(nn.Module):
         return momentum
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        check.batch_norm_input(type(self).__name__, input.shape, self.num_features,
-                               self.training, self.eps)
+        self._check_input(input, self.training)
+        if not self._channels_first or input.dim() == 2:
+            return self._normalise(input)
+        y = self._normalise(input.movedim(1, -1)).movedim(-1, 1)
+        # as torch's: a contiguous input gives a contiguous output, a channels_last one
+        # (whose movedim was already contiguous) keeps its strides
+        return y.contiguous() if input.is_contiguous() else y
+
+    def _check_input(self, input: torch.Tensor, training: bool) -> None:
+        name = type(self).__name__
+        if self._channels_first:
+            check.batch_norm_rank(name, input.shape, self._channels_first)
+        check.batch_norm_input(name, input.shape, self.num_features, training, self.eps,
+                               channels_first=bool(self._channels_first))
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """x checked and channels-last, (N, C) or (N, ..., C)."""
         # eval without running statistics normalises with the batch's own, as torch does
         use_batch = self.training or self.running_mean is None
         track = self.training and self.track_running_stats
-        return F.batch_norm(input, self.running_mean if track or not use_batch else None,
+        return F.batch_norm(x, self.running_mean if track or not use_batch else None,
                             self.running_var if track or not use_batch else None,
                             self.weight, self.bias, use_batch, self._momentum(), self.eps,
                             backend=self.backend)
@@ -108,3 +133,25 @@ class BatchNorm(nn.Module):
                                else torch.tensor(0, dtype=torch.long))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
                                       missing_keys, unexpected_keys, error_msgs)
+
+
+class BatchNorm1d(BatchNorm):
+    """``torch.nn.BatchNorm1d``'s layout, (N, C) or (N, C, L): statistics per channel over
+    N (and L). The same module as ``BatchNorm`` (arguments, parameters, buffers, state_dict,
+    kernels and formula), with the channels moved last for the computation and back."""
+
+    _channels_first = (2, 3)
+
+
+class BatchNorm2d(BatchNorm):
+    """``torch.nn.BatchNorm2d``'s layout, (N, C, H, W): statistics per channel over N, H, W.
+    ``BatchNorm`` with the channels moved last for the computation and back."""
+
+    _channels_first = (4,)
+
+
+class BatchNorm3d(BatchNorm):
+    """``torch.nn.BatchNorm3d``'s layout, (N, C, D, H, W): statistics per channel over N, D,
+    H, W. ``BatchNorm`` with the channels moved last for the computation and back."""
+
+    _channels_first = (5,)

@@ -31,7 +31,7 @@ from torch.autograd.function import once_differentiable
 from .. import _checks as check
 from ..ops import batch_norm as bn
 from ._autograd import down, own_dtypes, up
-from .batch_norm import BatchNorm
+from .batch_norm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
 
 
 def _world(group: Any) -> int:
@@ -93,7 +93,8 @@ class SyncBatchNorm(BatchNorm):
     """``BatchNorm`` whose training statistics span every process of ``process_group``
     (default: the whole world). Outside torch.distributed, in eval, or with one process
     it is exactly ``BatchNorm`` (other keyword arguments go to it). Channels-last like
-    BatchNorm; CPU (gloo) and GPU (NCCL)."""
+    BatchNorm (``SyncBatchNorm1d/2d/3d`` below take torch's channels-first layouts); CPU
+    (gloo) and GPU (NCCL)."""
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True,
@@ -103,25 +104,31 @@ class SyncBatchNorm(BatchNorm):
                          device=device, dtype=dtype, **kwargs)
         self.process_group = process_group
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if not self.training or _world(self.process_group) == 1:
-            return super().forward(input)
+    def _syncing(self) -> bool:
+        return self.training and _world(self.process_group) > 1
+
+    def _check_input(self, input: torch.Tensor, training: bool) -> None:
+        if not (training and self._syncing()):
+            return super()._check_input(input, training)
         name = type(self).__name__
         check.floating(name, input)
         # local shape only: a rank may hold one row or none; the global count is checked
-        check.batch_norm_input(name, input.shape, self.num_features, False, self.eps)
+        super()._check_input(input, False)
         if self.eps <= 0:
             raise ValueError(f"{name}: eps must be > 0 in training (var may be 0), got {self.eps}")
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._syncing():
+            return super()._normalise(x)
         momentum = self._momentum()
-        x = input.reshape(-1, self.num_features)
-        y, mean, var, n = SyncBatchNormFn.apply(x, self.weight, self.bias, float(self.eps),
-                                             self.process_group)
+        y, mean, var, n = SyncBatchNormFn.apply(x.reshape(-1, self.num_features), self.weight,
+                                             self.bias, float(self.eps), self.process_group)
         if self.track_running_stats:
             with torch.no_grad():
                 bn.update_running_(self.running_mean, self.running_var,
                                    mean.to(self.running_mean.dtype),
                                    var.to(self.running_var.dtype), float(n), momentum)
-        return y.reshape(input.shape)
+        return y.reshape(x.shape)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (f", process_group={self.process_group}"
@@ -131,12 +138,15 @@ class SyncBatchNorm(BatchNorm):
     def convert_sync_batchnorm(cls, module: torch.nn.Module,
                                process_group: Any = None) -> torch.nn.Module:
         """Every ``fromscratch.nn.BatchNorm`` in ``module`` replaced by a SyncBatchNorm
-        sharing its parameters and buffers (as ``torch.nn.SyncBatchNorm``'s helper).
-        torch's own BatchNorm1d/2d are channels-first and are left alone."""
+        sharing its parameters and buffers (as ``torch.nn.SyncBatchNorm``'s helper), of the
+        same layout: a ``BatchNorm2d`` becomes a ``SyncBatchNorm2d`` and still takes
+        (N, C, H, W). torch's own BatchNorm1d/2d/3d are left alone."""
         out = module
         if isinstance(module, BatchNorm) and not isinstance(module, SyncBatchNorm):
-            out = cls(module.num_features, module.eps, module.momentum, module.affine,
-                      module.track_running_stats, process_group)
+            layout = module._channels_first
+            sync = cls if cls._channels_first == layout else _SYNC_OF_LAYOUT[layout]
+            out = sync(module.num_features, module.eps, module.momentum, module.affine,
+                       module.track_running_stats, process_group)
             out.weight, out.bias = module.weight, module.bias
             out.backend = getattr(module, "backend", "auto")
             out.running_mean = module.running_mean
@@ -146,3 +156,20 @@ class SyncBatchNorm(BatchNorm):
         for name, child in module.named_children():
             out.add_module(name, cls.convert_sync_batchnorm(child, process_group))
         return out
+
+
+class SyncBatchNorm1d(SyncBatchNorm, BatchNorm1d):
+    """SyncBatchNorm on ``BatchNorm1d``'s (N, C) or (N, C, L): what
+    ``convert_sync_batchnorm`` makes of a ``BatchNorm1d``."""
+
+
+class SyncBatchNorm2d(SyncBatchNorm, BatchNorm2d):
+    """SyncBatchNorm on ``BatchNorm2d``'s (N, C, H, W)."""
+
+
+class SyncBatchNorm3d(SyncBatchNorm, BatchNorm3d):
+    """SyncBatchNorm on ``BatchNorm3d``'s (N, C, D, H, W)."""
+
+
+_SYNC_OF_LAYOUT = {c._channels_first: c for c in (SyncBatchNorm, SyncBatchNorm1d,
+                                                  SyncBatchNorm2d, SyncBatchNorm3d)}
