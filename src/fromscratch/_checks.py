@@ -136,6 +136,20 @@ def epsilon(op: str, value: Any) -> float:
     return e
 
 
+def finite(op: str, name: str, value: Any) -> float:
+    v = real(op, name, value)
+    if not math.isfinite(v):
+        raise ValueError(f"{op}: {name} must be finite, got {value}")
+    return v
+
+
+def choice(op: str, name: str, value: Any, allowed: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{op}: {name} must be one of {', '.join(map(repr, allowed))}, "
+                         f"got {_describe(value)}")
+    return value
+
+
 def unit_interval(op: str, name: str, value: Any) -> float:
     v = real(op, name, value)
     if not 0.0 <= v <= 1.0:                        # also refuses NaN

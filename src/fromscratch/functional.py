@@ -12,9 +12,10 @@ import torch
 from . import _checks as check
 from .kernels.dispatch import check_backend, use_kernels
 from .ops._xp import transforming
-from .nn._autograd import BatchNormFn, DropoutFn, LayerNormFn, RMSNormFn, everyday
+from .nn._autograd import BatchNormFn, DropoutFn, LayerNormFn, RMSNormFn, everyday, up
 from .nn._compile import ops
 from .ops import batch_norm as bn
+from .ops import rms_norm as rn
 
 
 def _flat(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -52,29 +53,52 @@ def layer_norm(input: torch.Tensor, normalized_shape: int | Sequence[int],
 
 def rms_norm(input: torch.Tensor, normalized_shape: int | Sequence[int],
              weight: torch.Tensor | None = None, eps: float | None = None,
-             backend: str = "auto") -> torch.Tensor:
-    """y = x / sqrt(mean(x^2) + eps) * weight; eps=None is the float32 (float64) machine eps."""
+             backend: str = "auto", *, offset: float = 0.0, cast: str = "output"
+             ) -> torch.Tensor:
+    """y = x / sqrt(mean(x^2) + eps) * (offset + weight); eps=None is the float32 (float64)
+    machine eps.
+
+    ``offset``: the weight is applied as offset + weight (Gemma stores weight - 1 and uses
+    offset=1), formed in the compute dtype. ``cast``, where fp16/bf16 input meets float32
+    maths (float32 and float64 input are computed in their own dtype, so there every mode
+    gives the same numbers):
+
+    * ``"output"`` (default): normalise and apply the weight in float32, cast the output to
+      the input's dtype once. Hugging Face's GemmaRMSNorm (with offset=1).
+    * ``"normalized"``: normalise in float32, cast xhat to the input's dtype, then apply the
+      weight; the output has the dtype torch promotes weight and input to. Hugging Face's
+      LlamaRMSNorm, ``weight * xhat.to(input_dtype)`` (and Mistral's, Qwen2's, ...).
+
+    The backward is the same derivative in every mode (a cast has derivative 1). Under
+    backend="compile" Inductor keeps a fused intermediate in float32 unless
+    ``torch._inductor.config.emulate_precision_casts`` is set, so there "normalized" rounds
+    once, as a compiled Llama does itself."""
     op = "rms_norm"
     shape = _checked_input(op, input, normalized_shape)
     check.param(op, "weight", weight, shape, input, floating_point=_RMS_WEIGHT_FLOATING_ONLY)
     if eps is None:
         eps = torch.finfo(torch.float64 if input.dtype == torch.float64 else torch.float32).eps
-    args = (_flat(input, len(shape)), _flat1(weight), check.epsilon(op, eps))
+    x, w, eps = _flat(input, len(shape)), _flat1(weight), check.epsilon(op, eps)
+    offset = check.finite(op, "offset", offset)
+    xhat_dtype, out_dtype = _rms_dtypes(op, cast, input, weight)
     if use_kernels(op, backend, input, weight=weight):
         K = _kernels()
-        y = _run_kernels(K.RMSNormFn, "rms_norm", *args)
+        y = _run_kernels(K.RMSNormFn, "rms_norm", x, _applied(w, offset), eps,
+                         xhat_dtype is not None, out_dtype)
     else:
-        y = _function(RMSNormFn).apply(*args, ops(op, backend))[0]
+        y = _function(RMSNormFn).apply(x, w, eps, offset, xhat_dtype, out_dtype,
+                                       ops(op, backend))[0]
     return _unflat(y, input.shape)
 
 
 def fused_add_rms_norm(input: torch.Tensor, residual: torch.Tensor,
                        normalized_shape: int | Sequence[int], weight: torch.Tensor | None = None,
-                       eps: float | None = None, backend: str = "auto"
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+                       eps: float | None = None, backend: str = "auto", *, offset: float = 0.0,
+                       cast: str = "output") -> tuple[torch.Tensor, torch.Tensor]:
     """(s, y) with s = input + residual and y = rms_norm(s): a pre-norm transformer block's
     residual add and norm in one pass. The kernels read input and residual once and write s
-    and y; the reference is the two steps composed."""
+    and y; the reference is the two steps composed. ``offset`` and ``cast`` as
+    ``rms_norm``'s (the kernels take them too)."""
     op = "fused_add_rms_norm"
     check_backend(backend)
     shape = _checked_input(op, input, normalized_shape)
@@ -86,6 +110,7 @@ def fused_add_rms_norm(input: torch.Tensor, residual: torch.Tensor,
     check.param(op, "weight", weight, shape, input, floating_point=_RMS_WEIGHT_FLOATING_ONLY)
     if eps is not None:
         eps = check.epsilon(op, eps)
+    offset = check.finite(op, "offset", offset)
     if backend == "triton" and residual.dtype != input.dtype:
         raise check.DtypeError(f"{op}: residual is {residual.dtype} and input {input.dtype}; the "
                                "fused kernel takes one dtype for both")
@@ -93,13 +118,16 @@ def fused_add_rms_norm(input: torch.Tensor, residual: torch.Tensor,
                                                      weight=weight):
         if eps is None:
             eps = torch.finfo(torch.float32).eps
+        xhat_dtype, out_dtype = _rms_dtypes(op, cast, input, weight)
         K = _kernels()
         s, y = _run_kernels(K.FusedAddRMSNormFn, "fused_add_rms_norm",
                             _flat(input, len(shape)), _flat(residual, len(shape)),
-                            _flat1(weight), float(eps))
+                            _applied(_flat1(weight), offset), float(eps),
+                            xhat_dtype is not None, out_dtype)
         return _unflat(s, input.shape), _unflat(y, input.shape)
     s = input + residual
-    return s, rms_norm(s, shape, weight, eps, "compile" if backend == "compile" else "torch")
+    return s, rms_norm(s, shape, weight, eps, "compile" if backend == "compile" else "torch",
+                       offset=offset, cast=cast)
 
 
 def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None,
@@ -175,6 +203,31 @@ def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True,
     else:
         y = _function(DropoutFn).apply(input, p)[0]
     return input.copy_(y) if inplace else y
+
+
+#: rms_norm's ``cast`` modes: what is cast to the input's dtype (see ``rms_norm``)
+RMS_CASTS = ("output", "normalized")
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _rms_dtypes(op: str, cast: str, input: torch.Tensor, weight: torch.Tensor | None
+                ) -> tuple[torch.dtype | None, torch.dtype | None]:
+    """(the dtype xhat is rounded to before the weight, None for none; the output's dtype,
+    None for the input's) of ``cast``."""
+    if cast == "output":
+        return None, None
+    check.choice(op, "cast", cast, RMS_CASTS)
+    if weight is None:                 # nothing is applied after the cast: the same numbers
+        return None, None
+    return (input.dtype if input.dtype in _HALF else None,
+            torch.promote_types(input.dtype, weight.dtype))
+
+
+def _applied(weight: torch.Tensor | None, offset: float) -> torch.Tensor | None:
+    """What the kernels get as the weight: offset + weight formed in float32, as ``ops``
+    forms it (Gemma's 1 + weight.float()); an n-vector, through which autograd carries the
+    weight's gradient back. The weight itself when the offset is 0."""
+    return weight if not offset else rn.applied(up(weight), offset)
 
 
 # torch.nn.functional.rms_norm takes an integer weight (its composite form promotes it, and

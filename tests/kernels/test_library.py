@@ -23,8 +23,11 @@ def op_cases(device):
         "layer_norm, bf16 input, float32 weight": (
             L.layer_norm_op, (x.detach().bfloat16().requires_grad_(), w, b.bfloat16(), 1e-5)),
         "layer_norm_backward": (L.layer_norm_backward_op, (dy, *d, *stats)),
-        "rms_norm": (L.rms_norm_op, (x, w, 1e-6)),
-        "fused_add_rms_norm": (L.fused_add_rms_norm_op, (x, r, w, 1e-6)),
+        "rms_norm": (L.rms_norm_op, (x, w, 1e-6, False, None)),
+        "rms_norm, bf16 input, xhat rounded, float32 out": (
+            L.rms_norm_op, (x.detach().bfloat16().requires_grad_(), w, 1e-6, True,
+                            torch.float32)),
+        "fused_add_rms_norm": (L.fused_add_rms_norm_op, (x, r, w, 1e-6, False, None)),
         "rms_norm_backward with ds": (L.rms_norm_backward_op, (dy, d[0], d[1], stats[1], dy)),
         "batch_norm, training": (L.batch_norm_op, (x, w, b, None, None, True, 1e-5)),
         "batch_norm, eval": (L.batch_norm_op, (x, w, b, rm, rv, False, 1e-5)),

@@ -157,3 +157,49 @@ def test_every_launch_configuration(device, monkeypatch):
                             lambda _, c=bwd[i % len(bwd)]: [c])
         check_all(run_kernel(x, w, dy), ref, m, torch.bfloat16)
         check_fused(x, r, w, dy, ds, torch.bfloat16)
+
+
+@pytest.mark.parametrize("wide", [False, True], ids=["fused", "looped"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_xhat_rounded_before_the_weight(device, dtype, wide, monkeypatch):
+    """Llama's cast (``round_xhat``): y = w * xhat rounded to the input's dtype, stored in
+    the promoted dtype (float32 for a float32 weight); the backward is the plain one."""
+    from fromscratch.kernels import rms_norm as K
+    if wide:
+        monkeypatch.setattr(K, "MAX_FUSED_FWD", 32)
+        monkeypatch.setattr(K, "LOOP_BLOCK", 32)
+    x = rows(5, 37, dtype, device)
+    w = param(37, torch.float32, device, 1, shift=1.0)
+    dy = rows(5, 37, torch.float32, device, seed=3, shifted=False)
+    y, rstd, _, _ = K.forward(x, w, EPS, round_xhat=True, out_dtype=torch.float32)
+    assert y.dtype == torch.float32
+    y_ref, cache = rn.forward(f64(x), f64(w), EPS, xhat_dtype=dtype)
+    # one rounding of xhat to the dtype: its tolerance (the interpreter truncates)
+    close(y, y_ref, "y", dtype)
+    dx, dw = K.backward(dy, x, w, rstd)
+    dx_ref, dw_ref = rn.backward(f64(dy), cache)
+    close(dx, dx_ref, "dx", dtype)
+    close(dw, dw_ref, "dweight", torch.float32, reduced_over=5)
+
+
+@pytest.mark.parametrize("kw", [{"offset": 1.0}, {"cast": "normalized"},
+                                {"offset": 1.0, "cast": "normalized"}], ids=str)
+def test_offset_and_cast_through_functional_match_the_torch_backend(device, kw):
+    """rms_norm and fused_add_rms_norm with Gemma's offset and Llama's cast: triton against
+    the reference, outputs (and their dtype) and the gradients of x, residual and a bf16
+    weight (the offset reaches the kernels as offset + weight in float32)."""
+    x0, r0 = rows(5, 37, torch.bfloat16, device), rows(5, 37, torch.bfloat16, device, seed=5)
+    w0 = param(37, torch.bfloat16, device, 1)
+    gy = rows(5, 37, torch.float32, device, seed=3, shifted=False)
+    gs = rows(5, 37, torch.bfloat16, device, seed=4, shifted=False)
+    out = {}
+    for backend in ("torch", "triton"):
+        x, r, w = (t.clone().requires_grad_(True) for t in (x0, r0, w0))
+        y = F.rms_norm(x, 37, w, EPS, backend, **kw)
+        s, y2 = F.fused_add_rms_norm(x, r, 37, w, EPS, backend, **kw)
+        torch.autograd.backward([y, s, y2], [gy.to(y.dtype), gs, gy.to(y2.dtype)])
+        out[backend] = (y, s, y2, x.grad, r.grad, w.grad)
+    for name, a, b in zip(("y", "s", "y(s)", "dx", "dresidual", "dweight"), out["triton"],
+                          out["torch"]):
+        assert a.dtype == b.dtype, f"{name}: {a.dtype}, the reference's {b.dtype}"
+        close(a, f64(b), name, torch.bfloat16, reduced_over=5)

@@ -42,9 +42,9 @@ def build(case):
     return ours_cls(*args, **kwargs), torch_cls(*args, **kwargs)
 
 
-# what ours adds to torch's interface: the kernel choice (a plain attribute, keyword-only
-# constructor argument with a default, not in the state_dict)
-EXTENSIONS = {"backend"}
+# what ours adds to torch's interface: the kernel choice, RMSNorm's offset and cast (plain
+# attributes, keyword-only constructor arguments with defaults, not in the state_dict)
+EXTENSIONS = {"backend", "offset", "cast"}
 
 
 def public_attributes(m: nn.Module) -> dict:

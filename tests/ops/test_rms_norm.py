@@ -98,3 +98,31 @@ def test_float32_stays_float32_and_is_accurate():
     ref = reference(*(torch.from_numpy(t).double() for t in (x32, w32, dy32)), eps=1e-6)
     for name, m, r, atol in zip(("y", "dx", "dw"), (y, dx, dw), ref, (1e-5, 1e-5, 1e-4)):
         assert_close(m, r, f"float32 {name}", rtol=1.3e-6, atol=atol)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+@pytest.mark.parametrize("offset", [1.0, -0.5])
+def test_offset_is_the_weight_plus_offset_float64(kind, offset):
+    """y = (offset + w) xhat; dweight is dL/d(offset + w), the same sum (eq. 4)."""
+    x, w, dy = inputs((6, 37), True)
+    y, cache = rn.forward(to_kind(x, kind), to_kind(w, kind), 1e-6, offset)
+    dx, dw = rn.backward(to_kind(dy, kind), cache)
+    ref = reference(x, w + offset, dy, 1e-6)
+    for name, m, r in zip(("y", "dx", "dweight"), (y, dx, dw), ref):
+        assert_close(m, r, f"{kind} offset={offset} {name}", **TIGHT)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_xhat_dtype_rounds_xhat_before_the_weight_and_leaves_the_backward(kind):
+    """Llama's cast: y = w * round(xhat) exactly; the cache, and so the backward, are those
+    of the unrounded forward."""
+    x, w, dy = (to_kind(t, kind) for t in inputs((6, 37), True))
+    half = np.float16 if kind == "numpy" else torch.bfloat16
+    y, cache = rn.forward(x, w, 1e-6, xhat_dtype=half)
+    _, plain = rn.forward(x, w, 1e-6)
+    rounded = cache.xhat.astype(half) if kind == "numpy" else cache.xhat.to(half)
+    np.testing.assert_array_equal(as64(y), as64(rounded) * as64(w))
+    assert y.dtype == x.dtype, "y comes in the weight's (compute) dtype"
+    assert not np.array_equal(as64(y), as64(plain.xhat * w)), "nothing was rounded"
+    for a, b in zip(rn.backward(dy, cache), rn.backward(dy, plain)):
+        assert_same(a, b, "backward with and without the rounding")

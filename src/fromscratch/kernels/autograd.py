@@ -64,11 +64,14 @@ class LayerNormFn(torch.autograd.Function):
 
 
 class RMSNormFn(torch.autograd.Function):
+    """(x, weight, eps, round_xhat, out_dtype) -> y; see ``rms_norm.forward``."""
+
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
-                eps: float) -> torch.Tensor:
-        y, rstd, _, ctx.prepared = rms_norm.forward(x, weight, eps,
-                                                    prepare=any(ctx.needs_input_grad))
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None, eps: float,
+                round_xhat: bool = False, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        y, rstd, _, ctx.prepared = rms_norm.forward(x, weight, eps, None,
+                                                    any(ctx.needs_input_grad), round_xhat,
+                                                    out_dtype)
         ctx.save_for_backward(x, weight, rstd)
         return y
 
@@ -77,17 +80,20 @@ class RMSNormFn(torch.autograd.Function):
     def backward(ctx: Any, dy: torch.Tensor):
         x, weight, rstd = ctx.saved_tensors
         dx, dw = rms_norm.backward(dy, x, weight, rstd, prepared=ctx.prepared)
-        return dx, dw, None
+        return dx, dw, None, None, None
 
 
 class FusedAddRMSNormFn(torch.autograd.Function):
-    """(x, residual) -> (s = x + residual, rms_norm(s) * weight)."""
+    """(x, residual, weight, eps, round_xhat, out_dtype) -> (s = x + residual,
+    rms_norm(s) * weight)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None,
-                eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+                eps: float, round_xhat: bool = False, out_dtype: torch.dtype | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         s, y, rstd, ctx.prepared = residual_rms_norm.forward(x, residual, weight, eps,
-                                                             any(ctx.needs_input_grad))
+                                                             any(ctx.needs_input_grad),
+                                                             round_xhat, out_dtype)
         ctx.save_for_backward(s, weight, rstd)
         ctx.set_materialize_grads(False)       # an unused output sends None, not zeros to read
         return s, y
@@ -99,9 +105,9 @@ class FusedAddRMSNormFn(torch.autograd.Function):
         if dy is None:                          # only s was used downstream
             d = ds if ds is not None else torch.zeros_like(s)
             dw = None if weight is None else torch.zeros_like(weight)
-            return d, d, dw, None
+            return d, d, dw, None, None, None
         d, dw = residual_rms_norm.backward(dy, ds, s, weight, rstd, ctx.prepared)
-        return d, d, dw, None
+        return d, d, dw, None, None, None
 
 
 class DropoutFn(torch.autograd.Function):

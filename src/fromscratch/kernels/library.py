@@ -102,28 +102,33 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
 # --- RMSNorm and the fused residual add + RMSNorm ------------------------------------------
 
 @torch.library.custom_op("fromscratch::rms_norm", mutates_args=())
-def rms_norm_op(x: Tensor, weight: Optional[Tensor], eps: float) -> tuple[Tensor, Tensor]:
+def rms_norm_op(x: Tensor, weight: Optional[Tensor], eps: float, round_xhat: bool,
+                out_dtype: Optional[torch.dtype]) -> tuple[Tensor, Tensor]:
     """x (M, N) -> (y, rstd): ``rms_norm.forward``."""
-    y, rstd, _, _ = rms.forward(x, weight, eps)
+    y, rstd, _, _ = rms.forward(x, weight, eps, None, False, round_xhat, out_dtype)
     return y, rstd
 
 
 @rms_norm_op.register_fake
-def _(x: Tensor, weight: Optional[Tensor], eps: float) -> Any:
-    return x.new_empty(x.shape), x.new_empty(x.shape[0], dtype=_F32)
+def _(x: Tensor, weight: Optional[Tensor], eps: float, round_xhat: bool,
+      out_dtype: Optional[torch.dtype]) -> Any:
+    return x.new_empty(x.shape, dtype=out_dtype), x.new_empty(x.shape[0], dtype=_F32)
 
 
 @torch.library.custom_op("fromscratch::fused_add_rms_norm", mutates_args=())
 def fused_add_rms_norm_op(x: Tensor, residual: Tensor, weight: Optional[Tensor],
-                          eps: float) -> tuple[Tensor, Tensor, Tensor]:
+                          eps: float, round_xhat: bool, out_dtype: Optional[torch.dtype]
+                          ) -> tuple[Tensor, Tensor, Tensor]:
     """x, residual (M, N) -> (s = x + residual, y = rms_norm(s), rstd)."""
-    y, rstd, s, _ = rms.forward(x, weight, eps, residual=residual)
+    y, rstd, s, _ = rms.forward(x, weight, eps, residual, False, round_xhat, out_dtype)
     return s, y, rstd
 
 
 @fused_add_rms_norm_op.register_fake
-def _(x: Tensor, residual: Tensor, weight: Optional[Tensor], eps: float) -> Any:
-    return x.new_empty(x.shape), x.new_empty(x.shape), x.new_empty(x.shape[0], dtype=_F32)
+def _(x: Tensor, residual: Tensor, weight: Optional[Tensor], eps: float, round_xhat: bool,
+      out_dtype: Optional[torch.dtype]) -> Any:
+    return (x.new_empty(x.shape), x.new_empty(x.shape, dtype=out_dtype),
+            x.new_empty(x.shape[0], dtype=_F32))
 
 
 @torch.library.custom_op("fromscratch::rms_norm_backward", mutates_args=())
@@ -143,7 +148,7 @@ def _(dy: Tensor, x: Tensor, weight: Optional[Tensor], rstd: Tensor,
 
 
 def _rms_norm_setup(ctx: Any, inputs: tuple, output: tuple) -> None:
-    x, weight, _ = inputs
+    x, weight, *_ = inputs
     ctx.mark_non_differentiable(output[1])
     ctx.save_for_backward(x, weight, output[1])
 
@@ -152,7 +157,7 @@ def _rms_norm_backward(ctx: Any, dy: Tensor, _: Any) -> tuple:
     _once()
     x, weight, rstd = ctx.saved_tensors
     dx, dw = rms_norm_backward_op(dy, x, weight, rstd, None)
-    return dx, None if weight is None else dw, None
+    return dx, None if weight is None else dw, None, None, None
 
 
 def _fused_setup(ctx: Any, inputs: tuple, output: tuple) -> None:
@@ -166,22 +171,24 @@ def _fused_backward(ctx: Any, ds: Tensor, dy: Tensor, _: Any) -> tuple:
     _once()
     s, weight, rstd = ctx.saved_tensors
     d, dw = rms_norm_backward_op(dy, s, weight, rstd, ds)
-    return d, d, None if weight is None else dw, None
+    return d, d, None if weight is None else dw, None, None, None
 
 
 rms_norm_op.register_autograd(_rms_norm_backward, setup_context=_rms_norm_setup)
 fused_add_rms_norm_op.register_autograd(_fused_backward, setup_context=_fused_setup)
 
 
-def rms_norm(x: Tensor, weight: Tensor | None, eps: float) -> Tensor:
+def rms_norm(x: Tensor, weight: Tensor | None, eps: float, round_xhat: bool = False,
+             out_dtype: torch.dtype | None = None) -> Tensor:
     """What ``RMSNormFn.apply`` returns, through the op."""
-    return rms_norm_op(x, weight, eps)[0]
+    return rms_norm_op(x, weight, eps, round_xhat, out_dtype)[0]
 
 
-def fused_add_rms_norm(x: Tensor, residual: Tensor, weight: Tensor | None,
-                       eps: float) -> tuple[Tensor, Tensor]:
+def fused_add_rms_norm(x: Tensor, residual: Tensor, weight: Tensor | None, eps: float,
+                       round_xhat: bool = False, out_dtype: torch.dtype | None = None
+                       ) -> tuple[Tensor, Tensor]:
     """What ``FusedAddRMSNormFn.apply`` returns, through the op."""
-    s, y, _ = fused_add_rms_norm_op(x, residual, weight, eps)
+    s, y, _ = fused_add_rms_norm_op(x, residual, weight, eps, round_xhat, out_dtype)
     return s, y
 
 

@@ -19,11 +19,14 @@ from . import rms_norm
 
 
 def forward(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None,
-            eps: float, prepare: bool = False
+            eps: float, prepare: bool = False, round_xhat: bool = False,
+            out_dtype: torch.dtype | None = None
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple | None]:
     """x, residual (M, N) -> (s = x + residual, y = rms_norm(s) * weight, rstd (M,) float32,
-    prepared): with ``prepare``, what lets ``backward`` replay (``rms_norm.forward``'s)."""
-    y, rstd, s, prepared = rms_norm.forward(x, weight, eps, residual=residual, prepare=prepare)
+    prepared): with ``prepare``, what lets ``backward`` replay; ``round_xhat``, ``out_dtype``
+    as ``rms_norm.forward``'s."""
+    y, rstd, s, prepared = rms_norm.forward(x, weight, eps, residual, prepare, round_xhat,
+                                            out_dtype)
     assert s is not None
     return s, y, rstd, prepared
 

@@ -4,6 +4,12 @@ The maths is ``ops.rms_norm``'s:
     r = 1 / sqrt(mean(x^2) + eps)      xhat = x * r      y = w * xhat
     g = dy * w      dx = r * (g - xhat * mean(g * xhat))      dw = sum_rows(dy * xhat)
 
+With ``ROUND_XHAT`` (Llama's cast, ``functional.rms_norm(cast="normalized")``) xhat is
+rounded to the input's dtype before w multiplies it, and y is stored in the dtype its caller
+allocates (torch's promotion of weight and input); the backward is the same. An ``offset``
+(Gemma's 1 + w) reaches the kernels inside w: the front-end passes offset + w, formed in
+float32.
+
 With a residual (``HAS_RES``), the forward first forms s = x + residual, rounds it to the
 storage dtype, writes it out (the transformer block's new residual stream) and normalises
 that rounded s, so the result equals ``rms_norm(x + residual)`` computed in two steps. Its
@@ -33,7 +39,7 @@ LOOP_BLOCK = 4096
 
 @triton.jit
 def _fwd_kernel(X, R, S, Y, W, RSTD, M, N, stride_x, stride_r, stride_s, stride_y, eps,
-                HAS_W: tl.constexpr, HAS_RES: tl.constexpr,
+                HAS_W: tl.constexpr, HAS_RES: tl.constexpr, ROUND_XHAT: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
@@ -48,6 +54,8 @@ def _fwd_kernel(X, R, S, Y, W, RSTD, M, N, stride_x, stride_r, stride_s, stride_
         x = s.to(tl.float32)
     rstd = inv_rms_rows(x, tl.sum(x * x, axis=1) / N, eps, N)   # scaled where x^2 overflows
     y = x * rstd[:, None]
+    if ROUND_XHAT:
+        y = y.to(X.dtype.element_ty).to(tl.float32)
     if HAS_W:
         y = y * tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
     tl.store(Y + rows[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
@@ -66,7 +74,8 @@ def _load_sum(X, R, S, row, stride_x, stride_r, cols, cmask, HAS_RES: tl.constex
 
 @triton.jit
 def _fwd_looped_kernel(X, R, S, Y, W, RSTD, N, stride_x, stride_r, stride_s, stride_y, eps,
-                       HAS_W: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_N: tl.constexpr):
+                       HAS_W: tl.constexpr, HAS_RES: tl.constexpr, ROUND_XHAT: tl.constexpr,
+                       BLOCK_N: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
     for off in range(0, N, BLOCK_N):
@@ -81,6 +90,8 @@ def _fwd_looped_kernel(X, R, S, Y, W, RSTD, N, stride_x, stride_r, stride_s, str
         if HAS_RES:
             tl.store(S + row * stride_s + cols, x.to(S.dtype.element_ty), mask=cmask)
         y = x * rstd
+        if ROUND_XHAT:
+            y = y.to(X.dtype.element_ty).to(tl.float32)
         if HAS_W:
             y = y * tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
         tl.store(Y + row * stride_y + cols, y.to(Y.dtype.element_ty), mask=cmask)
@@ -88,16 +99,18 @@ def _fwd_looped_kernel(X, R, S, Y, W, RSTD, N, stride_x, stride_r, stride_s, str
 
 
 def forward(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
-            residual: torch.Tensor | None = None, prepare: bool = False
+            residual: torch.Tensor | None = None, prepare: bool = False,
+            round_xhat: bool = False, out_dtype: torch.dtype | None = None
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, tuple | None]:
     """x (M, N) -> (y, rstd (M,) float32, s, prepared); with ``residual``, s = x + residual
     (x's dtype) is what was normalised, else s is None. With ``prepare``, ``prepared`` is what
     lets ``backward`` replay its launches for what was normalised (as ``prepare_backward``
-    would say; made from what a replayed forward holds), else None."""
+    would say; made from what a replayed forward holds), else None. ``round_xhat``: xhat
+    rounded to x's dtype before the weight; y in ``out_dtype`` (None: x's)."""
     m, n = x.shape
     has_res = residual is not None
     s = torch.empty((m, n), dtype=x.dtype, device=x.device) if has_res else x
-    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    y = torch.empty((m, n), dtype=out_dtype or x.dtype, device=x.device)
     rstd = torch.empty(m, dtype=torch.float32, device=x.device)
     if m == 0:
         return y, rstd, s if has_res else None, None
@@ -106,7 +119,8 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
         r = residual if has_res else x
         w = weight if weight is not None else x            # placeholder pointer, never read
         prep = _replay.prepared(("rms_norm_fwd", m, n, x.stride(0), r.stride(0), x.dtype,
-                                 w.dtype, r.dtype, weight is None, has_res), x, r, w)
+                                 w.dtype, r.dtype, weight is None, has_res, round_xhat,
+                                 y.dtype), x, r, w)
         if prep is not None:
             key, recipe, record = _replay.begin(prep)
             if recipe is not None:       # (X, R, S, Y, W, RSTD, M, N, 4 strides, eps)
@@ -124,7 +138,7 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
     s = s if has_res else x
     w = weight if weight is not None else x
     strides = (x.stride(0), r.stride(0), s.stride(0), y.stride(0))
-    flags = {"HAS_W": weight is not None, "HAS_RES": has_res}
+    flags = {"HAS_W": weight is not None, "HAS_RES": has_res, "ROUND_XHAT": round_xhat}
     with on_device(x):
         if n > MAX_FUSED_FWD:
             _launch.run(_fwd_looped_kernel, (m,), x, r, s, y, w, rstd, n, *strides, eps,
@@ -137,7 +151,8 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
             _launch.run(_fwd_kernel, (cdiv(m, bm),), x, r, s, y, w, rstd, m, n, *strides, eps,
                         BLOCK_M=bm, BLOCK_N=block_n, num_warps=warps, _record=rec, **flags)
 
-        tune_key = ("rms_norm_fwd", has_res, n, x.dtype, w.dtype, _tune.rows_bucket(m))
+        tune_key = ("rms_norm_fwd", has_res, n, x.dtype, w.dtype, round_xhat, y.dtype,
+                    _tune.rows_bucket(m))
         launch(_tune.choose(tune_key, row_fwd_configs(block_n), launch, x.device), record)
     _replay.keep(key, record, 1, lambda bound: (bound, _replay.backward_facts(
         "rms_norm", s, weight, False, None, has_res)))

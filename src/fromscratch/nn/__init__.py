@@ -2,8 +2,8 @@
 from .batch_norm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
 from .dropout import Dropout
 from .layer_norm import LayerNorm
-from .rms_norm import RMSNorm
+from .rms_norm import FusedAddRMSNorm, RMSNorm
 from .sync_batch_norm import SyncBatchNorm
 
-__all__ = ["BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "Dropout", "LayerNorm",
-           "RMSNorm", "SyncBatchNorm"]
+__all__ = ["BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "Dropout",
+           "FusedAddRMSNorm", "LayerNorm", "RMSNorm", "SyncBatchNorm"]

@@ -61,11 +61,11 @@ def down(t: torch.Tensor | None, like: torch.Tensor | None) -> torch.Tensor | No
     return None if t is None or like is None else t.to(like.dtype)
 
 
-def output(y: torch.Tensor, like: torch.Tensor, saved: torch.Tensor) -> torch.Tensor:
-    """y in ``like``'s dtype, never the saved tensor itself: RMSNorm without a weight returns
+def output(y: torch.Tensor, dtype: torch.dtype, saved: torch.Tensor) -> torch.Tensor:
+    """y in ``dtype``, never the saved tensor itself: RMSNorm without a weight returns
     xhat, which its backward keeps, and an in-place op on the output (ReLU(inplace=True))
     would corrupt it. (LayerNorm and BatchNorm keep x, mean and rstd: y is never saved.)"""
-    out = y.to(like.dtype)
+    out = y.to(dtype)
     return out.clone() if out is saved else out
 
 
@@ -127,36 +127,39 @@ class LayerNormFn(torch.autograd.Function):
 
 
 class RMSNormFn(torch.autograd.Function):
-    """(x, weight, eps, ops) -> (y, xhat, rstd); only y is differentiable."""
+    """(x, weight, eps, offset, xhat_dtype, out_dtype, ops) -> (y, xhat, rstd); only y is
+    differentiable. ``offset``, ``xhat_dtype``: ``ops.rms_norm.forward``'s; y comes in
+    ``out_dtype`` (None: x's)."""
     generate_vmap_rule = True
     OUTPUTS = 3
 
     @staticmethod
     @own_dtypes
-    def forward(x: torch.Tensor, weight: torch.Tensor | None, eps: float, ops: Ops = rn
+    def forward(x: torch.Tensor, weight: torch.Tensor | None, eps: float, offset: float,
+                xhat_dtype: torch.dtype | None, out_dtype: torch.dtype | None, ops: Ops
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        y, cache = ops.forward(up(x), up(weight), eps)
-        return output(y, x, cache.xhat), cache.xhat, cache.rstd
+        y, cache = ops.forward(up(x), up(weight), eps, offset, xhat_dtype)
+        return output(y, out_dtype or x.dtype, cache.xhat), cache.xhat, cache.rstd
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
-        x, weight, eps, *ops = inputs
+        x, weight, eps, offset, _, _, ops = inputs
         _, xhat, rstd = output
         ctx.mark_non_differentiable(xhat, rstd)
         ctx.save_for_backward(x, weight, xhat, rstd)
-        ctx.eps, ctx.ops = eps, ops[0] if ops else rn
+        ctx.eps, ctx.offset, ctx.ops = eps, offset, ops
 
     @staticmethod
     @own_dtypes
     def backward(ctx: Any, dy: torch.Tensor, *_stats: Any):
         x, weight, xhat, rstd = ctx.saved_tensors
         if torch.is_grad_enabled():
-            _, cache = rn.forward(up(x), up(weight), ctx.eps)
+            _, cache = rn.forward(up(x), up(weight), ctx.eps, ctx.offset)
         else:
-            cache = rn.Cache(xhat, rstd, up(weight))
+            cache = rn.Cache(xhat, rstd, rn.applied(up(weight), ctx.offset))
         backward = rn.backward if torch.is_grad_enabled() else ctx.ops.backward
         dx, dw = backward(up(dy), cache)
-        return dx.to(x.dtype), down(dw, weight), None, None
+        return dx.to(x.dtype), down(dw, weight), None, None, None, None, None
 
 
 class BatchNormFn(torch.autograd.Function):

@@ -45,6 +45,11 @@ def matvec(a: Array, v: Array) -> Array:
     return a @ v
 
 
+def astype(a: Array, dtype: Any) -> Array:
+    """``a`` in ``dtype`` (a NumPy dtype for arrays, a torch.dtype for tensors)."""
+    return a.to(dtype) if is_torch(a) else a.astype(dtype)
+
+
 def rows(x: Array, n: int) -> Array:
     """View ``x`` of shape (..., n) as (M, n)."""
     return x.reshape(-1, n)
