@@ -238,7 +238,7 @@ def test_patching_the_modelling_classes_builds_fromscratch_norms():
     its offset), computes what the unpatched model computes, and unpatching restores."""
     from transformers.models.gemma import modeling_gemma
     from transformers.models.llama import modeling_llama
-    original = modeling_llama.LlamaRMSNorm
+    originals = (modeling_llama.LlamaRMSNorm, modeling_gemma.GemmaRMSNorm)
     report = fnn.patch_transformers("llama", "gemma")
     try:
         assert {r.path.rsplit(".", 1)[1] for r in report.replaced} >= {"LlamaRMSNorm",
@@ -259,4 +259,4 @@ def test_patching_the_modelling_classes_builds_fromscratch_norms():
                                        atol=1e-5)
     finally:
         assert fnn.unpatch_transformers() >= 2
-    assert modeling_llama.LlamaRMSNorm is original
+    assert (modeling_llama.LlamaRMSNorm, modeling_gemma.GemmaRMSNorm) == originals

@@ -150,3 +150,19 @@ def test_a_batch_norm_with_a_fused_activation_is_refused():
     report = swap(model)
     assert type(model[0]) is BatchNormAct2d and type(model[1]) is fnn.BatchNorm2d
     assert "BatchNormAct2d.forward" in report.refused[0].why
+
+
+def test_sync_batch_norm_keeps_its_layout_and_group():
+    """torch's SyncBatchNorm takes (N, C, ...) of any rank; outside torch.distributed it is
+    BatchNorm, and so is the replacement."""
+    from fromscratch.nn.sync_batch_norm import ChannelsFirstSyncBatchNorm
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.SyncBatchNorm(5, momentum=0.3))
+    model = copy.deepcopy(ref)
+    report = swap(model)
+    assert type(model[0]) is ChannelsFirstSyncBatchNorm and not report.refused
+    assert model[0].process_group is None and model[0].momentum == 0.3
+    for shape in ((4, 5), (4, 5, 3), (2, 5, 3, 3)):
+        x = torch.randn(shape)
+        torch.testing.assert_close(model(x), ref(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model[0].running_var, ref[0].running_var)

@@ -9,6 +9,7 @@ is what the model runs, and it is not ours to copy):
 
     torch.nn.LayerNorm, RMSNorm            -> fromscratch.nn.LayerNorm, RMSNorm
     torch.nn.BatchNorm1d/2d/3d             -> fromscratch.nn.BatchNorm1d/2d/3d (channels-first)
+    torch.nn.SyncBatchNorm                 -> sync_batch_norm.ChannelsFirstSyncBatchNorm
     torch.nn.Dropout                       -> fromscratch.nn.Dropout
     Hugging Face RMSNorms (LlamaRMSNorm, Qwen2RMSNorm, MistralRMSNorm, T5LayerNorm, ...:
     a class in ``transformers`` named *RMSNorm or T5LayerNorm with a ``weight`` and an
@@ -47,6 +48,7 @@ from .batch_norm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
 from .dropout import Dropout
 from .layer_norm import LayerNorm
 from .rms_norm import RMSNorm
+from .sync_batch_norm import ChannelsFirstSyncBatchNorm
 
 KINDS = ("layernorm", "rmsnorm", "batchnorm", "dropout")
 
@@ -198,16 +200,17 @@ def _converter(m: nn.Module, kinds: Iterable[str]) -> Callable | None:
     if "batchnorm" in kinds and isinstance(m, tuple(BATCH_NORMS)):
         return _batch_norm
     if "batchnorm" in kinds and isinstance(m, nn.SyncBatchNorm):
-        return _refuse_sync
+        return _sync_batch_norm
     if "dropout" in kinds and isinstance(m, nn.Dropout):
         return _dropout
     return None
 
 
-def _refuse_sync(m: nn.Module, backend: str) -> nn.Module:
-    raise Refuse("torch.nn.SyncBatchNorm: swap the model's BatchNorm*d before "
-                 "convert_sync_batchnorm, then use fromscratch.nn.SyncBatchNorm."
-                 "convert_sync_batchnorm")
+def _sync_batch_norm(m: nn.SyncBatchNorm, backend: str) -> nn.Module:
+    _exact(m, nn.SyncBatchNorm)
+    new = ChannelsFirstSyncBatchNorm(m.num_features, m.eps, m.momentum, m.affine,
+                                     m.track_running_stats, m.process_group, backend=backend)
+    return _take_over(new, m)
 
 
 # -- verifying ----------------------------------------------------------------------------
@@ -219,8 +222,9 @@ def probe_input(m: nn.Module, new: nn.Module, gen: torch.Generator) -> torch.Ten
     ref = p if p is not None else b
     dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
     device = ref.device if ref is not None else torch.device("cpu")
-    if isinstance(new, (BatchNorm1d, BatchNorm2d, BatchNorm3d)):
-        rank = {BatchNorm1d: 3, BatchNorm2d: 4, BatchNorm3d: 5}[type(new)]
+    if isinstance(new, BatchNorm):
+        rank = 4 if isinstance(new, (BatchNorm2d, ChannelsFirstSyncBatchNorm)) else \
+            3 if isinstance(new, BatchNorm1d) else 5
         shape = (6, m.num_features) + (3,) * (rank - 2)
     elif isinstance(new, Dropout):
         shape = (4, 16)

@@ -171,5 +171,12 @@ class SyncBatchNorm3d(SyncBatchNorm, BatchNorm3d):
     """SyncBatchNorm on ``BatchNorm3d``'s (N, C, D, H, W)."""
 
 
+class ChannelsFirstSyncBatchNorm(SyncBatchNorm):
+    """``torch.nn.SyncBatchNorm``'s layout: (N, C, ...) of any rank from 2 to 5, channels at
+    dim 1. What ``fromscratch.nn.swap`` puts in place of a torch SyncBatchNorm."""
+    _channels_first = (2, 3, 4, 5)
+
+
 _SYNC_OF_LAYOUT = {c._channels_first: c for c in (SyncBatchNorm, SyncBatchNorm1d,
-                                                  SyncBatchNorm2d, SyncBatchNorm3d)}
+                                                  SyncBatchNorm2d, SyncBatchNorm3d,
+                                                  ChannelsFirstSyncBatchNorm)}
