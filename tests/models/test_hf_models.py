@@ -260,3 +260,38 @@ def test_patching_the_modelling_classes_builds_fromscratch_norms():
     finally:
         assert fnn.unpatch_transformers() >= 2
     assert (modeling_llama.LlamaRMSNorm, modeling_gemma.GemmaRMSNorm) == originals
+
+
+MORE = {
+    "qwen3": lambda: transformers.Qwen3ForCausalLM(transformers.Qwen3Config(
+        **LM, num_key_value_heads=2, head_dim=8)),           # q_norm, k_norm over heads too
+    "gemma2": lambda: transformers.Gemma2ForCausalLM(transformers.Gemma2Config(
+        **LM, num_key_value_heads=2, head_dim=8)),
+    "gemma3": lambda: transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(
+        **LM, num_key_value_heads=2, head_dim=8)),
+    "phi3": lambda: transformers.Phi3ForCausalLM(transformers.Phi3Config(
+        **LM, num_key_value_heads=2, pad_token_id=0, eos_token_id=1, bos_token_id=2)),
+    "olmo2": lambda: transformers.Olmo2ForCausalLM(transformers.Olmo2Config(
+        **LM, num_key_value_heads=2, pad_token_id=0, eos_token_id=1, bos_token_id=2)),
+    "t5": lambda: transformers.T5ForConditionalGeneration(transformers.T5Config(
+        vocab_size=VOCAB, d_model=HIDDEN, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        dropout_rate=0.0)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MORE))
+def test_more_model_families_match_in_float32_and_bfloat16(name):
+    """Every norm replaced, none refused, the logits those of the untouched model."""
+    torch.manual_seed(0)
+    ref = MORE[name]()
+    model = copy.deepcopy(ref)
+    report = swap(model, backend="torch")
+    assert not report.refused and len(report.replaced) == sum(
+        norms_and_dropouts(ref).values()) + sum(type(m).__name__ == "T5LayerNorm"
+                                               for m in ref.modules()), str(report)
+    ids, _ = batch()
+    kw = {"input_ids": ids} | ({"decoder_input_ids": ids} if name == "t5" else {})
+    with torch.no_grad():
+        torch.testing.assert_close(model(**kw).logits, ref(**kw).logits, rtol=1e-5, atol=1e-5)
+        ref, model = ref.bfloat16(), model.bfloat16()
+        torch.testing.assert_close(model(**kw).logits, ref(**kw).logits, rtol=3e-2, atol=3e-2)
