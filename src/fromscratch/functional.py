@@ -12,8 +12,9 @@ import torch
 from . import _checks as check
 from .kernels.dispatch import check_backend, use_kernels
 from .ops._xp import transforming
-from .nn._autograd import BatchNormFn, DropoutFn, LayerNormFn, RMSNormFn, everyday, up
-from .nn._compile import ops
+from .autograd.functions import (BatchNormFn, DropoutFn, LayerNormFn, RMSNormFn,
+                                  everyday, up)
+from .autograd.compiled import ops
 from .ops import batch_norm as bn
 from .ops import rms_norm as rn
 
@@ -252,7 +253,7 @@ def _function(fn: type, public: int = 1) -> type:
     return fn if transforming() else everyday(fn, public)
 
 
-_autograd: list = []      # fromscratch.kernels.autograd once imported
+_kernel_functions: list = []      # fromscratch.kernels.autograd once imported
 
 
 def _kernels() -> Any:
@@ -260,10 +261,10 @@ def _kernels() -> Any:
     their custom ops as ``.library``), imported on first use: it imports triton, which the
     other backends do not need. A list lookup afterwards, cheaper than an import statement on
     every call."""
-    if not _autograd:
+    if not _kernel_functions:
         from .kernels import autograd
-        _autograd.append(autograd)
-    return _autograd[0]
+        _kernel_functions.append(autograd)
+    return _kernel_functions[0]
 
 
 def _run_kernels(fn: type, traced: str, *args: object) -> Any:

@@ -11,7 +11,7 @@ import torch
 from fromscratch import functional as F
 from fromscratch import nn as fnn
 from fromscratch.kernels.dispatch import use_kernels
-from fromscratch.nn import _autograd as ref_fns
+from fromscratch.autograd import functions as ref_fns
 
 MODULES = [lambda **kw: fnn.LayerNorm(8, **kw), lambda **kw: fnn.RMSNorm(8, **kw),
            lambda **kw: fnn.BatchNorm(8, **kw), lambda **kw: fnn.Dropout(0.1, **kw)]
@@ -36,7 +36,7 @@ def test_unknown_backend_is_refused():
 
 
 def test_auto_on_cpu_is_the_reference():
-    """CPU tensors under "auto" run ops/ through nn._autograd, even with triton installed."""
+    """CPU tensors under "auto" run ops/ through autograd.functions, even with triton installed."""
     x = torch.randn(3, 8, requires_grad=True)
     assert first_fn(F.layer_norm(x, 8)) is ref_fns.everyday(ref_fns.LayerNormFn, 1)
     assert first_fn(F.rms_norm(x, 8)) is ref_fns.everyday(ref_fns.RMSNormFn, 1)

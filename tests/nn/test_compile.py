@@ -13,7 +13,7 @@ import torch
 
 from fromscratch import functional as F
 from fromscratch import nn as fnn
-from fromscratch.nn import _compile
+from fromscratch.autograd import compiled as _compile
 from tests._compare import assert_close
 
 pytestmark = pytest.mark.skipif(

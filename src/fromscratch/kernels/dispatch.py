@@ -6,7 +6,7 @@ triton imports, and the reference otherwise (CPU, float64, no triton). ``"triton
 on the kernels: on CPU tensors they run in Triton's interpreter, which has to be switched
 on with ``TRITON_INTERPRET=1`` before the first import (that is how the tests run them).
 ``"torch"`` always runs the reference; ``"compile"`` runs the reference's own functions
-through torch.compile, fused (``fromscratch.nn._compile``; Dropout runs its two eager passes).
+through torch.compile, fused (``fromscratch.autograd.compiled``; Dropout runs its two eager passes).
 This module imports nothing heavy: triton is only imported once a kernel is actually wanted.
 """
 from __future__ import annotations

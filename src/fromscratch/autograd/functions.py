@@ -23,7 +23,7 @@ from ..ops import batch_norm as bn
 from ..ops import dropout as dr
 from ..ops import layer_norm as ln
 from ..ops import rms_norm as rn
-from ._compile import Ops
+from .compiled import Ops
 
 
 def _autocasting(device_type: str) -> bool:
