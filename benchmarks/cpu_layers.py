@@ -39,7 +39,7 @@ from _results import (RESULTS, keep_freed_memory, machine, minor_faults, warm_up
                       write_section)
 from fromscratch import nn as ours
 
-# issue 2's targets for ours / torch.nn: torch's CPU RMSNorm and Dropout are slow paths, its
+# the targets for ours / torch.nn: torch's CPU RMSNorm and Dropout are slow paths, its
 # LayerNorm and BatchNorm fused kernels that an array-at-a-time formula cannot match
 # (benchmarks/cpu_passes.py shows why); compiled, ours is fused too
 TARGET = {"LayerNorm": 2.0, "RMSNorm": 1.0, "BatchNorm": 2.0, "Dropout(p=0.1)": 1.0}

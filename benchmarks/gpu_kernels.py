@@ -47,7 +47,7 @@ SHAPES = [(32768, 4096), (16384, 8192), (131072, 1024)]
 SMOKE_SHAPES = [(64, 96), (24, 130)]
 DROP_P = 0.1
 
-# Targets from issue 6: % of copy bandwidth, bf16, at every shape.
+# The targets (docs/kernels.md): % of copy bandwidth, bf16, at every shape.
 TARGETS = {("layer_norm", "fwd+bwd"): 85, ("rms_norm", "fwd+bwd"): 85,
            ("dropout", "fwd+bwd"): 95, ("batch_norm", "fwd+bwd"): 55,
            ("layer_norm", "fwd"): 93, ("rms_norm", "fwd"): 93}

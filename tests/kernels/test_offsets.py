@@ -1,7 +1,7 @@
 """Element offsets past 2^31: rows that lie more than 2^31 elements into their storage.
 
-The kernels must compute addresses in int64 (the issue: "any number of rows, with int64
-offsets past 2^31 elements"); an int32 row offset wraps and reads or writes the wrong row.
+The kernels must compute addresses in int64 (docs/kernels.md: any number of rows, with
+offsets past 2^31 elements); an int32 row offset wraps and reads or writes the wrong row.
 Three rows a stride of 2^30 + 32 elements apart put the last one past 2^31 without
 touching the gigabytes between them: on the CPU the storage is allocated but never written
 outside the rows, so its pages are never committed (the interpreter, like a GPU, computes

@@ -10,7 +10,7 @@ import torch
 from fromscratch import numpy_nn as nn
 from tests._compare import assert_close
 
-TOL = 1e-10          # the bar: float64 parity with torch autograd
+TOL = 1e-10          # float64 parity with torch autograd (docs/numpy_engine.md)
 
 
 def randomize(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
