@@ -110,6 +110,66 @@ def fit(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn,
     ``loader`` must be re-iterable (a DataLoader, a list), once per epoch.
     Returns the History.
     """
+    _check_arguments(epochs, accumulation_steps, checkpoint_every, max_grad_norm, resume,
+                     checkpoint_dir, on_nonfinite)
+    net = dd.unwrap(model)
+    rank, world = dd.rank_and_world()
+    k = accumulation_steps
+    generator = getattr(loader, "generator", None)
+    generator = generator if isinstance(generator, torch.Generator) else None
+    path = Path(checkpoint_dir) / ckpt.CHECKPOINT if checkpoint_dir is not None else None
+    per_epoch = len(loader) if hasattr(loader, "__len__") else None   # type: ignore[arg-type]
+    run_config = runconfig.merge(runconfig.fit_config(
+        epochs=epochs, accumulation_steps=k, world_size=world, micro_batches_per_epoch=per_epoch,
+        max_grad_norm=max_grad_norm, autocast_dtype=autocast_dtype, scaler=scaler, model=net,
+        optimizer=optimizer, scheduler=scheduler), config)
+    if path is not None:
+        _check_folder(path.parent, rank)
+    start = _Start()
+    if resume and path is not None and path.exists():
+        start = _resume(path, run_config, epochs, rank, net, optimizer, scheduler, scaler)
+    history = start.history
+    saver = _Saver(path, rank, generator, run_config, net, optimizer, scheduler, scaler,
+                   history)
+
+    step = partial(_window_step, net=net, loss_fn=loss_fn, optimizer=optimizer, k=k,
+                   world=world, device=next(net.parameters()).device,
+                   max_grad_norm=max_grad_norm, scaler=scaler, scheduler=scheduler,
+                   autocast_dtype=autocast_dtype, on_nonfinite=on_nonfinite)
+    ddp = dd.wrap(model)     # a model already in DDP is kept as it is
+    ddp.train()
+    optimizer.zero_grad(set_to_none=True)
+
+    total = epochs * math.ceil(per_epoch / (world * k)) if per_epoch is not None else None
+    show = progress if rank == 0 else False
+    with progress_bar(total, show, completed=history.steps) as update:
+        for epoch in range(start.epoch, epochs):
+            _set_epoch(loader, epoch)
+            it, index, epoch_rng = _begin_epoch(loader, epoch, generator,
+                                                start if epoch == start.epoch else None)
+            while window := dd.read_window(it, world * k):
+                index += len(window)
+                try:
+                    logged = step(ddp, dd.deal(window, rank, world), history)
+                except _NonFinite as bad:
+                    raise NonFiniteError(_nonfinite_message(
+                        str(bad), history.steps + 1, epoch, index - len(window), index, path,
+                        saver.last_saved)) from None
+                if logged:
+                    update(history.loss[-1])
+                    if callback is not None:
+                        callback(history.steps, net, history.loss[-1])
+                    if path is not None and history.steps % checkpoint_every == 0:
+                        saver.save(epoch, index, epoch_rng)
+            if path is not None:
+                saver.save(epoch + 1, 0, ckpt.rng_state(generator))
+    return history
+
+
+def _check_arguments(epochs: int, accumulation_steps: int, checkpoint_every: int,
+                     max_grad_norm: float | None, resume: bool,
+                     checkpoint_dir: str | Path | None, on_nonfinite: str) -> None:
+    """fit's arguments, each refused with its name and value before anything runs."""
     _check_count("epochs", epochs)
     _check_count("accumulation_steps", accumulation_steps)
     _check_count("checkpoint_every", checkpoint_every)
@@ -123,99 +183,88 @@ def fit(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn,
     if on_nonfinite not in ("raise", "skip"):
         raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
 
-    net = dd.unwrap(model)
-    rank, world = dd.rank_and_world()
-    k = accumulation_steps
-    device = next(net.parameters()).device
-    generator = getattr(loader, "generator", None)
-    generator = generator if isinstance(generator, torch.Generator) else None
-    path = Path(checkpoint_dir) / ckpt.CHECKPOINT if checkpoint_dir is not None else None
-    per_epoch = len(loader) if hasattr(loader, "__len__") else None   # type: ignore[arg-type]
-    run_config = runconfig.merge(runconfig.fit_config(
-        epochs=epochs, accumulation_steps=k, world_size=world, micro_batches_per_epoch=per_epoch,
-        max_grad_norm=max_grad_norm, autocast_dtype=autocast_dtype, scaler=scaler, model=net,
-        optimizer=optimizer, scheduler=scheduler), config)
-    if path is not None:
-        _check_folder(path.parent, rank)
 
-    history, start_epoch, start_index, rng_epoch, rng_now = History(), 0, 0, None, None
-    if resume and path is not None and path.exists():
-        state = ckpt.load(path, keys=KEYS)      # on the CPU: load_state_dict moves what it must
-        runconfig.check_resume(state["config"], run_config, path)
-        if state["epoch"] > epochs:
-            raise runconfig.ResumeError(f"cannot resume from {path}: it has finished "
-                                        f"{state['epoch']} epochs, more than epochs={epochs}")
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None:
-            scaler.load_state_dict(state["scaler"])
-        history = History(**state["history"])
-        history.resumed_from = history.steps
-        start_epoch, start_index = state["epoch"], state["micro_batch"]
-        rng_epoch, rng_now = state["rng_epoch_start"][rank], state["rng"][rank]
-    last_saved = history.resumed_from
+@dataclass
+class _Start:
+    """Where a run starts: from scratch, or where a checkpoint left it (epoch, micro-batch,
+    this rank's random state at the epoch's start and at the checkpoint)."""
+    history: History = field(default_factory=History)
+    epoch: int = 0
+    micro_batch: int = 0
+    rng_epoch: Any = None
+    rng_now: Any = None
 
-    step = partial(_window_step, net=net, loss_fn=loss_fn, optimizer=optimizer, k=k,
-                   world=world, device=device, max_grad_norm=max_grad_norm, scaler=scaler,
-                   scheduler=scheduler, autocast_dtype=autocast_dtype, on_nonfinite=on_nonfinite)
-    ddp = dd.wrap(model)     # a model already in DDP is kept as it is
-    ddp.train()
-    optimizer.zero_grad(set_to_none=True)
 
-    def save(epoch: int, index: int, epoch_rng: dict[str, Any]) -> None:
-        nonlocal last_saved
-        rngs = dd.all_gather_object(ckpt.rng_state(generator))   # every rank's own stream
+def _resume(path: Path, run_config: dict, epochs: int, rank: int, net: nn.Module,
+            optimizer: torch.optim.Optimizer, scheduler: Any,
+            scaler: torch.amp.GradScaler | None) -> _Start:
+    """Load the checkpoint at ``path`` into the model, optimizer, scheduler and scaler,
+    after checking that it was written by a run with this configuration."""
+    state = ckpt.load(path, keys=KEYS)      # on the CPU: load_state_dict moves what it must
+    runconfig.check_resume(state["config"], run_config, path)
+    if state["epoch"] > epochs:
+        raise runconfig.ResumeError(f"cannot resume from {path}: it has finished "
+                                    f"{state['epoch']} epochs, more than epochs={epochs}")
+    net.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None:
+        scaler.load_state_dict(state["scaler"])
+    history = History(**state["history"])
+    history.resumed_from = history.steps
+    return _Start(history, state["epoch"], state["micro_batch"],
+                  state["rng_epoch_start"][rank], state["rng"][rank])
+
+
+class _Saver:
+    """Writes fit's checkpoint (rank 0, atomically) with every rank's random state, and
+    remembers the step of the last one written (the last good one, for error messages)."""
+
+    def __init__(self, path: Path | None, rank: int, generator: torch.Generator | None,
+                 run_config: dict, net: nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler: Any, scaler: torch.amp.GradScaler | None, history: History):
+        self.path, self.rank, self.generator, self.run_config = path, rank, generator, run_config
+        self.net, self.optimizer, self.scheduler, self.scaler = net, optimizer, scheduler, scaler
+        self.history = history
+        self.last_saved = history.resumed_from
+
+    def save(self, epoch: int, index: int, epoch_rng: dict[str, Any]) -> None:
+        rngs = dd.all_gather_object(ckpt.rng_state(self.generator))   # every rank's stream
         epoch_rngs = dd.all_gather_object(epoch_rng)
-        if rank == 0 and path is not None:
+        if self.rank == 0 and self.path is not None:
             ckpt.atomic_save({
-                "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "scaler": scaler.state_dict() if scaler is not None else None,
+                "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "rng": rngs, "rng_epoch_start": epoch_rngs,
-                "epoch": epoch, "micro_batch": index, "config": run_config,
-                "history": {k_: v for k_, v in asdict(history).items() if k_ != "resumed_from"},
-            }, path)
-        last_saved = history.steps
+                "epoch": epoch, "micro_batch": index, "config": self.run_config,
+                "history": {k: v for k, v in asdict(self.history).items()
+                            if k != "resumed_from"},
+            }, self.path)
+        self.last_saved = self.history.steps
 
-    total = epochs * math.ceil(per_epoch / (world * k)) if per_epoch is not None else None
-    show = progress if rank == 0 else False
-    with progress_bar(total, show, completed=history.steps) as update:
-        for epoch in range(start_epoch, epochs):
-            _set_epoch(loader, epoch)
-            resuming = epoch == start_epoch and rng_epoch is not None
-            if resuming:
-                ckpt.set_rng_state(rng_epoch, generator)
-            epoch_rng = ckpt.rng_state(generator)
-            it = iter(loader)
-            index = 0
-            if resuming and start_index > 0:
-                # The loader is replayed from the epoch's start, up to where the checkpoint
-                # was taken, then the random state of that moment is put back.
-                for index in range(1, start_index + 1):
-                    if next(it, _END) is _END:
-                        raise ValueError(f"the loader gave {index - 1} micro-batches in epoch "
-                                         f"{epoch}, the checkpoint was taken after "
-                                         f"{start_index}")
-                ckpt.set_rng_state(rng_now, generator)
-            while window := dd.read_window(it, world * k):
-                index += len(window)
-                try:
-                    logged = step(ddp, dd.deal(window, rank, world), history)
-                except _NonFinite as bad:
-                    raise NonFiniteError(_nonfinite_message(
-                        str(bad), history.steps + 1, epoch, index - len(window), index, path,
-                        last_saved)) from None
-                if logged:
-                    update(history.loss[-1])
-                    if callback is not None:
-                        callback(history.steps, net, history.loss[-1])
-                    if path is not None and history.steps % checkpoint_every == 0:
-                        save(epoch, index, epoch_rng)
-            if path is not None:
-                save(epoch + 1, 0, ckpt.rng_state(generator))
-    return history
+
+def _begin_epoch(loader: Iterable[Any], epoch: int, generator: torch.Generator | None,
+                 start: _Start | None) -> tuple[Any, int, dict[str, Any]]:
+    """(the epoch's iterator, micro-batches already consumed, the random state at the
+    epoch's start). Resuming in the middle of an epoch, the loader is replayed from the
+    epoch's start up to where the checkpoint was taken, then the random state of that
+    moment is put back."""
+    resuming = start is not None and start.rng_epoch is not None
+    if resuming:
+        ckpt.set_rng_state(start.rng_epoch, generator)
+    epoch_rng = ckpt.rng_state(generator)
+    it = iter(loader)
+    index = 0
+    if resuming and start.micro_batch > 0:
+        for index in range(1, start.micro_batch + 1):
+            if next(it, _END) is _END:
+                raise ValueError(f"the loader gave {index - 1} micro-batches in epoch "
+                                 f"{epoch}, the checkpoint was taken after "
+                                 f"{start.micro_batch}")
+        ckpt.set_rng_state(start.rng_now, generator)
+    return it, index, epoch_rng
 
 
 def _check_count(name: str, value: Any) -> None:
