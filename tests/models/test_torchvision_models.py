@@ -1,0 +1,50 @@
+"""torchvision's resnet18 and mobilenet_v3_small, swapped and trained as the untouched model,
+in float64 (tests/models/test_hf_models.py explains the tolerance).
+
+torchvision is not a test dependency: the wheels on the registry here are built for CUDA
+torch and fail to import next to the CPU torch ("operator torchvision::nms does not
+exist"), so these run only where a matching torchvision imports; elsewhere Hugging Face's
+ResNet and MobileNetV2 (test_hf_models.py) cover BatchNorm2d in a real network."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+try:
+    from torchvision import models
+except Exception as e:               # noqa: BLE001 - a broken install raises RuntimeError
+    pytest.skip(f"torchvision does not import here: {type(e).__name__}: {e}",
+                allow_module_level=True)
+
+import fromscratch.nn as fnn  # noqa: E402
+from fromscratch.nn import swap  # noqa: E402
+
+
+@pytest.mark.parametrize("build", [lambda: models.resnet18(num_classes=5),
+                                   lambda: models.mobilenet_v3_small(num_classes=5,
+                                                                     dropout=0.0)],
+                         ids=["resnet18", "mobilenet_v3_small"])
+def test_torchvision_model_trains_as_the_original(build):
+    torch.manual_seed(0)
+    ref = build().double()
+    model = copy.deepcopy(ref)
+    report = swap(model, backend="torch")
+    assert fnn.BatchNorm2d in {type(m) for m in model.modules()} and not report.refused
+    opt_ref = torch.optim.SGD(ref.parameters(), lr=0.01, momentum=0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    g = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        x = torch.randn(8, 3, 64, 64, generator=g, dtype=torch.float64)
+        labels = torch.randint(0, 5, (8,), generator=g)
+        y_ref, y = ref(x), model(x)
+        torch.testing.assert_close(y, y_ref, rtol=1e-8, atol=1e-8)
+        torch.nn.functional.cross_entropy(y_ref, labels).backward()
+        torch.nn.functional.cross_entropy(y, labels).backward()
+        opt_ref.step(), opt.step()
+        opt_ref.zero_grad(), opt.zero_grad()
+    ref.eval(), model.eval()
+    x = torch.randn(2, 3, 64, 64, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x), rtol=1e-8, atol=1e-8)
