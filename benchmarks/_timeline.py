@@ -2,8 +2,9 @@
 
 ``timeline(step)`` runs the step many times with marks at its phase boundaries: the step's
 start and end, each autograd Function's forward and backward entry and return (our
-``kernels.autograd`` Functions and the floor's), and every launch of ours (``_launch.run`` and
-a replay's ``Bound``; the floor's backward "launches" where it has allocated its gradient).
+``kernels.autograd`` Functions and the floor's), and every launch of ours
+(``_fast_path.launch`` and a replay's ``RecordedLaunch``; the floor's backward "launches"
+where it has allocated its gradient).
 It returns the median microseconds of each phase:
 
     to forward          start -> Function.forward entered: the front-end's checks, dispatch
@@ -67,18 +68,20 @@ def _wrapped(fn: Callable, before: str, after: str) -> staticmethod:
 def marked() -> Iterator[None]:
     """Marks in every autograd Function of ``kernels.autograd`` and the floor, and at every
     launch of ours, for the duration (everything is put back after)."""
-    from fromscratch.kernels import _launch, autograd
+    import torch
+
+    from fromscratch.kernels import _fast_path, autograd
     classes = [c for c in vars(autograd).values()
-               if isinstance(c, type) and issubclass(c, autograd.torch.autograd.Function)
-               and c.__module__ == autograd.__name__] + [Floor]
+               if isinstance(c, type) and issubclass(c, torch.autograd.Function)
+               and c.__module__.startswith("fromscratch.kernels.")] + [Floor]
     saved: list[tuple[Any, str, Any]] = []
     for c in classes:
         for name, before, after in (("forward", "forward", "forward end"),
                                     ("backward", "backward", "backward end")):
             saved.append((c, name, vars(c)[name]))
             setattr(c, name, _wrapped(getattr(c, name), before, after))
-    run, call = _launch.run, _launch.Bound.__call__
-    saved += [(_launch, "run", run), (_launch.Bound, "__call__", call)]
+    run, call = _fast_path.launch, _fast_path.RecordedLaunch.__call__
+    saved += [(_fast_path, "launch", run), (_fast_path.RecordedLaunch, "__call__", call)]
 
     def marked_run(*args: Any, **kwargs: Any) -> Any:
         _mark("launch")
@@ -90,7 +93,7 @@ def marked() -> Iterator[None]:
         _mark("launch")
         call(self, *args)
         _mark("launched")
-    _launch.run, _launch.Bound.__call__ = marked_run, marked_call
+    _fast_path.launch, _fast_path.RecordedLaunch.__call__ = marked_run, marked_call
     on_backward = Floor.on_backward
     saved.append((Floor, "on_backward", on_backward))
     Floor.on_backward = lambda dx: _mark("launch")

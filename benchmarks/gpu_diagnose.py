@@ -36,7 +36,7 @@ forward+backward step (``torch.autograd.grad(f(x), params, dy)``, as gpu_kernels
   graphs by Inductor), timed as ``do_bench``: what a compiled model gets.
 
 Rows: ours; ours with every kernel launched through Triton's ``kernel[grid]`` instead of
-``kernels._launch``'s shortcut; torch eager; and a floor, an autograd Function that
+``kernels._fast_path``'s shortcut; torch eager; and a floor, an autograd Function that
 allocates its output and launches nothing (what the harness, autograd and its thread
 handoff cost by themselves: no implementation's host time can go below it).
 
@@ -103,10 +103,10 @@ def direct(op: str, d: dict[str, Any]) -> Callable[[], Any]:
 
 
 def _launch_shortcut(on: bool) -> None:
-    """Our kernels launched through ``kernels._launch``'s shortcut, or through Triton's
-    ``kernel[grid]`` every time (the row "ours, Triton's launch")."""
-    from fromscratch.kernels import _launch
-    _launch._SUPPORTED[:] = [on and _launch._supported()]
+    """Our kernels launched through ``kernels._fast_path``'s shortcut and replays, or through
+    Triton's ``kernel[grid]`` every time (the row "ours, Triton's launch")."""
+    from fromscratch.kernels import _fast_path
+    _fast_path.set_enabled(on)
 
 
 def timeline_lines(op: str, impl: str, step: Callable[[], Any], bench: Bench,

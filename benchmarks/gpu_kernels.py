@@ -584,7 +584,7 @@ def report(meta: dict[str, Any], results: dict[str, Any], checks: list[dict[str,
              f"(runs: {', '.join(f'{v:.0f}' for v in meta['copy_runs'])})",
              "- bf16 activations; byte model of docs/kernels.md (see benchmarks/gpu_kernels.py); "
              f"timing: {meta['timer']}",
-             f"- steps that replayed their launches (fromscratch.kernels._replay), per op: "
+             f"- steps that replayed their launches (fromscratch.kernels._fast_path), per op: "
              f"{meta['replays'] or 'none'}",
              f"- Liger-Kernel: {'installed' if meta['liger'] else 'not installed'}; "
              f"torch.compile: {meta['compile']}", ""]
@@ -772,7 +772,7 @@ def main(argv: list[str] | None = None) -> int:
         done_runs = run + 1
         log(f"run {run + 1}/{runs} done ({time.time() - bench.t0:.0f} s)")
     # The checks above ran each op's first steps; every later step replayed its launches
-    # (fromscratch.kernels._replay). Check those again, on the same tensors, now.
+    # (fromscratch.kernels._fast_path). Check those again, on the same tensors, now.
     log("check again after timing (the steps now replay their launches)")
     bench.tag = "after timing: "
     for m, n in shapes:
@@ -807,7 +807,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"int64 check: {type(e).__name__}: {str(e)[:200]}")
     n_bad = sum(not c["ok"] for c in bench.checks)
 
-    from fromscratch.kernels import _common, _replay, _tune
+    from fromscratch.kernels import _common, _fast_path, _tune
     meta = {"device": dev_name, "torch": torch.__version__, "triton": triton.__version__,
             "cuda": torch.version.cuda, "python": platform.python_version(),
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -818,7 +818,7 @@ def main(argv: list[str] | None = None) -> int:
             "liger": bench.liger is not None,
             "timer": "perf_counter on CPU (smoke: the numbers mean nothing)" if args.smoke
             else "triton.testing.do_bench, CUDA events, median, L2 flushed before each call",
-            "replays": dict(_replay.replays),
+            "replays": dict(_fast_path.replays),
             "compile": "off" if (args.no_compile or args.quick or args.smoke)
             else "dynamic=False, per shape, LayerNorm and RMSNorm"}
     chosen = {str(k): v for k, v in _tune.chosen().items()}

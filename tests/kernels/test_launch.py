@@ -1,13 +1,16 @@
-"""The launch shortcut (``kernels._launch``): after one launch through ``kernel[grid]`` a
-variant is launched through its compiled launcher, and only when every fact Triton
-specialises on is the same. On CPU a stand-in kernel records which path each call took; on
-a GPU the real kernels are checked against the reference through the shortcut."""
+"""The launch shortcut (``kernels._fast_path.launch``): after one launch through
+``kernel[grid]`` a variant is launched through its compiled launcher, and only when
+everything Triton specialises on is the same. On CPU a stand-in kernel records which path
+each call took; on a GPU the real kernels are checked against the reference through the
+shortcut."""
 from __future__ import annotations
+
+from typing import Iterator
 
 import pytest
 import torch
 
-from fromscratch.kernels import _launch
+from fromscratch.kernels import _fast_path, _triton_internals
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 
@@ -38,22 +41,20 @@ class FakeKernel:
 
 
 @pytest.fixture
-def fast(monkeypatch: pytest.MonkeyPatch) -> None:
+def fast(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The shortcut switched on for CPU tensors, the stream handle a constant."""
-    monkeypatch.setattr(_launch, "_SUPPORTED", [True])
-    monkeypatch.setattr(_launch, "_eligible", lambda t: True)
-    monkeypatch.setattr(_launch, "_stream", lambda index: 7)
-    monkeypatch.setattr(_launch, "_compiled", {})
-    monkeypatch.setattr(_launch, "_hooks_idle", lambda: True)
+    monkeypatch.setattr(_triton_internals, "hooks_idle", lambda: True)
+    with _fast_path.taken_by_cpu_tensors(stream=7):
+        yield
 
 
 def test_second_launch_takes_the_compiled_launcher(fast: None) -> None:
     k = FakeKernel()
     x, y = torch.zeros(64), torch.zeros(64)
-    _launch.run(k, (4,), x, y, 64, 0.5, BLOCK=16, num_warps=2)
+    _fast_path.launch(k, (4,), x, y, 64, 0.5, BLOCK=16, num_warps=2)
     assert len(k.slow) == 1 and k.slow[0][2] == {"num_warps": 2, "BLOCK": 16}
     assert k.compiled.launches == []
-    _launch.run(k, (5,), x, y, 64, 0.25, BLOCK=16, num_warps=2)
+    _fast_path.launch(k, (5,), x, y, 64, 0.25, BLOCK=16, num_warps=2)
     assert len(k.slow) == 1
     # grid padded to 3-D, stream, function, metadata, no hooks, then every argument in the
     # kernel's order (the constexpr too)
@@ -69,7 +70,7 @@ def test_a_changed_specialisation_goes_through_triton(fast: None, change: str) -
     base = torch.zeros(80)
     x, y = base[:64], torch.zeros(64)
     args, opts = [x, y, 64, 0.5], {"BLOCK": 16, "num_warps": 4}
-    _launch.run(k, (1,), *args, **opts)
+    _fast_path.launch(k, (1,), *args, **opts)
     if change == "misaligned":
         args[0] = base[1:65]                          # 4 bytes past a 16-byte boundary
     elif change == "int-not-16":
@@ -86,9 +87,9 @@ def test_a_changed_specialisation_goes_through_triton(fast: None, change: str) -
         opts["num_warps"] = 8
     else:
         opts["num_stages"] = 2
-    _launch.run(k, (1,), *args, **opts)
+    _fast_path.launch(k, (1,), *args, **opts)
     assert len(k.slow) == 2, f"{change}: a new specialisation must be compiled by Triton"
-    _launch.run(k, (1,), *args, **opts)               # and that variant is kept in turn
+    _fast_path.launch(k, (1,), *args, **opts)               # and that variant is kept in turn
     assert len(k.slow) == 2 and len(k.compiled.launches) == 1
 
 
@@ -96,30 +97,28 @@ def test_launch_hooks_and_missing_constexprs_keep_triton_s_path(
         fast: None, monkeypatch: pytest.MonkeyPatch) -> None:
     k = FakeKernel()
     x = torch.zeros(64)
-    monkeypatch.setattr(_launch, "_hooks_idle", lambda: False)   # e.g. a profiler's hook
+    monkeypatch.setattr(_triton_internals, "hooks_idle", lambda: False)   # a profiler's hook
     for _ in range(3):
-        _launch.run(k, (1,), x, x, 64, 0.5, BLOCK=16)
+        _fast_path.launch(k, (1,), x, x, 64, 0.5, BLOCK=16)
     assert len(k.slow) == 3 and k.compiled.launches == []
-    monkeypatch.setattr(_launch, "_hooks_idle", lambda: True)
+    monkeypatch.setattr(_triton_internals, "hooks_idle", lambda: True)
     k2 = FakeKernel()
     for _ in range(3):                                # BLOCK left to a default: not cached
-        _launch.run(k2, (1,), x, x, 64, 0.5)
+        _fast_path.launch(k2, (1,), x, x, 64, 0.5)
     assert len(k2.slow) == 3 and k2.compiled.launches == []
 
 
-def test_without_the_shortcut_every_launch_goes_through_triton(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_launch, "_SUPPORTED", [False])
-    monkeypatch.setattr(_launch, "_eligible", lambda t: True)
+def test_without_the_shortcut_every_launch_goes_through_triton(fast: None) -> None:
+    assert not _fast_path.set_enabled(False)
     k = FakeKernel()
     x = torch.zeros(64)
     for _ in range(2):
-        _launch.run(k, (1,), x, x, 64, 0.5, BLOCK=16)
+        _fast_path.launch(k, (1,), x, x, 64, 0.5, BLOCK=16)
     assert len(k.slow) == 2
 
 
 def test_facts() -> None:
-    f = _launch._fact
+    f = _fast_path.specialisation
     assert f(torch.zeros(8)) == (torch.float32, -1, True)      # dtype, device index, aligned
     assert f(torch.zeros(8)[1:]) == (torch.float32, -1, False)
     assert f(1) == (True, False, True) and f(32) == (False, True, True)
@@ -135,10 +134,9 @@ def test_shortcut_on_cuda_matches_the_reference() -> None:
     included, equals the reference, for LayerNorm, RMSNorm, the fused residual form and
     BatchNorm."""
     from fromscratch import functional as FS
-    from fromscratch.kernels import _replay
     torch.manual_seed(0)
     dev, n = "cuda", 300
-    before, replays_before = _launch.fast_launches, sum(_replay.replays.values())
+    before, replays_before = _fast_path.fast_launches, sum(_fast_path.replays.values())
     wf, bf = torch.randn(n, device=dev), torch.randn(n, device=dev)
     buf = torch.randn(70 * 304 + 8, device=dev, dtype=torch.bfloat16)
     w = torch.randn(n, device=dev, dtype=torch.bfloat16)
@@ -176,8 +174,8 @@ def test_shortcut_on_cuda_matches_the_reference() -> None:
                     atol = 4e-2 * max(1.0, float(ref.detach().abs().max()))
                     torch.testing.assert_close(mine.float(), ref.float(), atol=atol, rtol=2e-2,
                                                msg=lambda m: f"{fn} {name}: {m}")
-    assert _launch.fast_launches > before, "the shortcut was never taken"
-    assert sum(_replay.replays.values()) > replays_before, "nothing was replayed"
+    assert _fast_path.fast_launches > before, "the shortcut was never taken"
+    assert sum(_fast_path.replays.values()) > replays_before, "nothing was replayed"
 
 
 @cuda_only

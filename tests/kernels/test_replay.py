@@ -1,4 +1,4 @@
-"""Replay (``kernels._replay``): from the third forward or backward of a geometry on, the
+"""Replay (``kernels._fast_path``): from the third forward or backward of a geometry on, the
 recorded launches run again with the new addresses, no wrapper Python in between.
 
 Replay needs compiled launchers, which only a GPU has; here each kernel is wrapped so that
@@ -8,16 +8,18 @@ tensor the wrappers allocate or the test creates, so a wrong address, a wrong ar
 order or a stale pointer makes the results wrong and the test fail."""
 from __future__ import annotations
 
+import contextlib
+import warnings
 from collections import Counter
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 import torch
 
 from fromscratch import functional as F
-from fromscratch.kernels import (_common, _launch, _reduce, _replay, _row_backward,
-                                 batch_norm, layer_norm, rms_norm)
+from fromscratch.kernels import (_common, _fast_path, _reduce, _row_backward, batch_norm,
+                                 layer_norm, rms_norm)
 from tests.kernels._helpers import close, f64, param, rows
 
 
@@ -65,6 +67,9 @@ class Interpreted:
     and returns a "compiled kernel" whose launcher, given addresses, looks the tensors up
     in the address book and runs the interpreter again."""
 
+    #: a Triton whose compiled kernels have no ``packed_metadata`` (a changed private API)
+    changed = False
+
     def __init__(self, kernel: Any, book: AddressBook):
         self.kernel, self.book, self.arg_names = kernel, book, kernel.arg_names
         self.n_runtime = 0
@@ -75,8 +80,11 @@ class Interpreted:
                    **constexprs: Any) -> SimpleNamespace:
             self.n_runtime = len(args)
             self.kernel[grid](*args, **constexprs)
-            return SimpleNamespace(run=self.launcher, function=None, packed_metadata=None,
-                                   n_regs=64, metadata=None)
+            compiled = SimpleNamespace(run=self.launcher, function=None, packed_metadata=None,
+                                       n_regs=64, metadata=None)
+            if self.changed:
+                del compiled.packed_metadata
+            return compiled
         return launch
 
     def launcher(self, g0: int, g1: int, g2: int, stream: int, function: Any, metadata: Any,
@@ -90,7 +98,8 @@ class Interpreted:
 
 
 @pytest.fixture
-def interpreted(monkeypatch: pytest.MonkeyPatch) -> tuple[AddressBook, dict[str, Interpreted]]:
+def interpreted(monkeypatch: pytest.MonkeyPatch
+                ) -> Iterator[tuple[AddressBook, dict[str, Interpreted]]]:
     """The launch shortcut and the replay switched on for CPU tensors, the interpreter in
     place of compiled launchers."""
     from fromscratch.kernels._common import interpreting
@@ -109,14 +118,9 @@ def interpreted(monkeypatch: pytest.MonkeyPatch) -> tuple[AddressBook, dict[str,
     recording_torch.rsqrt = book.rsqrt
     for module in (*modules, _common):
         monkeypatch.setattr(module, "torch", recording_torch)
-    for name, value in (("_SUPPORTED", [True]), ("_eligible", lambda t: True),
-                        ("_stream", lambda index: 0), ("_hooks_idle", lambda: True),
-                        ("replayable", lambda index: True), ("_compiled", {})):
-        monkeypatch.setattr(_launch, name, value)
-    monkeypatch.setattr(_replay, "_recipes", {})
-    monkeypatch.setattr(_replay, "_seen", set())
-    monkeypatch.setattr(_replay, "replays", Counter())
-    return book, stand_ins
+    monkeypatch.setattr(_fast_path, "replays", Counter())
+    with _fast_path.taken_by_cpu_tensors():
+        yield book, stand_ins
 
 
 def step(op: str, backend: str, x: torch.Tensor, r: torch.Tensor, w: torch.Tensor,
@@ -169,13 +173,13 @@ def test_replayed_backward_matches_the_reference(interpreted, op: str) -> None:
         same(step(op, "triton", x, r, w, b, dy, ds), step(op, "torch", x, r, w, b, dy, ds),
              f"{op} step {i}", m)
     name = "rms_norm" if op == "fused_add_rms_norm" else op
-    assert _replay.replays == {name: 3, f"{name}_fwd": 3}, \
+    assert _fast_path.replays == {name: 3, f"{name}_fwd": 3}, \
         "the forwards and backwards of steps 3, 4 and 5 should have been replays"
     assert stand_ins["fromscratch.kernels._row_backward._bwd_kernel"].launches >= 3
 
 
 def test_a_gradient_with_other_strides_is_not_replayed(interpreted) -> None:
-    """A recipe recorded for a contiguous gradient is not used for a row-strided one (a
+    """A recording made for a contiguous gradient is not used for a row-strided one (a
     column slice of a wider tensor): that backward takes the full path, and is right."""
     book, _ = interpreted
     m, n = 6, 40
@@ -188,7 +192,7 @@ def test_a_gradient_with_other_strides_is_not_replayed(interpreted) -> None:
         book.add(dy)
         same(step("layer_norm", "triton", x, x, w, b, dy, dy),
              step("layer_norm", "torch", x, x, w, b, dy, dy), f"step {i}", m)
-    assert _replay.replays["layer_norm"] == 1, "only the third backward (contiguous dy) replays"
+    assert _fast_path.replays["layer_norm"] == 1, "only the third backward (contiguous dy) replays"
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -214,15 +218,15 @@ def test_replayed_batch_norm_backward_matches_the_reference(interpreted, trainin
             out[backend] = [y, *torch.autograd.grad(y, leaves, dy), rm, rv]
         same(out["triton"], out["torch"], f"step {i}", m)
     # the forward replays in training only (eval mode normalises with the running statistics)
-    assert _replay.replays == ({"batch_norm": 3, "batch_norm_fwd": 3} if training
+    assert _fast_path.replays == ({"batch_norm": 3, "batch_norm_fwd": 3} if training
                                else {"batch_norm": 3})
 
 
 def test_bookkeeping_is_bounded(interpreted, monkeypatch: pytest.MonkeyPatch) -> None:
     """A row count that changes every step adds a key each time: past MAX_KEYS the seen
-    keys and the recipes start over instead of growing without bound."""
+    keys and the recordings start over instead of growing without bound."""
     book, _ = interpreted
-    monkeypatch.setattr(_replay, "MAX_KEYS", 3)
+    monkeypatch.setattr(_fast_path, "MAX_KEYS", 3)
     n = 16
     w = param(n, torch.float32, "cpu", 1, 1.0)
     book.add(w)
@@ -231,7 +235,7 @@ def test_bookkeeping_is_bounded(interpreted, monkeypatch: pytest.MonkeyPatch) ->
             x = rows(m, n, torch.float32, "cpu", seed=m)
             book.add(x)
             y = F.rms_norm(x, n, w, backend="triton")
-        assert len(_replay._seen) <= 3 and len(_replay._recipes) <= 3
+        assert len(_fast_path._tuned) <= 3 and len(_fast_path._recordings) <= 3
         torch.testing.assert_close(y, F.rms_norm(x, n, w, backend="torch"))
 
 
@@ -242,7 +246,7 @@ def test_bookkeeping_is_bounded(interpreted, monkeypatch: pytest.MonkeyPatch) ->
 def test_a_replayed_forward_prepares_the_backward_as_prepare_backward_does(interpreted,
                                                                             case: str) -> None:
     """What a replayed forward hands the backward (``prepare=True``) equals what
-    ``prepare_backward`` says for the same tensors: the same recipe key, the same
+    ``prepare_backward`` says for the same tensors: the same signature, the same
     addresses, so the backward replays exactly as it would have."""
     from fromscratch.kernels import residual_rms_norm
     book, _ = interpreted
@@ -271,7 +275,7 @@ def test_a_replayed_forward_prepares_the_backward_as_prepare_backward_does(inter
         assert want is not None and got == want, (i, got, want)
     name = case.split()[0] + "_fwd"
     name = "rms_norm_fwd" if name == "fused_add_rms_norm_fwd" else name
-    assert _replay.replays == {name: 1}, "the third forward should have replayed"
+    assert _fast_path.replays == {name: 1}, "the third forward should have replayed"
 
 
 @pytest.mark.parametrize("op", ["layer_norm", "rms_norm", "fused_add_rms_norm", "batch_norm"])
@@ -311,4 +315,46 @@ def test_saved_tensors_moved_by_a_hook(interpreted, op: str) -> None:
             got = run("triton")
         same(got, want, f"{op} step {i}", m)
     name = "rms_norm" if op == "fused_add_rms_norm" else op
-    assert _replay.replays[name] == 3, "the backwards of steps 3-5 replay, with the copies"
+    assert _fast_path.replays[name] == 3, "the backwards of steps 3-5 replay, with the copies"
+
+
+def _changed_jit_run(self: Any, *args: Any, grid: Any, warmup: bool, **kwargs: Any) -> Any:
+    """Stands in for the ``JITFunction.run`` of a Triton whose launcher takes other
+    arguments (no launch metadata, no hooks): the call the fast path repeats is gone."""
+    kernel = grid_0 = grid_1 = grid_2 = stream = bound_args = None
+    kernel.run(grid_0, grid_1, grid_2, stream, kernel.function, kernel.packed_metadata,
+               *bound_args.values())
+
+
+@pytest.mark.parametrize("change", ["launcher call", "compiled kernel"])
+def test_a_changed_triton_turns_the_fast_path_off_loudly(interpreted, monkeypatch, change):
+    """Triton's private launch API changed (its own launcher call reads otherwise, or a
+    compiled kernel lacks ``packed_metadata``): one RuntimeWarning says so, every launch
+    then goes through ``kernel[grid](...)``, nothing replays, and every result over five
+    steps equals backend='torch''s."""
+    from triton.runtime.jit import JITFunction
+    book, _ = interpreted
+    m, n = 6, 40
+    w, b = affine(n, book)
+    fast_before = _fast_path.fast_launches
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if change == "launcher call":
+            monkeypatch.setattr(JITFunction, "run", _changed_jit_run)
+            context = _fast_path.taken_by_cpu_tensors()     # checks the protocol again
+        else:
+            monkeypatch.setattr(Interpreted, "changed", True)
+            context = contextlib.nullcontext()
+        with context:
+            for i in range(5):
+                x = rows(m, n, torch.float32, "cpu", seed=i)
+                dy = rows(m, n, torch.float32, "cpu", seed=20 + i, shifted=False)
+                book.add(x, dy)
+                same(step("layer_norm", "triton", x, x, w, b, dy, dy),
+                     step("layer_norm", "torch", x, x, w, b, dy, dy), f"step {i}", m)
+    said = [w for w in caught if issubclass(w.category, RuntimeWarning)
+            and "fast launch path is off" in str(w.message)]
+    assert len(said) == 1, [str(w.message) for w in caught]
+    assert ("JITFunction.run" if change == "launcher call" else "packed_metadata") \
+        in str(said[0].message)
+    assert not _fast_path.replays and _fast_path.fast_launches == fast_before

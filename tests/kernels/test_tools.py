@@ -116,14 +116,14 @@ def test_timeline_marks_are_removed_after(device):
     """``marked()`` puts back every Function's forward and backward and the launch entry
     points, so nothing is left instrumented after a measurement."""
     _timeline = benchmark_script("_timeline")
-    from fromscratch.kernels import _launch, autograd
+    from fromscratch.kernels import _fast_path, autograd
     before = (vars(autograd.LayerNormFn)["forward"], vars(autograd.BatchNormFn)["backward"],
-              _launch.run, _launch.Bound.__call__)
+              _fast_path.launch, _fast_path.RecordedLaunch.__call__)
     x = torch.randn(4, 8, device=device, requires_grad=True)
     med, thread = _timeline.timeline(lambda: _timeline.Floor.apply(x).sum().backward(),
                                      lambda: None, steps=3, round_steps=3)
     assert med["forward to launch"] is None and med["total"] > 0
     assert thread == ("caller" if device.type == "cpu" else "worker")
     after = (vars(autograd.LayerNormFn)["forward"], vars(autograd.BatchNormFn)["backward"],
-             _launch.run, _launch.Bound.__call__)
+             _fast_path.launch, _fast_path.RecordedLaunch.__call__)
     assert all(a is b for a, b in zip(before, after))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import Any, Callable
 
 import torch
 
@@ -86,6 +87,29 @@ def check_dtype(op: str, t: torch.Tensor, name: str = "input") -> None:
     if t.dtype not in DTYPES:
         raise TypeError(f"{op}: the Triton kernels take float32, float16 or bfloat16 {name}, "
                         f"got {t.dtype}; use backend='torch' for it")
+
+
+_DOUBLE_BACKWARD = ("the Triton kernels' backward is not differentiable (double backward, "
+                    "create_graph=True); use backend='torch' for it")
+
+
+def refuse_double_backward() -> None:
+    """Raise when a backward of the kernels runs with ``create_graph=True``: their gradients
+    carry no graph of their own, and a second derivative through them would silently miss
+    their dependence on x."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(_DOUBLE_BACKWARD)
+
+
+def once_differentiable(backward: Callable) -> Callable:
+    """For an autograd Function's backward: ``refuse_double_backward`` first (inlined: it
+    runs at every backward)."""
+    @functools.wraps(backward)
+    def wrapper(ctx: Any, *grads: Any):
+        if torch.is_grad_enabled():
+            raise RuntimeError(_DOUBLE_BACKWARD)
+        return backward(ctx, *grads)
+    return wrapper
 
 
 class on_device:

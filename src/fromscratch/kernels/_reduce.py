@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _launch
+from . import _fast_path
 from ._common import cdiv, next_pow2, on_device
 
 
@@ -39,20 +39,20 @@ def _sum_rows_kernel(P, OUT, Q, OUT_Q, G, N, HAS_Q: tl.constexpr,
 
 
 def sum_rows(p: torch.Tensor, dtype: torch.dtype, q: torch.Tensor | None = None,
-             dtype_q: torch.dtype | None = None, _record: list | None = None
+             dtype_q: torch.dtype | None = None, recorder: list | None = None
              ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(p.sum(0) as ``dtype``, q.sum(0) as ``dtype_q``), float32 accumulation; p and q are
     contiguous (G, N) float32 buffers of the same shape, q optional. The kernel's arguments
     are (p, out, q, out_q, G, N), with p and out passed again for q and out_q when there is
-    no q (``_record``: see ``_launch.run``)."""
+    no q (``recorder``: see ``_fast_path.launch``)."""
     g, n = p.shape
     out = torch.empty(n, dtype=dtype, device=p.device)
     out_q = torch.empty(n, dtype=dtype_q or dtype, device=p.device) if q is not None else None
     block_n = 16
     block_g = min(512, next_pow2(g))
     with on_device(p):
-        _launch.run(_sum_rows_kernel, (cdiv(n, block_n),),
+        _fast_path.launch(_sum_rows_kernel, (cdiv(n, block_n),),
             p, out, q if q is not None else p, out_q if out_q is not None else out, g, n,
             HAS_Q=q is not None, BLOCK_G=block_g, BLOCK_N=block_n,
-            num_warps=8 if block_g >= 256 else 4, _record=_record)
+            num_warps=8 if block_g >= 256 else 4, recorder=recorder)
     return out, out_q

@@ -30,7 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _launch, _replay, _tune
+from . import _fast_path, _tune
+from ._fast_path import RecordedLaunch, Replayable
 from ._common import (interleaved_grid, next_pow2, note_resident, num_sms, on_device,
                       partials, persistent_grid, resident_programs, row_bwd_configs,
                       unit_last_stride, vector)
@@ -194,14 +195,15 @@ def _bwd_looped_kernel(X, DY, DS, DX, W, MEAN, RSTD, DW_PART, DB_PART, M, N, str
                 tl.store(p, tl.load(p, mask=cmask, other=0.0) + dy, mask=cmask)
 
 
-# Replay (see ``_replay``): the forward calls ``prepare``; a backward of a geometry seen
+# Replay (see ``_fast_path``): the forward calls ``prepare``; a backward of a geometry seen
 # twice replays its two launches, ``_bwd_kernel`` and ``_sum_rows_kernel``.
 
-class _Recipe(NamedTuple):
-    bwd: _launch.Bound                     # _bwd_kernel: its grid, variant, constexprs
-    sums: _launch.Bound | None             # _sum_rows_kernel, None without weight and bias
+class BackwardRecording(NamedTuple):
+    """A row norm's backward, recorded, and the sizes its replay allocates."""
+    rows_kernel: RecordedLaunch            # _bwd_kernel: its grid, variant, constexprs
+    sum_rows: RecordedLaunch | None        # _sum_rows_kernel, None without weight and bias
     db_offset: int                         # the float32 partials of dw, then of db, in one
-    parts: int                             # allocation: where db's start, and the total
+    partials_size: int                     # allocation: where db's start, and the total
     w_dtype: torch.dtype | None            # dweight's dtype, None without weight
     b_dtype: torch.dtype | None            # dbias's dtype, None without bias
     programs: int                          # G, the partial rows
@@ -210,58 +212,60 @@ class _Recipe(NamedTuple):
 def prepare(op: str, x: torch.Tensor, weight: torch.Tensor | None, rstd: torch.Tensor,
             mean: torch.Tensor | None = None, has_bias: bool = False,
             bias_dtype: torch.dtype | None = None, has_ds: bool = False, *, max_fused: int
-            ) -> tuple | None:
-    """Called by the forward with the tensors the backward will get: (facts, device, the
-    addresses of x, weight, mean-or-rstd, rstd), or None where replay does not apply (rows
-    wider than ``max_fused``, an empty x, and ``_replay.prepared``'s cases)."""
+            ) -> Replayable | None:
+    """Called by the forward with the tensors the backward will get: what lets the backward
+    replay, or None where replay does not apply (rows wider than ``max_fused``, an empty x,
+    and ``_fast_path.replayable``'s cases)."""
     m, n = x.shape
     if m == 0 or n > max_fused:
         return None
-    facts = _replay.backward_facts(op, x, weight, has_bias, bias_dtype, has_ds)
-    return _replay.prepared(facts, *_replay.saved(x, weight, mean, rstd))
+    signature = _fast_path.backward_signature(op, x, weight, has_bias, bias_dtype, has_ds)
+    return _fast_path.backward_replayable(signature, x, weight, mean, rstd)
 
 
-def _backward_replay(r: _Recipe, prep: tuple, dy: torch.Tensor, ds: torch.Tensor | None
-                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """``backward``'s result from the recipe: allocate, then the two recorded launches with
-    this call's addresses, in the kernels' argument order."""
-    (_, m, n, stride_x, dtype, *_), index, x, w, mu, rstd = prep
+def _replay_backward(r: BackwardRecording, call: Replayable, dy: torch.Tensor,
+                     ds: torch.Tensor | None
+                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``backward``'s result from its recording: allocate, then the two recorded launches
+    with this call's addresses, in the kernels' argument order."""
+    sig, at = call.signature, call.addresses
+    m, n, stride_x = sig.rows, sig.cols, sig.row_stride
     dev = dy.device
-    dx = torch.empty((m, n), dtype=dtype, device=dev)
-    parts = torch.empty(r.parts, dtype=torch.float32, device=dev)
+    dx = torch.empty((m, n), dtype=sig.dtype, device=dev)
+    parts = torch.empty(r.partials_size, dtype=torch.float32, device=dev)
     dw_p = parts.data_ptr()
-    db_p = dw_p + 4 * r.db_offset                 # db_offset = _replay.aligned(...)
-    stream = _launch._stream(index)
-    ds_ptr, stride_ds = (x, stride_x) if ds is None else (ds.data_ptr(), ds.stride(0))
-    r.bwd(stream, x, dy.data_ptr(), ds_ptr, dx.data_ptr(), w, mu, rstd, dw_p, db_p, m, n,
-          stride_x, dy.stride(0), stride_ds, n)
+    db_p = dw_p + 4 * r.db_offset                 # db_offset = padded_to_16_bytes(...)
+    stream = _fast_path.current_stream(call.device)
+    ds_at, stride_ds = (at.x, stride_x) if ds is None else (ds.data_ptr(), ds.stride(0))
+    r.rows_kernel(stream, at.x, dy.data_ptr(), ds_at, dx.data_ptr(), at.weight, at.mean,
+                  at.rstd, dw_p, db_p, m, n, stride_x, dy.stride(0), stride_ds, n)
     dw = None if r.w_dtype is None else torch.empty(n, dtype=r.w_dtype, device=dev)
     db = None if r.b_dtype is None else torch.empty(n, dtype=r.b_dtype, device=dev)
-    if r.sums is not None:               # (p, out, q, out_q, G, N) as in _reduce.sum_rows
+    if r.sum_rows is not None:           # (p, out, q, out_q, G, N) as in _reduce.sum_rows
         p, out = (dw_p, dw) if dw is not None else (db_p, db)
         q, out_q = (db_p, db) if dw is not None and db is not None else (p, out)
-        r.sums(stream, p, out.data_ptr(), q, out_q.data_ptr(), r.programs, n)
+        r.sum_rows(stream, p, out.data_ptr(), q, out_q.data_ptr(), r.programs, n)
     return dx, dw, db
 
 
 def backward(op: str, dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None,
              rstd: torch.Tensor, mean: torch.Tensor | None = None, has_bias: bool = False,
              bias_dtype: torch.dtype | None = None, ds: torch.Tensor | None = None, *,
-             max_fused: int, loop_block: int, prepared: tuple | None = None
+             max_fused: int, loop_block: int, prepared: Replayable | None = None
              ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """(dx, dweight, dbias) of ``op`` ("layer_norm" when ``mean`` is given, else "rms_norm")
     for x (M, N); dweight/dbias in the parameters' dtypes, None when absent. Rows longer than
     ``max_fused`` go to the looped kernel, which walks them ``loop_block`` at a time.
     ``prepared``: what ``prepare`` returned in the forward, for the replay."""
-    key, record = None, None
-    if prepared is not None and not _replay.unmoved(prepared, x, weight, mean, rstd):
-        # the copies a hook handed over; has_ds as the forward said (backward_facts' last)
-        prepared = prepare(op, x, weight, rstd, mean, has_bias, bias_dtype, prepared[0][-1],
-                           max_fused=max_fused)
+    found = None
+    if prepared is not None and _fast_path.moved_by_hook(prepared, x, weight, mean, rstd):
+        # the copies a hook handed over: their addresses
+        prepared = prepare(op, x, weight, rstd, mean, has_bias, bias_dtype,
+                           prepared.signature.has_ds, max_fused=max_fused)
     if prepared is not None:
-        key, recipe, record = _replay.begin(prepared, dy, ds)
-        if recipe is not None:
-            return _backward_replay(recipe, prepared, dy, ds)
+        found = _fast_path.look_up(prepared, dy, ds)
+        if found.recording is not None:
+            return _replay_backward(found.recording, prepared, dy, ds)
     x, dy, weight = unit_last_stride(x), unit_last_stride(dy), vector(weight)
     m, n = x.shape
     centre, has_w, has_ds = mean is not None, weight is not None, ds is not None
@@ -278,41 +282,48 @@ def backward(op: str, dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | 
     flags = {"CENTRE": centre, "HAS_W": has_w, "HAS_B": has_bias, "HAS_DRES": has_ds}
     strides = (x.stride(0), dy.stride(0), ds.stride(0), dx.stride(0))
     sms = num_sms(x.device)
+    recorder = None if found is None else found.recorder
     with on_device(x):
         if n > max_fused:
             g, rows = persistent_grid(m, 1, sms * 4)
             dw_p = torch.zeros((g, n) if has_w else (1,), dtype=torch.float32, device=x.device)
             db_p = torch.zeros((g, n) if has_bias else (1,), dtype=torch.float32,
                                device=x.device)
-            _launch.run(_bwd_looped_kernel, (g,), x, dy, ds, dx, w, mu, rstd, dw_p, db_p, m, n,
-                        *strides, rows, BLOCK_N=min(next_pow2(n), loop_block), num_warps=8,
-                        **flags)
+            _fast_path.launch(_bwd_looped_kernel, (g,), x, dy, ds, dx, w, mu, rstd, dw_p, db_p,
+                              m, n, *strides, rows, BLOCK_N=min(next_pow2(n), loop_block),
+                              num_warps=8, **flags)
         else:
             block_n = next_pow2(n)
             parts: dict[str, torch.Tensor] = {}
 
-            def launch(cfg: tuple[int, int, int, bool, int], rec: list | None = None) -> None:
+            def launch(cfg: tuple[int, int, int, bool, int], recorder: list | None = None
+                       ) -> None:
                 bm, warps, waves, prefetch, stages = cfg
                 variant = (op, block_n, cfg, x.dtype, w.dtype, has_w, has_bias, has_ds)
                 g = interleaved_grid(m, bm, sms * waves * resident_programs(variant))
                 parts["dw"] = partials(parts.get("dw"), (g, n) if has_w else (1,), x.device)
                 parts["db"] = partials(parts.get("db"), (g, n) if has_bias else (1,), x.device)
-                k = _launch.run(_bwd_kernel, (g,), x, dy, ds, dx, w, mu, rstd, parts["dw"],
-                                parts["db"], m, n, *strides, PREFETCH=prefetch, STAGES=stages,
-                                BLOCK_M=bm, BLOCK_N=block_n, num_warps=warps,
-                                num_stages=stages, _record=rec, **flags)
+                k = _fast_path.launch(_bwd_kernel, (g,), x, dy, ds, dx, w, mu, rstd,
+                                      parts["dw"], parts["db"], m, n, *strides,
+                                      PREFETCH=prefetch, STAGES=stages, BLOCK_M=bm,
+                                      BLOCK_N=block_n, num_warps=warps, num_stages=stages,
+                                      recorder=recorder, **flags)
                 note_resident(variant, k, warps, x.device)
 
             tune_key = (op + "_bwd", has_ds, n, x.dtype, w.dtype, _tune.rows_bucket(m))
-            launch(_tune.choose(tune_key, row_bwd_configs(block_n), launch, x.device), record)
+            launch(_tune.choose(tune_key, row_bwd_configs(block_n), launch, x.device), recorder)
             dw_p, db_p = parts["dw"], parts["db"]
     if has_w and has_bias:
-        dw, db = sum_rows(dw_p, weight.dtype, db_p, db_dtype, _record=record)
+        dw, db = sum_rows(dw_p, weight.dtype, db_p, db_dtype, recorder=recorder)
     else:
-        dw = sum_rows(dw_p, weight.dtype, _record=record)[0] if has_w else None
-        db = sum_rows(db_p, db_dtype, _record=record)[0] if has_bias else None
-    db_offset = _replay.aligned(dw_p.numel())
-    _replay.keep(key, record, 1 + (has_w or has_bias), lambda bwd, sums=None: _Recipe(
-        bwd, sums, db_offset, db_offset + db_p.numel(), weight.dtype if has_w else None,
-        db_dtype if has_bias else None, (dw_p if has_w else db_p).shape[0]))
+        dw = sum_rows(dw_p, weight.dtype, recorder=recorder)[0] if has_w else None
+        db = sum_rows(db_p, db_dtype, recorder=recorder)[0] if has_bias else None
+    if recorder is not None:
+        db_offset = _fast_path.padded_to_16_bytes(dw_p.numel())
+        _fast_path.keep(found, 1 + (has_w or has_bias), lambda rows_kernel, sums=None:
+                        BackwardRecording(rows_kernel, sums, db_offset,
+                                          db_offset + db_p.numel(),
+                                          weight.dtype if has_w else None,
+                                          db_dtype if has_bias else None,
+                                          (dw_p if has_w else db_p).shape[0]))
     return dx, dw, db

@@ -27,6 +27,10 @@ column sums sum(dy) and sum(dy xhat) (partials, then ``_reduce.sum_rows``), then
 Memory traffic is therefore 3 MN elements forward (x twice, y once) and 5 MN backward,
 8 MN in all, against 5 MN for a row norm: statistics over a batch larger than the cache
 need a full pass before the first output can be written.
+
+This file holds the kernels, their launchers ``forward`` and ``backward`` (from the third
+call of a geometry on, the training forward and the backward replay their three launches
+each: ``_fast_path``) and ``BatchNormFn``, the autograd Function over them.
 """
 from __future__ import annotations
 
@@ -37,9 +41,10 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _launch, _replay, _tune
-from ._common import (cdiv, next_pow2, note_resident, num_sms, on_device, resident_programs,
-                      unit_last_stride, vector)
+from . import _fast_path, _tune
+from ._common import (cdiv, next_pow2, note_resident, num_sms, on_device, once_differentiable,
+                      resident_programs, unit_last_stride, vector)
+from ._fast_path import BackwardSignature, RecordedLaunch, Replayable
 from ._reduce import sum_rows
 from ._stats import inv_rms_or_nan
 
@@ -254,60 +259,119 @@ def _row_split(m: int, c: int, cfg: tuple, programs: int) -> tuple[int, int]:
 
 def _normalize(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
                weight: torch.Tensor | None, bias: torch.Tensor | None,
-               record: list | None = None, shifted: bool = False) -> torch.Tensor:
+               recorder: list | None = None, shifted: bool = False) -> torch.Tensor:
     """y = (x - mu) r w + b; ``shifted``: ``mean`` is mean(x - K), K the first row."""
     m, c = x.shape
     y = torch.empty((m, c), dtype=x.dtype, device=x.device)
 
-    def launch(cfg: tuple[int, int, int], rec: list | None = None) -> None:
+    def launch(cfg: tuple[int, int, int], recorder: list | None = None) -> None:
         bm, bc, warps = cfg
-        _launch.run(_normalize_kernel, (cdiv(m, bm), cdiv(c, bc)),
+        _fast_path.launch(_normalize_kernel, (cdiv(m, bm), cdiv(c, bc)),
             x, y, mean, rstd, weight if weight is not None else x,
             bias if bias is not None else x, m, c, x.stride(0), y.stride(0),
             HAS_W=weight is not None, HAS_B=bias is not None, SHIFTED=shifted, BLOCK_M=bm,
-            BLOCK_C=bc,
-            num_warps=warps, _record=rec)
+            BLOCK_C=bc, num_warps=warps, recorder=recorder)
 
     key = ("batch_norm_normalize", c, x.dtype, _tune.rows_bucket(m))
-    launch(_tune.choose(key, _elementwise_configs(c), launch, x.device), record)
+    launch(_tune.choose(key, _elementwise_configs(c), launch, x.device), recorder)
     return y
 
 
-# Replay (see ``_replay``) of a training forward: ``_stats_kernel``, ``_combine_kernel`` and
-# ``_normalize_kernel``; and of a backward: ``_bwd_sums_kernel``, ``_sum_rows_kernel`` and
-# ``_dx_kernel`` (``prepare_backward`` in the forward).
+def _partial_statistics(x: torch.Tensor, recorder: list | None
+                        ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """``_stats_kernel``'s partials of d = x - K: (mean, M2) of each block of rows, both
+    (P, C) float32, then P and the rows per block."""
+    m, c = x.shape
+    sms = num_sms(x.device)
+    parts: dict[str, Any] = {}
 
-class _Recipe(NamedTuple):
-    first: _launch.Bound                   # forward: stats;  backward: sums
-    second: _launch.Bound                  # forward: combine;  backward: sum_rows
-    third: _launch.Bound                   # forward: normalize;  backward: dx
-    programs: int                          # P, rows of the partial sums
-    rows: int                              # rows of x per program
-    backward_facts: tuple | None = None    # forward: what its backward's recipe is keyed on
+    def launch(cfg: tuple[int, int, int, int, bool, int], recorder: list | None = None) -> None:
+        bm, bc, warps, waves, prefetch, stages = cfg
+        variant = ("batch_norm_stats", cfg, x.dtype)
+        p, rows = _row_split(m, c, cfg, sms * waves * resident_programs(variant))
+        parts.update(p=p, rows=rows,
+                     mean=torch.empty((p, c), dtype=torch.float32, device=x.device),
+                     m2=torch.empty((p, c), dtype=torch.float32, device=x.device))
+        k = _fast_path.launch(_stats_kernel, (p, cdiv(c, bc)), x, parts["mean"], parts["m2"],
+                              m, c, x.stride(0), rows, PREFETCH=prefetch, STAGES=stages,
+                              BLOCK_M=bm, BLOCK_C=bc, num_warps=warps, num_stages=stages,
+                              recorder=recorder)
+        note_resident(variant, k, warps, x.device)
+
+    launch(_tune.choose(("batch_norm_stats", c, x.dtype, _tune.rows_bucket(m)),
+                        _reduce_configs(c), launch, x.device), recorder)
+    return parts["mean"], parts["m2"], parts["p"], parts["rows"]
 
 
-def _forward_replay(r: _Recipe, prep: tuple, device: torch.device, momentum: float,
-                    eps: float, prepare: bool) -> tuple[Any, ...]:
-    """``forward``'s result in training from the recipe, the kernels' arguments in order;
-    with ``prepare``, the backward's prepared key and addresses (``prepare_backward``'s)."""
-    (_, m, c, stride_x, dtype, *_, has_running), index, x, w, b, rm, rv = prep
-    half = _replay.aligned(r.programs * c)
+class TrainingForwardRecording(NamedTuple):
+    """BatchNorm's training forward, recorded (see ``_fast_path``)."""
+    stats: RecordedLaunch                  # _stats_kernel
+    combine: RecordedLaunch                # _combine_kernel
+    normalize: RecordedLaunch              # _normalize_kernel
+    programs: int                          # P, rows of the partial statistics
+    rows_per_program: int                  # rows of x per program
+    backward: BackwardSignature            # what its backward's recording is keyed on
+
+
+def _training_forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                      eps: float, running_mean: torch.Tensor | None,
+                      running_var: torch.Tensor | None, momentum: float,
+                      found: _fast_path.Lookup | None) -> tuple[torch.Tensor, ...]:
+    """``forward`` in training, its three launches (statistics, combine, normalise) issued
+    one by one, and recorded when ``found`` says this call is the one to record."""
+    m, c = x.shape
+    recorder = None if found is None else found.recorder
+    mean_p, m2_p, p, rows = _partial_statistics(x, recorder)
+    mean_d, mean, var, rstd = (torch.empty(c, dtype=torch.float32, device=x.device)
+                               for _ in range(4))
+    # the combine kernel updates the buffers in place: a strided one is updated through a
+    # contiguous copy, written back below
+    has_running = running_mean is not None and running_var is not None
+    rm, rv = (vector(running_mean), vector(running_var)) if has_running else (None, None)
+    block_c = 64
+    _fast_path.launch(_combine_kernel, (cdiv(c, block_c),),
+        x, mean_p, m2_p, p, m, rows, mean_d, mean, var, rstd,
+        rm if has_running else mean, rv if has_running else var,
+        c, 1.0 / m, m / (m - 1) if m > 1 else 1.0, float(momentum), float(eps),
+        HAS_RUNNING=has_running, BLOCK_P=32, BLOCK_C=block_c, num_warps=4, recorder=recorder)
+    for buf, copy in ((running_mean, rm), (running_var, rv)):
+        if copy is not buf:
+            buf.copy_(copy)
+    y = _normalize(x, mean_d, rstd, weight, bias, recorder, shifted=True)
+    if recorder is not None:
+        _fast_path.keep(found, 3, lambda stats, combine, normalize: TrainingForwardRecording(
+            stats, combine, normalize, p, rows, _fast_path.backward_signature(
+                "batch_norm", x, weight, bias is not None,
+                None if bias is None else bias.dtype, batch_stats=True)))
+    return y, mean, var, rstd
+
+
+def _replay_training_forward(r: TrainingForwardRecording, call: Replayable, x: torch.Tensor,
+                             has_running: bool, momentum: float, eps: float, prepare: bool
+                             ) -> tuple[Any, ...]:
+    """``forward``'s result in training from its recording, the kernels' arguments in order;
+    with ``prepare``, what lets the backward replay (as ``prepare_backward`` would say)."""
+    m, c = x.shape
+    stride_x, device = x.stride(0), x.device
+    x_at, w_at, b_at, rm_at, rv_at = call.addresses
+    half = _fast_path.padded_to_16_bytes(r.programs * c)
     parts = torch.empty(2 * half, dtype=torch.float32, device=device)   # mean and M2 partials
     mean_p = parts.data_ptr()
     m2_p = mean_p + 4 * half
     mean_d, mean, var, rstd = (torch.empty(c, dtype=torch.float32, device=device)
                                for _ in range(4))             # each 16-byte aligned
-    y = torch.empty((m, c), dtype=dtype, device=device)
-    stream = _launch._stream(index)
-    r.first(stream, x, mean_p, m2_p, m, c, stride_x, r.rows)
-    mean_ptr, var_ptr, mean_d_ptr = mean.data_ptr(), var.data_ptr(), mean_d.data_ptr()
-    r.second(stream, x, mean_p, m2_p, r.programs, m, r.rows, mean_d_ptr, mean_ptr, var_ptr,
-             rstd.data_ptr(), rm if has_running else mean_ptr, rv if has_running else var_ptr,
-             c, 1.0 / m, m / (m - 1) if m > 1 else 1.0, float(momentum), float(eps))
-    rstd_ptr = rstd.data_ptr()
-    r.third(stream, x, y.data_ptr(), mean_d_ptr, rstd_ptr, w, b, m, c, stride_x, c)
-    return y, mean, var, rstd, (_replay.handed_over(r.backward_facts, index, x, w, mean_ptr,
-                                                    rstd_ptr) if prepare else None)
+    y = torch.empty((m, c), dtype=x.dtype, device=device)
+    stream = _fast_path.current_stream(call.device)
+    r.stats(stream, x_at, mean_p, m2_p, m, c, stride_x, r.rows_per_program)
+    mean_d_at, mean_at = mean_d.data_ptr(), mean.data_ptr()
+    var_at, rstd_at = var.data_ptr(), rstd.data_ptr()
+    r.combine(stream, x_at, mean_p, m2_p, r.programs, m, r.rows_per_program, mean_d_at, mean_at,
+              var_at, rstd_at, rm_at if has_running else mean_at,
+              rv_at if has_running else var_at, c, 1.0 / m, m / (m - 1) if m > 1 else 1.0,
+              float(momentum), float(eps))
+    r.normalize(stream, x_at, y.data_ptr(), mean_d_at, rstd_at, w_at, b_at, m, c, stride_x, c)
+    return y, mean, var, rstd, (_fast_path.backward_replayable_at(
+        r.backward, call.device, x_at, w_at, mean_at, rstd_at) if prepare else None)
 
 
 def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
@@ -325,119 +389,121 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
         nan = torch.full((c,), float("nan"), dtype=torch.float32, device=x.device)
         return torch.empty_like(x), nan, nan, nan, None
     has_running = running_mean is not None and running_var is not None
-    key = record = None
-    if training and m > 0:      # replay (see _replay): only for unit last strides, so no copies
+    found = None
+    if training and m > 0:    # replay (see _fast_path): only for unit last strides, so no copies
         rm, rv = (running_mean, running_var) if has_running else (x, x)
         w = weight if weight is not None else x
         b = bias if bias is not None else x
-        prep = _replay.prepared(("batch_norm_fwd", m, c, x.stride(0), x.dtype, w.dtype, b.dtype,
-                                 rm.dtype, rv.dtype, weight is None, bias is None, has_running),
-                                x, w, b, rm, rv)
-        if prep is not None:
-            key, recipe, record = _replay.begin(prep)
-            if recipe is not None:
-                return _forward_replay(recipe, prep, x.device, momentum, eps, prepare)
+        call = _fast_path.replayable(("batch_norm_fwd", m, c, x.stride(0), x.dtype, w.dtype,
+                                      b.dtype, rm.dtype, rv.dtype, weight is None, bias is None,
+                                      has_running), x, w, b, rm, rv)
+        if call is not None:
+            found = _fast_path.look_up(call)
+            if found.recording is not None:
+                return _replay_training_forward(found.recording, call, x, has_running,
+                                                momentum, eps, prepare)
     raw_x, raw_weight = x, weight                     # what the autograd Function saves
     x, weight, bias = unit_last_stride(x), vector(weight), vector(bias)
-    b_dtype = None if bias is None else bias.dtype
-
-    def prepared(mean: torch.Tensor, rstd: torch.Tensor) -> tuple | None:
-        return (prepare_backward(raw_x, raw_weight, bias is not None, mean, rstd, training,
-                                 b_dtype) if prepare else None)
     with on_device(x):
-        if not training:
+        if training:
+            y, mean, var, rstd = _training_forward(x, weight, bias, eps, running_mean,
+                                                   running_var, momentum, found)
+        else:
             mean = vector(running_mean.float())
             var = vector(running_var.float())
             rstd = torch.rsqrt(var + eps)
             y = _normalize(x, mean, rstd, weight, bias)
-            return y, mean, var, rstd, prepared(mean, rstd)
-        sms = num_sms(x.device)
-        parts: dict[str, object] = {}
-
-        def launch(cfg: tuple[int, int, int, int, bool, int], rec: list | None = None) -> None:
-            bm, bc, warps, waves, prefetch, stages = cfg
-            variant = ("batch_norm_stats", cfg, x.dtype)
-            p, rows = _row_split(m, c, cfg, sms * waves * resident_programs(variant))
-            parts.update(p=p, rows=rows,
-                         mean=torch.empty((p, c), dtype=torch.float32, device=x.device),
-                         m2=torch.empty((p, c), dtype=torch.float32, device=x.device))
-            k = _launch.run(_stats_kernel, (p, cdiv(c, bc)), x, parts["mean"], parts["m2"], m, c,
-                            x.stride(0), rows, PREFETCH=prefetch, STAGES=stages, BLOCK_M=bm,
-                            BLOCK_C=bc, num_warps=warps, num_stages=stages, _record=rec)
-            note_resident(variant, k, warps, x.device)
-
-        launch(_tune.choose(("batch_norm_stats", c, x.dtype, _tune.rows_bucket(m)),
-                            _reduce_configs(c), launch, x.device), record)
-        p, rows, mean_p, m2_p = parts["p"], parts["rows"], parts["mean"], parts["m2"]
-        mean_d, mean, var, rstd = (torch.empty(c, dtype=torch.float32, device=x.device)
-                                   for _ in range(4))
-        # the combine kernel updates the buffers in place: a strided one is updated through a
-        # contiguous copy, written back below
-        rm, rv = (vector(running_mean), vector(running_var)) if has_running else (None, None)
-        block_c = 64
-        _launch.run(_combine_kernel, (cdiv(c, block_c),),
-            x, mean_p, m2_p, p, m, rows, mean_d, mean, var, rstd,
-            rm if has_running else mean, rv if has_running else var,
-            c, 1.0 / m, m / (m - 1) if m > 1 else 1.0, float(momentum), float(eps),
-            HAS_RUNNING=has_running, BLOCK_P=32, BLOCK_C=block_c, num_warps=4,
-            _record=record)
-        for buf, copy in ((running_mean, rm), (running_var, rv)):
-            if copy is not buf:
-                buf.copy_(copy)
-        y = _normalize(x, mean_d, rstd, weight, bias, record, shifted=True)
-    facts = _replay.backward_facts("batch_norm", x, weight, bias is not None, b_dtype, True)
-    _replay.keep(key, record, 3, lambda *bound: _Recipe(*bound, p, rows, facts))
-    return y, mean, var, rstd, prepared(mean, rstd)
+    return y, mean, var, rstd, (prepare_backward(
+        raw_x, raw_weight, bias is not None, mean, rstd, training,
+        None if bias is None else bias.dtype) if prepare else None)
 
 
 def prepare_backward(x: torch.Tensor, weight: torch.Tensor | None, has_bias: bool,
                      mean: torch.Tensor, rstd: torch.Tensor, batch_stats: bool,
-                     bias_dtype: torch.dtype | None = None) -> tuple | None:
-    """In the forward: (facts, device, addresses of x, weight, mean, rstd) for a replay of
-    ``backward``, or None where it does not apply (an empty x, ``_replay.prepared``'s cases)."""
+                     bias_dtype: torch.dtype | None = None) -> Replayable | None:
+    """In the forward: what lets ``backward`` replay its launches, or None where it does not
+    apply (an empty x, ``_fast_path.replayable``'s cases)."""
     if x.shape[0] == 0:
         return None
-    facts = _replay.backward_facts("batch_norm", x, weight, has_bias, bias_dtype, batch_stats)
-    return _replay.prepared(facts, *_replay.saved(x, weight, mean, rstd))
+    signature = _fast_path.backward_signature("batch_norm", x, weight, has_bias, bias_dtype,
+                                              batch_stats=batch_stats)
+    return _fast_path.backward_replayable(signature, x, weight, mean, rstd)
 
 
-def _backward_replay(r: _Recipe, prep: tuple, dy: torch.Tensor
+class BackwardRecording(NamedTuple):
+    """BatchNorm's backward, recorded (see ``_fast_path``)."""
+    sums: RecordedLaunch                   # _bwd_sums_kernel
+    sum_rows: RecordedLaunch               # _sum_rows_kernel
+    dx: RecordedLaunch                     # _dx_kernel
+    programs: int                          # P, rows of the partial sums
+    rows_per_program: int                  # rows of x per program
+
+
+def _replay_backward(r: BackwardRecording, call: Replayable, dy: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """``backward``'s result from the recipe, the kernels' arguments in their order."""
-    (_, m, c, stride_x, dtype, w_dtype, has_bias, b_dtype, _), index, x, w, mean, rstd = prep
+    """``backward``'s result from its recording, the kernels' arguments in their order."""
+    sig, at = call.signature, call.addresses
+    m, c, stride_x = sig.rows, sig.cols, sig.row_stride
     dev = dy.device
-    dx = torch.empty((m, c), dtype=dtype, device=dev)
-    half = _replay.aligned(r.programs * c)
+    dx = torch.empty((m, c), dtype=sig.dtype, device=dev)
+    half = _fast_path.padded_to_16_bytes(r.programs * c)
     parts = torch.empty(2 * half, dtype=torch.float32, device=dev)   # sum(dy), sum(dy xhat)
     sdy_p = parts.data_ptr()
     sdyx_p = sdy_p + 4 * half
     sdy = torch.empty(c, dtype=torch.float32, device=dev)
     sdyx = torch.empty(c, dtype=torch.float32, device=dev)
-    stream = _launch._stream(index)
-    dy_ptr, stride_dy = dy.data_ptr(), dy.stride(0)
-    r.first(stream, x, dy_ptr, mean, rstd, sdy_p, sdyx_p, m, c, stride_x, stride_dy,
-            r.rows)                                                           # sums
-    r.second(stream, sdy_p, sdy.data_ptr(), sdyx_p, sdyx.data_ptr(), r.programs, c)  # sum_rows
-    r.third(stream, x, dy_ptr, dx.data_ptr(), mean, rstd, w, sdy.data_ptr(), sdyx.data_ptr(),
-            m, c, stride_x, stride_dy, c, 1.0 / m)                           # dx
-    return (dx, None if w_dtype is None else sdyx.to(w_dtype),
-            sdy.to(b_dtype) if has_bias else None)
+    stream = _fast_path.current_stream(call.device)
+    dy_at, stride_dy = dy.data_ptr(), dy.stride(0)
+    r.sums(stream, at.x, dy_at, at.mean, at.rstd, sdy_p, sdyx_p, m, c, stride_x, stride_dy,
+           r.rows_per_program)
+    r.sum_rows(stream, sdy_p, sdy.data_ptr(), sdyx_p, sdyx.data_ptr(), r.programs, c)
+    r.dx(stream, at.x, dy_at, dx.data_ptr(), at.mean, at.rstd, at.weight, sdy.data_ptr(),
+         sdyx.data_ptr(), m, c, stride_x, stride_dy, c, 1.0 / m)
+    return (dx, None if sig.weight_dtype is None else sdyx.to(sig.weight_dtype),
+            sdy.to(sig.bias_dtype) if sig.has_bias else None)
+
+
+def _column_sums(x: torch.Tensor, dy: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
+                 recorder: list | None) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """(sum(dy), sum(dy xhat)) per column, float32: ``_bwd_sums_kernel``'s partials per block
+    of rows, then ``sum_rows``; and the blocks P and the rows per block."""
+    m, c = x.shape
+    sms = num_sms(x.device)
+    parts: dict[str, Any] = {}
+
+    def launch(cfg: tuple[int, int, int, int, bool, int], recorder: list | None = None) -> None:
+        bm, bc, warps, waves, prefetch, stages = cfg
+        variant = ("batch_norm_bwd_sums", cfg, x.dtype)
+        p, rows = _row_split(m, c, cfg, sms * waves * resident_programs(variant))
+        parts.update(p=p, rows=rows,
+                     sdy=torch.empty((p, c), dtype=torch.float32, device=x.device),
+                     sdyx=torch.empty((p, c), dtype=torch.float32, device=x.device))
+        k = _fast_path.launch(_bwd_sums_kernel, (p, cdiv(c, bc)),
+            x, dy, mean, rstd, parts["sdy"], parts["sdyx"], m, c, x.stride(0), dy.stride(0),
+            rows, PREFETCH=prefetch, STAGES=stages, BLOCK_M=bm, BLOCK_C=bc,
+            num_warps=warps, num_stages=stages, recorder=recorder)
+        note_resident(variant, k, warps, x.device)
+
+    launch(_tune.choose(("batch_norm_bwd_sums", c, x.dtype, _tune.rows_bucket(m)),
+                        _reduce_configs(c), launch, x.device), recorder)
+    sdy, sdyx = sum_rows(parts["sdy"], torch.float32, parts["sdyx"], recorder=recorder)
+    return sdy, sdyx, parts["p"], parts["rows"]
 
 
 def backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, has_bias: bool,
              mean: torch.Tensor, rstd: torch.Tensor, batch_stats: bool,
-             bias_dtype: torch.dtype | None = None, prepared: tuple | None = None
+             bias_dtype: torch.dtype | None = None, prepared: Replayable | None = None
              ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """(dx, dweight, dbias) for x (M, C); ``batch_stats`` False means mean/rstd were constants.
     ``prepared``: what ``prepare_backward`` returned in the forward, for the replay."""
-    key, record = None, None
-    if prepared is not None and not _replay.unmoved(prepared, x, weight, mean, rstd):
+    found = None
+    if prepared is not None and _fast_path.moved_by_hook(prepared, x, weight, mean, rstd):
         prepared = prepare_backward(x, weight, has_bias, mean, rstd, batch_stats,
                                     bias_dtype)              # the copies a hook handed over
     if prepared is not None:
-        key, recipe, record = _replay.begin(prepared, dy)
-        if recipe is not None:
-            return _backward_replay(recipe, prepared, dy)
+        found = _fast_path.look_up(prepared, dy)
+        if found.recording is not None:
+            return _replay_backward(found.recording, prepared, dy)
     x, weight = unit_last_stride(x), vector(weight)
     dy = unit_last_stride(dy)
     m, c = x.shape
@@ -448,39 +514,60 @@ def backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, has
         zeros = functools.partial(torch.zeros, c, device=x.device)
         return (dx, zeros(dtype=weight.dtype) if weight is not None else None,
                 zeros(dtype=bias_dtype or x.dtype) if has_bias else None)
-    sms = num_sms(x.device)
+    recorder = None if found is None else found.recorder
     with on_device(x):
-        parts: dict[str, torch.Tensor] = {}
-
-        def launch_sums(cfg: tuple[int, int, int, int, bool, int], rec: list | None = None
-                        ) -> None:
-            bm, bc, warps, waves, prefetch, stages = cfg
-            variant = ("batch_norm_bwd_sums", cfg, x.dtype)
-            p, rows = _row_split(m, c, cfg, sms * waves * resident_programs(variant))
-            parts.update(p=p, rows=rows,
-                         sdy=torch.empty((p, c), dtype=torch.float32, device=x.device),
-                         sdyx=torch.empty((p, c), dtype=torch.float32, device=x.device))
-            k = _launch.run(_bwd_sums_kernel, (p, cdiv(c, bc)),
-                x, dy, mean, rstd, parts["sdy"], parts["sdyx"], m, c, x.stride(0), dy.stride(0),
-                rows, PREFETCH=prefetch, STAGES=stages, BLOCK_M=bm, BLOCK_C=bc,
-                num_warps=warps, num_stages=stages, _record=rec)
-            note_resident(variant, k, warps, x.device)
-
-        launch_sums(_tune.choose(("batch_norm_bwd_sums", c, x.dtype, _tune.rows_bucket(m)),
-                                 _reduce_configs(c), launch_sums, x.device), record)
-        sdy, sdyx = sum_rows(parts["sdy"], torch.float32, parts["sdyx"], _record=record)
+        sdy, sdyx, p, rows = _column_sums(x, dy, mean, rstd, recorder)
         w = weight if weight is not None else x
 
-        def launch_dx(cfg: tuple[int, int, int], rec: list | None = None) -> None:
+        def launch_dx(cfg: tuple[int, int, int], recorder: list | None = None) -> None:
             bm, bc, warps = cfg
-            _launch.run(_dx_kernel, (cdiv(m, bm), cdiv(c, bc)),
+            _fast_path.launch(_dx_kernel, (cdiv(m, bm), cdiv(c, bc)),
                 x, dy, dx, mean, rstd, w, sdy, sdyx, m, c, x.stride(0), dy.stride(0),
                 dx.stride(0), 1.0 / m, HAS_W=weight is not None, BATCH_STATS=batch_stats,
-                BLOCK_M=bm, BLOCK_C=bc, num_warps=warps, _record=rec)
+                BLOCK_M=bm, BLOCK_C=bc, num_warps=warps, recorder=recorder)
 
         tune_key = ("batch_norm_dx", batch_stats, c, x.dtype, _tune.rows_bucket(m))
-        launch_dx(_tune.choose(tune_key, _elementwise_configs(c), launch_dx, x.device), record)
-    _replay.keep(key, record, 3, lambda *bound: _Recipe(*bound, parts["p"], parts["rows"]))
+        launch_dx(_tune.choose(tune_key, _elementwise_configs(c), launch_dx, x.device),
+                  recorder)
+    if recorder is not None:
+        _fast_path.keep(found, 3, lambda *launched: BackwardRecording(*launched, p, rows))
     dw = sdyx.to(weight.dtype) if weight is not None else None
     db = sdy.to(bias_dtype or x.dtype) if has_bias else None
     return dx, dw, db
+
+
+def _bump(*tensors: torch.Tensor | None) -> None:
+    """Tell autograd that a kernel wrote into these tensors in place."""
+    inc = getattr(torch.autograd.graph, "increment_version", None)
+    for t in tensors:
+        if t is not None and inc is not None:
+            inc(t)
+
+
+class BatchNormFn(torch.autograd.Function):
+    """x (M, C) channels-last, through ``forward`` and ``backward`` above. In training the
+    running buffers, when given, are updated in place by the statistics kernel; otherwise
+    they normalise."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
+                bias: torch.Tensor | None, running_mean: torch.Tensor | None,
+                running_var: torch.Tensor | None, training: bool, momentum: float,
+                eps: float) -> torch.Tensor:
+        y, mean, _, rstd, ctx.prepared = forward(x, weight, bias, eps, training, running_mean,
+                                                 running_var, momentum,
+                                                 any(ctx.needs_input_grad))
+        if training:
+            _bump(running_mean, running_var)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.training = training
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, dy: torch.Tensor):
+        x, weight, mean, rstd = ctx.saved_tensors
+        dx, dw, db = backward(dy, x, weight, ctx.bias_dtype is not None, mean, rstd,
+                              ctx.training, ctx.bias_dtype, ctx.prepared)
+        return dx, dw, db, None, None, None, None, None

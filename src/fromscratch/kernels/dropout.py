@@ -21,18 +21,23 @@ of 2^-16, 1 - ceil(p 2^16) / 2^16, at most 1.5e-5 from 1 - p (torch's float32 un
 
 This generator is not torch's: for the same ``torch.manual_seed`` the triton backend drops
 other elements than the torch backend. Both keep each element with probability ~1 - p.
+
+This file holds the kernels, their launcher ``apply`` (forward and backward alike; its
+launches are never replayed, the seed changes every call) and ``DropoutFn``, the autograd
+Function over it.
 """
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 
 from ..ops.dropout import scale as keep_scale
-from . import _launch, _tune
-from ._common import cdiv, flat_contiguous, on_device
+from . import _fast_path, _tune
+from ._common import cdiv, flat_contiguous, on_device, once_differentiable
 
 
 @triton.jit
@@ -89,8 +94,8 @@ def apply(x: torch.Tensor, p: float, seed: int, offset: int = 0) -> torch.Tensor
 
     def launch(cfg: tuple[int, int]) -> None:
         block, warps = cfg
-        _launch.run(_dropout_kernel, (cdiv(n, block),), x, y, n, t, scale, seed, offset,
-                    BLOCK=block, num_warps=warps)
+        _fast_path.launch(_dropout_kernel, (cdiv(n, block),), x, y, n, t, scale, seed,
+                          offset, BLOCK=block, num_warps=warps)
 
     with on_device(x):
         launch(_tune.choose(("dropout", x.dtype, _tune.rows_bucket(n)), _CONFIGS, launch,
@@ -104,7 +109,8 @@ def uniforms(n: int, seed: int, offset: int = 0, device: torch.device | str = "c
     u = torch.empty(n, dtype=torch.float32, device=device)
     if n:
         with on_device(u):
-            _launch.run(_uniform_kernel, (cdiv(n, 1024),), u, n, seed, offset, BLOCK=1024)
+            _fast_path.launch(_uniform_kernel, (cdiv(n, 1024),), u, n, seed, offset,
+                              BLOCK=1024)
     return u
 
 
@@ -112,3 +118,18 @@ def new_seed() -> int:
     """A seed drawn from torch's default (CPU) generator, so ``torch.manual_seed`` makes the
     triton backend's masks reproducible; drawing it needs no GPU synchronisation."""
     return int(torch.randint(0, 2**31 - 1, (1,)).item())
+
+
+class DropoutFn(torch.autograd.Function):
+    """(x, p, seed, offset) -> ``apply(x, p, seed, offset)``; the backward regenerates the
+    forward's mask from the same seed and offset."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, p: float, seed: int, offset: int) -> torch.Tensor:
+        ctx.p, ctx.seed, ctx.offset = p, seed, offset
+        return apply(x, p, seed, offset)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, dy: torch.Tensor):
+        return apply(dy, ctx.p, ctx.seed, ctx.offset), None, None, None

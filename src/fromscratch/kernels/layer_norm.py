@@ -17,16 +17,24 @@ there r is NaN, never 0, where xc^2 overflows (``_stats.inv_rms_or_nan``).
 
 Backward: ``_row_backward``, shared with RMSNorm (persistent grid, float32 dw/db partials
 reduced by ``_reduce.sum_rows``; traffic: read x and dy, write dx, the minimum).
+
+This file holds the kernels, their launchers ``forward`` and ``backward`` (from the third
+call of a geometry on, the forward replays its launch: ``_fast_path``) and ``LayerNormFn``,
+the autograd Function over them.
 """
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 
-from . import _launch, _replay, _row_backward, _tune
+from . import _fast_path, _row_backward, _tune
+from ._common import (cdiv, next_pow2, on_device, once_differentiable, row_fwd_configs,
+                      unit_last_stride, vector)
+from ._fast_path import ForwardRecording, Replayable
 from ._stats import inv_rms_or_nan, inv_rms_rows
-from ._common import cdiv, next_pow2, on_device, row_fwd_configs, unit_last_stride, vector
 
 #: widest row kept whole in registers by the forward / backward kernels; wider rows loop.
 MAX_FUSED_FWD = 16384
@@ -100,7 +108,7 @@ def _fwd_looped_kernel(X, Y, W, B, MEAN, RSTD, N, stride_x, stride_y, eps,
 
 def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
             eps: float, prepare: bool = False
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple | None]:
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Replayable | None]:
     """x (M, N) -> (y (M, N) in x's dtype, mean (M,) float32, rstd (M,) float32, prepared):
     with ``prepare``, ``prepared`` is what lets ``backward`` replay its launches (as
     ``prepare_backward`` would say; made from what a replayed forward holds), else None."""
@@ -110,21 +118,23 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
     rstd = torch.empty(m, dtype=torch.float32, device=x.device)
     if m == 0:
         return y, mean, rstd, None
-    key = record = None
-    if n <= MAX_FUSED_FWD:      # replay (see _replay): only for unit last strides, so no copies
+    found = None
+    if n <= MAX_FUSED_FWD:      # replay (see _fast_path): only for unit last strides, so no copies
         w = weight if weight is not None else x            # placeholder pointer, never read
         b = bias if bias is not None else x
-        prep = _replay.prepared(("layer_norm_fwd", m, n, x.stride(0), x.dtype, w.dtype, b.dtype,
-                                 weight is None, bias is None), x, w, b)
-        if prep is not None:
-            key, recipe, record = _replay.begin(prep)
-            if recipe is not None:       # (X, Y, W, B, MEAN, RSTD, M, N, stride_x, stride_y, eps)
-                launch, backward_facts = recipe
-                mu, r = mean.data_ptr(), rstd.data_ptr()
-                launch(_launch._stream(prep[1]), prep[2], y.data_ptr(), prep[3], prep[4], mu, r,
-                       m, n, x.stride(0), n, eps)
-                return y, mean, rstd, (_replay.handed_over(        # x, weight, mean, rstd
-                    backward_facts, prep[1], prep[2], prep[3], mu, r) if prepare else None)
+        call = _fast_path.replayable(("layer_norm_fwd", m, n, x.stride(0), x.dtype, w.dtype,
+                                      b.dtype, weight is None, bias is None), x, w, b)
+        if call is not None:
+            found = _fast_path.look_up(call)
+            recording = found.recording
+            if recording is not None:              # _fwd_kernel's arguments, in order
+                x_at, w_at, b_at = call.addresses
+                mean_at, rstd_at = mean.data_ptr(), rstd.data_ptr()
+                recording.launch(_fast_path.current_stream(call.device), x_at, y.data_ptr(),
+                                 w_at, b_at, mean_at, rstd_at, m, n, x.stride(0), n, eps)
+                return y, mean, rstd, (_fast_path.backward_replayable_at(
+                    recording.backward, call.device, x_at, w_at, mean_at, rstd_at)
+                    if prepare else None)
     raw_x, raw_weight = x, weight                     # what the autograd Function saves
     x, weight, bias = unit_last_stride(x), vector(weight), vector(bias)
     w = weight if weight is not None else x
@@ -132,30 +142,33 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | N
     flags = {"HAS_W": weight is not None, "HAS_B": bias is not None}
     with on_device(x):
         if n > MAX_FUSED_FWD:
-            _launch.run(_fwd_looped_kernel, (m,), x, y, w, b, mean, rstd, n, x.stride(0),
-                        y.stride(0), eps, BLOCK_N=min(next_pow2(n), LOOP_BLOCK), num_warps=8,
-                        **flags)
+            _fast_path.launch(_fwd_looped_kernel, (m,), x, y, w, b, mean, rstd, n, x.stride(0),
+                              y.stride(0), eps, BLOCK_N=min(next_pow2(n), LOOP_BLOCK),
+                              num_warps=8, **flags)
             return y, mean, rstd, None                     # too wide to replay
         block_n = next_pow2(n)
 
-        def launch(cfg: tuple[int, int], rec: list | None = None) -> None:
+        def launch(cfg: tuple[int, int], recorder: list | None = None) -> None:
             bm, warps = cfg
-            _launch.run(_fwd_kernel, (cdiv(m, bm),), x, y, w, b, mean, rstd, m, n, x.stride(0),
-                        y.stride(0), eps, EVEN_N=n == block_n, BLOCK_M=bm, BLOCK_N=block_n,
-                        num_warps=warps, _record=rec, **flags)
+            _fast_path.launch(_fwd_kernel, (cdiv(m, bm),), x, y, w, b, mean, rstd, m, n,
+                              x.stride(0), y.stride(0), eps, EVEN_N=n == block_n, BLOCK_M=bm,
+                              BLOCK_N=block_n, num_warps=warps, recorder=recorder, **flags)
 
         tune_key = ("layer_norm_fwd", n, x.dtype, w.dtype, _tune.rows_bucket(m))
-        launch(_tune.choose(tune_key, row_fwd_configs(block_n), launch, x.device), record)
+        recorder = None if found is None else found.recorder
+        launch(_tune.choose(tune_key, row_fwd_configs(block_n), launch, x.device), recorder)
     b_dtype = None if bias is None else bias.dtype
-    _replay.keep(key, record, 1, lambda bound: (bound, _replay.backward_facts(
-        "layer_norm", x, weight, bias is not None, b_dtype, False)))
+    if recorder is not None:
+        _fast_path.keep(found, 1, lambda launched: ForwardRecording(
+            launched, _fast_path.backward_signature("layer_norm", x, weight, bias is not None,
+                                                    b_dtype)))
     return y, mean, rstd, (prepare_backward(raw_x, raw_weight, bias is not None, mean, rstd,
                                             b_dtype) if prepare else None)
 
 
 def prepare_backward(x: torch.Tensor, weight: torch.Tensor | None, has_bias: bool,
                      mean: torch.Tensor, rstd: torch.Tensor,
-                     bias_dtype: torch.dtype | None = None) -> tuple | None:
+                     bias_dtype: torch.dtype | None = None) -> Replayable | None:
     """In the forward: what lets ``backward`` replay its launches (``_row_backward.prepare``)."""
     return _row_backward.prepare("layer_norm", x, weight, rstd, mean, has_bias, bias_dtype,
                                  max_fused=MAX_FUSED_BWD)
@@ -163,9 +176,29 @@ def prepare_backward(x: torch.Tensor, weight: torch.Tensor | None, has_bias: boo
 
 def backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None,
              has_bias: bool, mean: torch.Tensor, rstd: torch.Tensor,
-             bias_dtype: torch.dtype | None = None, prepared: tuple | None = None
+             bias_dtype: torch.dtype | None = None, prepared: Replayable | None = None
              ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """(dx, dweight, dbias); dweight/dbias in the parameters' dtypes, None when absent."""
     return _row_backward.backward("layer_norm", dy, x, weight, rstd, mean, has_bias,
                                   bias_dtype, max_fused=MAX_FUSED_BWD, loop_block=LOOP_BLOCK,
                                   prepared=prepared)
+
+
+class LayerNormFn(torch.autograd.Function):
+    """(x (M, N), weight, bias, eps) -> y, through ``forward`` and ``backward`` above."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
+                bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+        y, mean, rstd, ctx.prepared = forward(x, weight, bias, eps, any(ctx.needs_input_grad))
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, dy: torch.Tensor):
+        x, weight, mean, rstd = ctx.saved_tensors
+        dx, dw, db = backward(dy, x, weight, ctx.bias_dtype is not None, mean, rstd,
+                              ctx.bias_dtype, ctx.prepared)
+        return dx, dw, db, None

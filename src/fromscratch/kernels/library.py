@@ -25,6 +25,7 @@ from torch import Tensor
 
 from ..ops import batch_norm as bn_ops
 from . import batch_norm as bn, layer_norm as ln, rms_norm as rms
+from ._common import refuse_double_backward
 
 _F32 = torch.float32
 
@@ -36,13 +37,6 @@ def _or_empty(t: Tensor | None, like: Tensor) -> Tensor:
 def _fake_grad(p: Tensor | None, n: int, like: Tensor) -> Tensor:
     """A fake implementation's gradient for parameter ``p`` (length ``n``): empty without it."""
     return like.new_empty(0) if p is None else p.new_empty(n)
-
-
-def _once() -> None:
-    """As ``autograd.once_differentiable``: no graph of the backward (create_graph=True)."""
-    if torch.is_grad_enabled():
-        raise RuntimeError("the Triton kernels' backward is not differentiable (double "
-                           "backward, create_graph=True); use backend='torch' for it")
 
 
 # --- LayerNorm ------------------------------------------------------------------------------
@@ -85,7 +79,7 @@ def _layer_norm_setup(ctx: Any, inputs: tuple, output: tuple) -> None:
 
 
 def _layer_norm_backward(ctx: Any, dy: Tensor, *_: Any) -> tuple:
-    _once()
+    refuse_double_backward()
     x, weight, bias, mean, rstd = ctx.saved_tensors
     dx, dw, db = layer_norm_backward_op(dy, x, weight, bias, mean, rstd)
     return dx, None if weight is None else dw, None if bias is None else db, None
@@ -154,7 +148,7 @@ def _rms_norm_setup(ctx: Any, inputs: tuple, output: tuple) -> None:
 
 
 def _rms_norm_backward(ctx: Any, dy: Tensor, _: Any) -> tuple:
-    _once()
+    refuse_double_backward()
     x, weight, rstd = ctx.saved_tensors
     dx, dw = rms_norm_backward_op(dy, x, weight, rstd, None)
     return dx, None if weight is None else dw, None, None, None
@@ -168,7 +162,7 @@ def _fused_setup(ctx: Any, inputs: tuple, output: tuple) -> None:
 
 
 def _fused_backward(ctx: Any, ds: Tensor, dy: Tensor, _: Any) -> tuple:
-    _once()
+    refuse_double_backward()
     s, weight, rstd = ctx.saved_tensors
     d, dw = rms_norm_backward_op(dy, s, weight, rstd, ds)
     return d, d, None if weight is None else dw, None, None, None
@@ -247,7 +241,7 @@ def _batch_norm_setup(ctx: Any, inputs: tuple, output: tuple) -> None:
 
 
 def _batch_norm_backward(ctx: Any, dy: Tensor, *_: Any) -> tuple:
-    _once()
+    refuse_double_backward()
     x, weight, bias, mean, rstd = ctx.saved_tensors
     dx, dw, db = batch_norm_backward_op(dy, x, weight, bias, mean, rstd, ctx.training)
     return (dx, None if weight is None else dw, None if bias is None else db,

@@ -21,16 +21,24 @@ The layout of the work is LayerNorm's (see ``layer_norm.py``): forward rows in r
 r scaled where x^2 overflows (``_stats``), a looped kernel for rows wider than
 ``MAX_FUSED_FWD`` (r NaN there on overflow); the backward is LayerNorm's kernel
 without the centring (``_row_backward``).
+
+This file holds the kernels, their launchers ``forward`` and ``backward`` (the forward
+replays its launch from the third call of a geometry on: ``_fast_path``) and ``RMSNormFn``,
+the autograd Function over them; ``residual_rms_norm.py`` has the fused form's.
 """
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 
-from . import _launch, _replay, _row_backward, _tune
+from . import _fast_path, _row_backward, _tune
+from ._common import (cdiv, next_pow2, on_device, once_differentiable, row_fwd_configs,
+                      unit_last_stride, vector)
+from ._fast_path import ForwardRecording, Replayable
 from ._stats import inv_rms_or_nan, inv_rms_rows
-from ._common import cdiv, next_pow2, on_device, row_fwd_configs, unit_last_stride, vector
 
 MAX_FUSED_FWD = 16384
 MAX_FUSED_BWD = 8192
@@ -101,7 +109,7 @@ def _fwd_looped_kernel(X, R, S, Y, W, RSTD, N, stride_x, stride_r, stride_s, str
 def forward(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
             residual: torch.Tensor | None = None, prepare: bool = False,
             round_xhat: bool = False, out_dtype: torch.dtype | None = None
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, tuple | None]:
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, Replayable | None]:
     """x (M, N) -> (y, rstd (M,) float32, s, prepared); with ``residual``, s = x + residual
     (x's dtype) is what was normalised, else s is None. With ``prepare``, ``prepared`` is what
     lets ``backward`` replay its launches for what was normalised (as ``prepare_backward``
@@ -114,24 +122,27 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
     rstd = torch.empty(m, dtype=torch.float32, device=x.device)
     if m == 0:
         return y, rstd, s if has_res else None, None
-    key = record = None
-    if n <= MAX_FUSED_FWD:      # replay (see _replay): only for unit last strides, so no copies
+    found = None
+    if n <= MAX_FUSED_FWD:      # replay (see _fast_path): only for unit last strides, so no copies
         r = residual if has_res else x
         w = weight if weight is not None else x            # placeholder pointer, never read
-        prep = _replay.prepared(("rms_norm_fwd", m, n, x.stride(0), r.stride(0), x.dtype,
-                                 w.dtype, r.dtype, weight is None, has_res, round_xhat,
-                                 y.dtype), x, r, w)
-        if prep is not None:
-            key, recipe, record = _replay.begin(prep)
-            if recipe is not None:       # (X, R, S, Y, W, RSTD, M, N, 4 strides, eps)
-                launch, backward_facts = recipe
-                s_ptr, stride_s = (s.data_ptr(), n) if has_res else (prep[2], x.stride(0))
-                rs = rstd.data_ptr()
-                launch(_launch._stream(prep[1]), prep[2], prep[3], s_ptr, y.data_ptr(), prep[4],
-                       rs, m, n, x.stride(0), r.stride(0), stride_s, n, eps)
-                w_ptr = prep[4] if weight is not None else s_ptr   # the backward's placeholder
-                return y, rstd, s if has_res else None, (_replay.handed_over(
-                    backward_facts, prep[1], s_ptr, w_ptr, rs, rs) if prepare else None)
+        call = _fast_path.replayable(("rms_norm_fwd", m, n, x.stride(0), r.stride(0), x.dtype,
+                                      w.dtype, r.dtype, weight is None, has_res, round_xhat,
+                                      y.dtype), x, r, w)
+        if call is not None:
+            found = _fast_path.look_up(call)
+            recording = found.recording
+            if recording is not None:              # _fwd_kernel's arguments, in order
+                x_at, r_at, w_at = call.addresses
+                s_at, stride_s = (s.data_ptr(), n) if has_res else (x_at, x.stride(0))
+                rstd_at = rstd.data_ptr()
+                recording.launch(_fast_path.current_stream(call.device), x_at, r_at, s_at,
+                                 y.data_ptr(), w_at, rstd_at, m, n, x.stride(0), r.stride(0),
+                                 stride_s, n, eps)
+                w_at = w_at if weight is not None else s_at   # the backward's placeholder
+                return y, rstd, s if has_res else None, (_fast_path.backward_replayable_at(
+                    recording.backward, call.device, s_at, w_at, rstd_at, rstd_at)
+                    if prepare else None)
     raw_s, raw_weight = s, weight                     # what the autograd Function saves
     x, weight = unit_last_stride(x), vector(weight)
     r = unit_last_stride(residual) if has_res else x
@@ -141,27 +152,31 @@ def forward(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
     flags = {"HAS_W": weight is not None, "HAS_RES": has_res, "ROUND_XHAT": round_xhat}
     with on_device(x):
         if n > MAX_FUSED_FWD:
-            _launch.run(_fwd_looped_kernel, (m,), x, r, s, y, w, rstd, n, *strides, eps,
-                        BLOCK_N=min(next_pow2(n), LOOP_BLOCK), num_warps=8, **flags)
+            _fast_path.launch(_fwd_looped_kernel, (m,), x, r, s, y, w, rstd, n, *strides, eps,
+                              BLOCK_N=min(next_pow2(n), LOOP_BLOCK), num_warps=8, **flags)
             return y, rstd, s if has_res else None, None  # too wide to replay
         block_n = next_pow2(n)
 
-        def launch(cfg: tuple[int, int], rec: list | None = None) -> None:
+        def launch(cfg: tuple[int, int], recorder: list | None = None) -> None:
             bm, warps = cfg
-            _launch.run(_fwd_kernel, (cdiv(m, bm),), x, r, s, y, w, rstd, m, n, *strides, eps,
-                        BLOCK_M=bm, BLOCK_N=block_n, num_warps=warps, _record=rec, **flags)
+            _fast_path.launch(_fwd_kernel, (cdiv(m, bm),), x, r, s, y, w, rstd, m, n, *strides,
+                              eps, BLOCK_M=bm, BLOCK_N=block_n, num_warps=warps,
+                              recorder=recorder, **flags)
 
         tune_key = ("rms_norm_fwd", has_res, n, x.dtype, w.dtype, round_xhat, y.dtype,
                     _tune.rows_bucket(m))
-        launch(_tune.choose(tune_key, row_fwd_configs(block_n), launch, x.device), record)
-    _replay.keep(key, record, 1, lambda bound: (bound, _replay.backward_facts(
-        "rms_norm", s, weight, False, None, has_res)))
+        recorder = None if found is None else found.recorder
+        launch(_tune.choose(tune_key, row_fwd_configs(block_n), launch, x.device), recorder)
+    if recorder is not None:
+        _fast_path.keep(found, 1, lambda launched: ForwardRecording(
+            launched, _fast_path.backward_signature("rms_norm", s, weight, False, None,
+                                                    has_ds=has_res)))
     return y, rstd, s if has_res else None, (prepare_backward(
         raw_s, raw_weight, rstd, has_ds=has_res) if prepare else None)
 
 
 def prepare_backward(x: torch.Tensor, weight: torch.Tensor | None, rstd: torch.Tensor,
-                     has_ds: bool = False) -> tuple | None:
+                     has_ds: bool = False) -> Replayable | None:
     """In the forward: what lets ``backward`` replay its launches (``_row_backward.prepare``);
     ``has_ds`` for the fused residual form, whose backward also gets ds."""
     return _row_backward.prepare("rms_norm", x, weight, rstd, has_ds=has_ds,
@@ -169,7 +184,7 @@ def prepare_backward(x: torch.Tensor, weight: torch.Tensor | None, rstd: torch.T
 
 
 def backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, rstd: torch.Tensor,
-             ds: torch.Tensor | None = None, prepared: tuple | None = None
+             ds: torch.Tensor | None = None, prepared: Replayable | None = None
              ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(dx, dweight). ``x`` is what was normalised (s for the fused residual form) and ``ds``,
     if given, the gradient that reached it directly; it is added to dx."""
@@ -177,3 +192,23 @@ def backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, rst
                                        max_fused=MAX_FUSED_BWD, loop_block=LOOP_BLOCK,
                                        prepared=prepared)
     return dx, dw
+
+
+class RMSNormFn(torch.autograd.Function):
+    """(x (M, N), weight, eps, round_xhat, out_dtype) -> y, through ``forward`` and
+    ``backward`` above."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None, eps: float,
+                round_xhat: bool = False, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        y, rstd, _, ctx.prepared = forward(x, weight, eps, None, any(ctx.needs_input_grad),
+                                           round_xhat, out_dtype)
+        ctx.save_for_backward(x, weight, rstd)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, dy: torch.Tensor):
+        x, weight, rstd = ctx.saved_tensors
+        dx, dw = backward(dy, x, weight, rstd, prepared=ctx.prepared)
+        return dx, dw, None, None, None
