@@ -41,11 +41,12 @@ def triton_available() -> bool:
 _active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
 
 
-def transforming() -> bool:
+def in_func_transform() -> bool:
     """Inside torch.func.vmap / grad / jacrev, asked as ``torch.autograd.Function.apply``
-    asks it. (``ops._xp.transforming`` peeks at functorch's interpreter stack, which is not
-    empty while torch.compile traces: asked that way, a compiled model would never get the
-    kernels.)"""
+    asks it: false while torch.compile traces, so a compiled model still gets the kernels.
+    (``ops._xp`` asks another question, whether functorch's interpreter stack holds
+    anything, which torch.compile's tracing also makes true: there it decides whether an
+    op may write in place.)"""
     return _active()
 
 
@@ -63,7 +64,7 @@ def use_kernels(op: str, backend: str, input: torch.Tensor, **params: torch.Tens
     if backend == "auto" or backend == "triton":
         # the usual case, decided in a few checks (this runs on every call)
         fits = (_on_gpu(input) and input.dtype in _DTYPES and triton_available()
-                and not transforming()
+                and not in_func_transform()
                 and all(t is None or (t.device == input.device and t.dtype in _DTYPES)
                         for t in params.values()))
         if fits or backend == "auto":
@@ -72,7 +73,7 @@ def use_kernels(op: str, backend: str, input: torch.Tensor, **params: torch.Tens
     if backend in ("torch", "compile"):
         return False
     named = {"input": input, **{k: v for k, v in params.items() if v is not None}}
-    if transforming():
+    if in_func_transform():
         raise RuntimeError(f"{op}: backend='triton' does not support torch.func transforms "
                            "(vmap, grad, jacrev); use backend='auto' or 'torch' there")
     if not triton_available():
