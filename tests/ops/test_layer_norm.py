@@ -125,12 +125,38 @@ def test_zero_rows(kind):
     np.testing.assert_array_equal(as64(db), np.zeros(5))
 
 
+@pytest.mark.parametrize("affine", AFFINE.values(), ids=AFFINE.keys())
+def test_writing_over_its_own_arrays_gives_the_new_array_numbers(affine):
+    """Outside a graph the op writes each step over its own arrays (``_xp.reuse``); while
+    autograd records, every step makes a new array. Both give the same numbers, and
+    neither modifies what was passed in."""
+    x, w, b, dy = inputs((13, 6), affine)
+
+    def run_here():
+        y, cache = ln.forward(x, w, b, 1e-5)
+        return (y, *ln.backward(dy, cache))
+
+    before = [t.clone() for t in (x, w, b, dy) if t is not None]
+    with torch.no_grad():
+        assert _xp.reuse(x) is x
+        reused = run_here()
+    assert _xp.reuse(x) is None
+    fresh = run_here()
+    for name, one, other in zip(("y", "dx", "dw", "db"), reused, fresh):
+        if one is None:
+            assert other is None, name
+        else:
+            assert_same(one, other, f"reused vs new arrays: {name}")
+    for i, (p, t) in enumerate(zip(before, (t for t in (x, w, b, dy) if t is not None))):
+        assert torch.equal(p, t), f"argument {i} was modified"
+
+
 @pytest.mark.parametrize("kind", ["numpy", "torch"])
 @pytest.mark.parametrize("affine", AFFINE.values(), ids=AFFINE.keys())
 @pytest.mark.parametrize("rows", [13, 12], ids=["short-last-block", "even-blocks"])
 def test_row_blocks_give_the_one_block_numbers(kind, affine, rows, monkeypatch):
-    """Blocks of 3 rows (3, 3, 3, 3, 1 of 13, or four of 12) equal one pass over all rows,
-    and nothing passed in is modified."""
+    """Blocks of 3 rows (3, 3, 3, 3, 1 of 13, or four of 12; ``_xp.in_cache_blocks``)
+    equal one pass over all rows, and nothing passed in is modified."""
     x, w, b, dy = (to_kind(t, kind) for t in inputs((rows, 6), affine))
 
     def run_here():
@@ -141,8 +167,11 @@ def test_row_blocks_give_the_one_block_numbers(kind, affine, rows, monkeypatch):
     with torch.no_grad():
         whole = run_here()
         monkeypatch.setattr(_xp, "BLOCK_BYTES", 3 * 6 * 8)       # three float64 rows of 6
-        assert _xp.row_blocks(x)[1] == slice(3, 6)                # it does block
+        seen = []
+        real = ln._forward
+        monkeypatch.setattr(ln, "_forward", lambda x, *a: seen.append(len(x)) or real(x, *a))
         blocked = run_here()
+    assert seen[:2] == [3, 3]                                      # it did block
     for name, one, many in zip(("y", "dx", "dw", "db"), whole, blocked):
         if one is None:
             assert many is None, name

@@ -1,14 +1,18 @@
 """The few array functions the ops need, for NumPy arrays and torch tensors alike.
 
 NumPy 2 and torch both follow the array API for what the ops use (``mean``, ``sum``,
-``sqrt``, ``where`` with ``axis=`` / ``keepdims=``, in-place operators), so ``namespace``
-returns the module itself. Only the spellings that differ live here.
+``sqrt``, ``where``, ``subtract`` / ``multiply`` with ``out=``, ``axis=`` / ``keepdims=``),
+so ``namespace`` returns the module itself. Here live the spellings that differ, the
+reductions the formulas name (``row_mean``, ``mean_square``, ``inv_rms``, ``sum_rows``) and
+the two memory tricks of the eager CPU path, each one helper: ``reuse`` (write a step's
+result over an array the op no longer needs) and ``in_cache_blocks`` (LayerNorm's rows in
+cache-sized blocks).
 """
 from __future__ import annotations
 
 import contextlib
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -55,20 +59,39 @@ def rows(x: Array, n: int) -> Array:
     return x.reshape(-1, n)
 
 
-# --- writing into buffers the op made itself ------------------------------------------------
+def addcmul(c: Array, a: Array, b: Array | None, out: Array | None = None) -> Array:
+    """c + a * b (c + a without ``b``), into ``out`` where given (which may be ``c``): one
+    pass in torch (torch.addcmul), a product and a sum in NumPy."""
+    if b is None:
+        return namespace(a).add(c, a, out=out)
+    if is_torch(a):
+        return torch.addcmul(c, a, b) if out is None else torch.addcmul(c, a, b, out=out)
+    return np.add(c, a * b, out=out)
+
+
+# --- the first memory trick: writing over the op's own arrays ---------------------------------
 #
-# On a CPU, what a norm costs is mostly how many full-size arrays it allocates and walks
-# through: a fresh 16 MB array costs page faults, an in-place pass over one that is already
-# there costs a fraction of that. So the ops update their *own* temporaries in place. Never
-# the caller's arrays, and never while torch records a graph: under
-# ``backward(create_graph=True)`` grad mode is on and autograd may have saved the buffer for
-# the double backward, so there every helper below falls back to a fresh array.
+# On a CPU what a norm costs is mostly how many full-size arrays it allocates and walks
+# through: a fresh 16 MB array costs page faults and a pass through cold memory, a pass over
+# one the op already has costs a fraction of that. So where a step's input is an array the
+# op made itself and needs no more, the step writes its result over it: ``out=reuse(a)``.
+# Never over the caller's arrays, and never while torch records a graph: under
+# ``backward(create_graph=True)`` grad mode is on and autograd may have saved the array for
+# the double backward.
+
+def reuse(a: Array | None) -> Array | None:
+    """``a``, an array the op made itself and needs no more, as the ``out=`` of the next step
+    (NumPy's and torch's functions alike take ``out=``): the result is written over ``a``,
+    which saves allocating (and faulting in) a new full-size array. None, a new array, where
+    ``may_overwrite`` says no (or ``a`` is None)."""
+    return a if a is not None and may_overwrite(a) else None
+
 
 def may_overwrite(a: Array) -> bool:
-    """May an op write into ``a``, a buffer it created itself? Always for NumPy; for torch
+    """May an op write into ``a``, an array it created itself? Always for NumPy; for torch
     only while autograd is not recording, never under torch.compile (a graph of pure array
-    expressions is what the compiler fuses into one loop, ``nn._compile``) and never inside
-    a torch.func transform (its batched tensors take no ``out=``)."""
+    expressions is what the compiler fuses into one loop) and never inside a torch.func
+    transform (its batched tensors take no ``out=``)."""
     return not is_torch(a) or not (torch.is_grad_enabled() or _compiling() or transforming())
 
 
@@ -82,63 +105,65 @@ def transforming() -> bool:
     return _peek() is not None
 
 
-def imul(a: Array, b: Array) -> Array:
-    """a * b, written into ``a`` where allowed."""
-    if may_overwrite(a):
-        a *= b
-        return a
-    return a * b
+# --- the second memory trick: rows in cache-sized blocks --------------------------------------
+#
+# A pass over an array larger than the cache streams it from memory again. The rows of
+# LayerNorm are independent, so its formulas can run on a block of rows at a time: a block
+# of x, of dy and of the op's one array fit in the cache together, and every pass after the
+# first over a block hits the cache. Measured for LayerNorm forward + backward at
+# 4096 x 1024 float32 on a 2-core EPYC (32 MB L3): 8.2 ms in one block, 7.0 ms in 8 MB
+# blocks; smaller blocks lose it again to per-call overhead.
+BLOCK_BYTES = 8 << 20
 
 
-def iadd(a: Array, b: Array) -> Array:
-    """a + b, written into ``a`` where allowed."""
-    if may_overwrite(a):
-        a += b
-        return a
-    return a + b
+def in_cache_blocks(f: Callable[..., tuple[Array | None, ...]], *rows: Array
+                    ) -> tuple[Array | None, ...]:
+    """``f(*rows, out=...)``, a row-wise function, computed on blocks of about
+    ``BLOCK_BYTES`` of rows (every array of ``rows`` cut along axis 0), which saves passes
+    through memory. ``f`` writes its first output into ``out`` (a block of one new array
+    shaped like ``rows[0]``); its other outputs are per-row (as many axes as ``rows[0]``:
+    joined) or column sums (fewer axes: added up over the blocks) or None. One call with
+    ``out=None`` where there is one block, or where the op may not write into its own
+    arrays (``may_overwrite``)."""
+    x = rows[0]
+    if not may_overwrite(x):                    # (torch.compile: x's size may be symbolic)
+        return f(*rows, out=None)
+    m = x.shape[0] if x.ndim > 1 else 1
+    step = max(1, BLOCK_BYTES * m // max(1, x.nbytes))
+    if m <= step:
+        return f(*rows, out=None)
+    out = namespace(x).empty_like(x)
+    parts = [f(*(a[i:i + step] for a in rows), out=out[i:i + step])[1:]
+             for i in range(0, m, step)]
+    return (out, *(_join(p, x.ndim) for p in zip(*parts)))
 
 
-def isub(a: Array, b: Array) -> Array:
-    """a - b, written into ``a`` where allowed."""
-    if may_overwrite(a):
-        a -= b
-        return a
-    return a - b
+def _join(parts: tuple[Array | None, ...], ndim: int) -> Array | None:
+    """The blocks' per-row outputs joined along axis 0, their column sums added up."""
+    if parts[0] is None:
+        return None
+    if parts[0].ndim < ndim:
+        return sum(parts[1:], parts[0])
+    return torch.cat(parts) if is_torch(parts[0]) else np.concatenate(parts)
 
 
-def sub(a: Array, b: Array, out: Array | None = None) -> Array:
-    """a - b, written into ``out`` (an op's own buffer) where allowed."""
-    if out is not None and may_overwrite(out):
-        return namespace(a).subtract(a, b, out=out)
-    return a - b
+# --- the reductions the formulas name -------------------------------------------------------
+
+def row_mean(a: Array, w: Array | None = None) -> Array:
+    """mean(a * w) over the last axis, kept as (..., 1); mean(a) without ``w``. With ``w``
+    it is (a @ w) / n, a matrix-vector product over all rows that never forms a * w
+    (layer_norm.md, eq. 9)."""
+    if w is None:
+        return namespace(a).mean(a, axis=-1, keepdims=True)
+    return matvec(a, w)[..., None] / a.shape[-1]
 
 
-def mul(a: Array, b: Array, out: Array | None = None) -> Array:
-    """a * b, written into ``out`` (an op's own buffer) where allowed."""
-    if out is not None and may_overwrite(out):
-        return namespace(a).multiply(a, b, out=out)
-    return a * b
-
-
-def addcmul(c: Array, a: Array, b: Array, out: Array | None = None) -> Array:
-    """c + a * b in one pass, written into ``out`` (an op's own buffer) where allowed.
-
-    ``out`` may be ``c`` itself; it must not be ``a`` or ``b`` unless they have its shape."""
-    if is_torch(a):
-        if out is not None and may_overwrite(out):
-            if out is c:
-                return out.addcmul_(a, b)
-            return torch.addcmul(c, a, b, out=out)
-        return torch.addcmul(c, a, b)
-    if out is None:
-        out = a * b
-    elif out is c:
-        out += a * b
-        return out
-    else:
-        np.multiply(a, b, out=out)
-    out += c
-    return out
+def mean_square(a: Array, axis: int = -1) -> Array:
+    """mean(a^2) along ``axis``: -1 per row, kept as (..., 1); 0 per column of an (M, C)
+    array, shape (C,). Where a square overflows the result is inf without NumPy's warning:
+    ``inv_rms`` then scales the row."""
+    with overflow_ok(a):
+        return sumsq(a) / a.shape[-1] if axis == -1 else sum_rows(a * a) / a.shape[0]
 
 
 def sumsq(a: Array) -> Array:
@@ -173,10 +198,8 @@ def inv_rms(a: Array, eps: float, ms: Array | None = None, axis: int = -1) -> Ar
     ``where`` picks, the same numbers.
     """
     xp = namespace(a)
-    n = a.shape[axis]
     if ms is None:
-        with overflow_ok(a):
-            ms = sumsq(a) / n if axis == -1 else sum_rows(a * a) / n
+        ms = mean_square(a, axis)
     rstd = 1.0 / xp.sqrt(ms + eps)
     over = xp.isinf(ms)
     if not _always(a) and not bool(over.any()):
@@ -185,45 +208,13 @@ def inv_rms(a: Array, eps: float, ms: Array | None = None, axis: int = -1) -> Ar
     big = xp.abs(a.detach() if is_torch(a) else a)          # s is a constant for autograd
     s = big.amax(axis, keepdim=keep) if is_torch(a) else big.max(axis, keepdims=keep)
     inv = 1.0 / xp.where(s > 0, s, xp.ones_like(s))        # (rows of zeros never overflow)
-    t = a * inv
-    ms_s = sumsq(t) / n if keep else sum_rows(t * t) / n
+    ms_s = mean_square(a * inv, axis)
     return xp.where(over & (s < float("inf")), inv / xp.sqrt(ms_s + eps * inv * inv), rstd)
 
 
 def _always(a: Array) -> bool:
     """Must ``inv_rms`` compute the scaled r without looking whether a row overflowed?"""
     return is_torch(a) and (a.device.type != "cpu" or _compiling() or transforming())
-
-
-# An array-at-a-time op is bound by memory traffic: each pass over an array larger than the
-# cache streams it from DRAM again. Splitting the rows into blocks that fit in the cache
-# (x, dy and the output together) lets the passes over a block hit the cache. Measured for
-# LayerNorm forward + backward at 4096 x 1024 float32 on a 2-core EPYC (32 MB L3): 8.2 ms
-# in one block, 7.0 ms in 8 MB blocks; smaller blocks lose it again to per-call overhead.
-BLOCK_BYTES = 8 << 20
-
-
-def row_blocks(a: Array, block_bytes: int | None = None) -> list[slice]:
-    """Slices of the rows of ``a`` (M, n), each about ``block_bytes`` (default
-    ``BLOCK_BYTES``) large, in order; one slice (all of them) where the op may not write
-    into its own buffers."""
-    m = a.shape[0]
-    row_bytes = max(1, a.shape[-1] * a.dtype.itemsize)
-    step = max(1, (BLOCK_BYTES if block_bytes is None else block_bytes) // row_bytes)
-    if m <= step or not may_overwrite(a):
-        return [slice(0, m)]
-    return [slice(i, min(i + step, m)) for i in range(0, m, step)]
-
-
-def empty_like(a: Array) -> Array:
-    return namespace(a).empty_like(a)
-
-
-def concat(parts: list[Array]) -> Array:
-    """Join arrays along axis 0; the one array itself if there is one."""
-    if len(parts) == 1:
-        return parts[0]
-    return torch.cat(parts) if is_torch(parts[0]) else np.concatenate(parts)
 
 
 def sum_rows(a: Array) -> Array:

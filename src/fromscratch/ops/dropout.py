@@ -1,12 +1,14 @@
-r"""Inverted dropout. Derivation: docs/derivations/dropout.md.
+r"""Inverted dropout: docs/derivations/dropout.md, whose equation numbers the lines carry.
 
-Given p (probability to drop) and u ~ U[0, 1) of x's shape (derivation eqs. 1-3):
+Given p, the probability to drop, and u ~ U[0, 1) of x's shape:
 
-    keep = u >= p   (P(keep) = 1 - p)       y = x * keep / (1 - p)       E[y] = x
+    keep = u >= p                 P(keep) = 1 - p        (1)
+    y = x keep / (1 - p)                                 (2)   E[y] = x   (3)
+    dx = dy keep / (1 - p)                               (4)
 
-Backward (eq. 4): dx = dy * keep / (1 - p). With p = 1 everything is dropped: y = 0 * x,
-dx = 0 * dy (zeros, except that NaN / Inf in x give NaN, as in torch).
-Randomness comes from the caller (NumPy Generator, torch generator), so the op is pure.
+With p = 1 everything is dropped and the scale 1 / (1 - p) is taken as 0: y = 0 x, dx = 0 dy
+(zeros, except that NaN / Inf in x give NaN, as in torch). The randomness comes from the
+caller (NumPy Generator, torch generator), so the op is pure.
 """
 from __future__ import annotations
 
@@ -26,16 +28,10 @@ def scale(p: float) -> float:
 
 
 def forward(x: Array, p: float, u: Array) -> tuple[Array, Cache]:
-    keep = u >= p
-    return _masked(x, keep, scale(p)), Cache(keep, scale(p))
+    keep = u >= p                                                          # (1)
+    y = x * keep * scale(p)                     # p = 1: 0 x, NaN where x is NaN   (2)
+    return y, Cache(keep, scale(p))
 
 
 def backward(dy: Array, cache: Cache) -> Array:
-    return _masked(dy, cache.keep, cache.scale)
-
-
-def _masked(x: Array, keep: Array, scale: float) -> Array:
-    # no zeros_like shortcut for p = 1: x * 0 keeps a NaN / Inf visible (NaN), as torch does
-    y = x * keep
-    y *= scale
-    return y
+    return dy * cache.keep * cache.scale                                   # (4)

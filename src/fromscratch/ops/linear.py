@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._xp import Array, is_torch, rows
+from ._xp import Array, is_torch, namespace, reuse, rows
 
 
 class Cache(NamedTuple):
@@ -29,9 +29,9 @@ class Cache(NamedTuple):
 
 
 def forward(x: Array, weight: Array, bias: Array | None = None) -> tuple[Array, Cache]:
-    y = _matmul(x, weight.T)
+    y = _matmul(x, weight.T)                           # x W^T
     if bias is not None:
-        y += bias                                      # y is a fresh buffer
+        y = namespace(y).add(y, bias, out=reuse(y))    # + b
     return y, Cache(x, weight, bias is not None)
 
 
