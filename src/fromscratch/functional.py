@@ -11,7 +11,7 @@ import torch
 
 from . import _checks as check
 from .kernels.dispatch import check_backend, use_kernels
-from .ops._xp import transforming
+from .ops._xp import functorch_stack
 from .autograd.functions import (BatchNormFn, DropoutFn, LayerNormFn, RMSNormFn,
                                   everyday, up)
 from .autograd.compiled import ops
@@ -174,7 +174,7 @@ def _update_running(running_mean: torch.Tensor, running_var: torch.Tensor,
         try:
             bn.update_running_(running_mean, running_var, mean, var, count, momentum)
         except RuntimeError as err:
-            if not transforming():
+            if not functorch_stack():
                 raise
             raise RuntimeError(
                 "batch_norm: the running statistics (running_mean, running_var) cannot be "
@@ -250,7 +250,7 @@ def _checked_input(op: str, input: torch.Tensor, normalized_shape: int | Sequenc
 def _function(fn: type, public: int = 1) -> type:
     """``fn`` inside a torch.func transform, else its cheaper classic form (``everyday``)
     returning the first ``public`` outputs."""
-    return fn if transforming() else everyday(fn, public)
+    return fn if functorch_stack() else everyday(fn, public)
 
 
 _kernel_functions: list = []      # fromscratch.kernels.autograd once imported

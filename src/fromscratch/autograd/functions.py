@@ -77,7 +77,7 @@ def everyday(fn: type, public: int) -> type:
     ``setup_context`` defined, ``Function.apply`` binds the arguments with
     ``inspect.signature`` on every call (~12 us) and materialises zero gradients for the
     statistics; at small sizes that was a quarter of a step. torch.func transforms need
-    ``fn`` itself (``transforming()`` tells)."""
+    ``fn`` itself (``ops._xp.functorch_stack()`` tells)."""
     def forward(ctx: Any, *inputs: Any) -> Any:
         outputs = fn.forward(*inputs)
         fn.setup_context(ctx, inputs, outputs)

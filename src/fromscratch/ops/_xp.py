@@ -92,7 +92,7 @@ def may_overwrite(a: Array) -> bool:
     only while autograd is not recording, never under torch.compile (a graph of pure array
     expressions is what the compiler fuses into one loop) and never inside a torch.func
     transform (its batched tensors take no ``out=``)."""
-    return not is_torch(a) or not (torch.is_grad_enabled() or _compiling() or transforming())
+    return not is_torch(a) or not (torch.is_grad_enabled() or _compiling() or functorch_stack())
 
 
 _compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
@@ -100,8 +100,11 @@ _peek = getattr(getattr(getattr(torch, "_C", None), "_functorch", None), "peek_i
                 lambda: None)
 
 
-def transforming() -> bool:
-    """Inside torch.func.vmap / grad / jacrev (a functorch interpreter is on the stack)."""
+def functorch_stack() -> bool:
+    """A functorch interpreter is on the stack: inside torch.func.vmap / grad / jacrev, and
+    also while torch.compile traces. Either way an op must not write in place, and the
+    front-ends take the transform-ready form of their Functions. (``kernels.dispatch.
+    in_func_transform`` asks as autograd.Function.apply does, false while compiling.)"""
     return _peek() is not None
 
 
@@ -214,7 +217,7 @@ def inv_rms(a: Array, eps: float, ms: Array | None = None, axis: int = -1) -> Ar
 
 def _always(a: Array) -> bool:
     """Must ``inv_rms`` compute the scaled r without looking whether a row overflowed?"""
-    return is_torch(a) and (a.device.type != "cpu" or _compiling() or transforming())
+    return is_torch(a) and (a.device.type != "cpu" or _compiling() or functorch_stack())
 
 
 def sum_rows(a: Array) -> Array:
