@@ -75,6 +75,17 @@ def formula(m: NormModel, ref: NormModel) -> str:
 
 
 class NormBattery:
+    """The checks, in the order ``run`` calls them. What a phase learns about the layer the
+    later ones use, and only these, each set in one place:
+
+        weight_convention   the weight's offset (Gemma's 1 + weight) in the mapping
+        forward             m0, the formula it computes, and the input shape to check on
+                            (size, shape: the one closest to the reference); the mapping
+                            swapped when weight and bias are; eps when it has none (measured)
+        eps_placement       m_eps, m0 with eps placed as the layer places it
+        (the rest report findings and learn nothing)
+    """
+
     def __init__(self, subject: Subject, spec: NormSpec, report: Report):
         self.s, self.spec, self.r = subject, spec, report
         self.eps = subject.settings.get("eps")
@@ -394,7 +405,7 @@ class NormBattery:
 
     # -- 2. edges -----------------------------------------------------------------------
     def edges(self) -> None:
-        self.eps_placement()
+        self.m_eps = self.eps_placement()
         self.constant_rows()
         self.large_mean()
         self.half(torch.float16)
@@ -402,7 +413,10 @@ class NormBattery:
         self.device()
 
     @probe("eps placement")
-    def eps_placement(self) -> None:
+    def eps_placement(self) -> NormModel:
+        """The layer's formula with eps placed as it places it (inside or outside the root,
+        absent, another value), found on rows whose variance is comparable to eps; the
+        edge checks after it compare against that formula."""
         self.gen = generator(12)   # each probe its own draws
         e = self.e(torch.float64)
         x = self.spec.small_variance(self.shape, e, self.gen)
@@ -410,27 +424,15 @@ class NormBattery:
         name = "eps placement (variance near eps)"
         if not o.ok:
             self.r.check(name, False, o.why())
-            self.m_eps = self.m0
-            return
+            return self.m0
         got = o.y.double()
-        for m in eps_variants(self.m0):
-            want = self.expected(x, m, e)
-            if want is not None and agree(got, want, m.floor):
-                self.m_eps = m
-                break
-        else:
-            est = estimate_eps(got, x, self.m0)
-            m = replace(self.m0, eps_value=est) if est is not None and est > 0 else None
-            if m is not None and agree(got, normalise(x, m, e), m.floor):
-                self.m_eps = m
-            else:
-                self.m_eps = self.m0
-                self.r.check(name, False, diff(got, self.expected(x, self.m0, e)))
-                self.r.add(finding("small-variance", f"on rows with variance 0.01, 1 and 100 "
-                                   f"times eps = {e:.3g}: "
-                                   f"{diff(got, self.expected(x, self.m0, e))}"))
-                return
-        m = self.m_eps
+        m = self.placed_eps(got, x, e)
+        if m is None:
+            self.r.check(name, False, diff(got, self.expected(x, self.m0, e)))
+            self.r.add(finding("small-variance", f"on rows with variance 0.01, 1 and 100 "
+                               f"times eps = {e:.3g}: "
+                               f"{diff(got, self.expected(x, self.m0, e))}"))
+            return self.m0
         measured = m.eps_value is not None and m.eps == "inside" and \
             self.s.sources.get("eps", "").startswith("not found")
         ok = m.eps == "inside" and (m.eps_value is None or measured)
@@ -444,10 +446,21 @@ class NormBattery:
             self.r.add(finding("no-eps", ev))
         elif measured:
             self.adopt_eps(m.eps_value)
-            self.m_eps = replace(m, eps_value=None)
+            return replace(m, eps_value=None)
         elif m.eps_value is not None:
             self.r.add(finding("eps-ignored", ev, title=f"normalises with eps = "
                                f"{m.eps_value:.3g}, not the layer's eps = {e:.3g}"))
+        return m
+
+    def placed_eps(self, got: torch.Tensor, x: torch.Tensor, e: float) -> NormModel | None:
+        """Which placement of eps (or which other eps, measured) reproduces ``got``."""
+        for m in eps_variants(self.m0):
+            want = self.expected(x, m, e)
+            if want is not None and agree(got, want, m.floor):
+                return m
+        est = estimate_eps(got, x, self.m0)
+        m = replace(self.m0, eps_value=est) if est is not None and est > 0 else None
+        return m if m is not None and agree(got, normalise(x, m, e), m.floor) else None
 
     def adopt_eps(self, measured: float) -> None:
         """A layer with no eps setting: the eps it uses, measured, is its own from here on."""
