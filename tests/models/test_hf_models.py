@@ -19,6 +19,8 @@ transformers = pytest.importorskip("transformers")
 import fromscratch.nn as fnn  # noqa: E402
 from fromscratch.nn import swap, unswap  # noqa: E402
 
+from ._twins import train_alike  # noqa: E402
+
 VOCAB, HIDDEN = 64, 32
 LM = dict(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=2,
           num_attention_heads=4, max_position_embeddings=64)
@@ -98,6 +100,13 @@ def batch(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, torch.randint(5, VOCAB, (2, 12), generator=g)
 
 
+def hf_step(model, batch):
+    """(logits, loss) of a Hugging Face model on (inputs, labels)."""
+    inputs, labels = batch
+    out = model(inputs, labels=labels)
+    return out.logits, out.loss
+
+
 def ours(model) -> set[type]:
     return {type(m) for m in model.modules() if type(m).__module__.startswith("fromscratch")}
 
@@ -109,21 +118,8 @@ def test_swapped_model_trains_as_the_original(name):
     assert not report.refused, str(report)
     assert len(report.replaced) == sum(norms_and_dropouts(ref).values()), str(report)
     assert list(model.state_dict()) == list(ref.state_dict())
-    # SGD: an update proportional to the gradient (Adam's m / sqrt(v) turns a rounding
-    # difference in a near-zero gradient into a whole step's difference)
-    opt_ref = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    for step in range(3):
-        ids, labels = batch(step)
-        out_ref, out = ref(ids, labels=labels), model(ids, labels=labels)
-        torch.testing.assert_close(out.logits, out_ref.logits, rtol=1e-5, atol=1e-5)
-        out_ref.loss.backward()
-        out.loss.backward()
-        for (n, p), (_, q) in zip(ref.named_parameters(), model.named_parameters()):
-            if p.grad is not None:
-                torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=n)
-        opt_ref.step(), opt.step()
-        opt_ref.zero_grad(), opt.zero_grad()
+    train_alike(ref, model, (batch(step) for step in range(3)), hf_step, lr=0.1, tol=1e-5,
+                grad_tol=(1e-4, 1e-6))
     for (n, p), (_, q) in zip(ref.named_parameters(), model.named_parameters()):
         torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-5, msg=n)
 
@@ -209,17 +205,10 @@ def test_convolutional_models_with_batch_norm_train_as_the_original(build):
     model = copy.deepcopy(ref)
     report = swap(model, backend="torch")
     assert fnn.BatchNorm2d in ours(model) and not report.refused, str(report)
-    opt_ref = torch.optim.SGD(ref.parameters(), lr=0.01, momentum=0.9)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     g = torch.Generator().manual_seed(2)
-    for _ in range(3):
-        x = torch.randn(8, 3, 32, 32, generator=g, dtype=torch.float64)
-        labels = torch.randint(0, 5, (8,), generator=g)
-        out_ref, out = ref(x, labels=labels), model(x, labels=labels)
-        torch.testing.assert_close(out.logits, out_ref.logits, rtol=1e-8, atol=1e-8)
-        out_ref.loss.backward(), out.loss.backward()
-        opt_ref.step(), opt.step()
-        opt_ref.zero_grad(), opt.zero_grad()
+    images = [(torch.randn(8, 3, 32, 32, generator=g, dtype=torch.float64),
+               torch.randint(0, 5, (8,), generator=g)) for _ in range(3)]
+    train_alike(ref, model, images, hf_step, lr=0.01, tol=1e-8)
     for (n, b), (_, c) in zip(ref.named_buffers(), model.named_buffers()):
         torch.testing.assert_close(c, b, rtol=1e-8, atol=1e-8, msg=n)
     ref.eval(), model.eval()

@@ -21,6 +21,14 @@ except Exception as e:               # noqa: BLE001 - a broken install raises Ru
 import fromscratch.nn as fnn  # noqa: E402
 from fromscratch.nn import swap  # noqa: E402
 
+from ._twins import train_alike  # noqa: E402
+
+
+def step(model, batch):
+    x, labels = batch
+    y = model(x)
+    return y, torch.nn.functional.cross_entropy(y, labels)
+
 
 @pytest.mark.parametrize("build", [lambda: models.resnet18(num_classes=5),
                                    lambda: models.mobilenet_v3_small(num_classes=5,
@@ -32,18 +40,10 @@ def test_torchvision_model_trains_as_the_original(build):
     model = copy.deepcopy(ref)
     report = swap(model, backend="torch")
     assert fnn.BatchNorm2d in {type(m) for m in model.modules()} and not report.refused
-    opt_ref = torch.optim.SGD(ref.parameters(), lr=0.01, momentum=0.9)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     g = torch.Generator().manual_seed(2)
-    for _ in range(3):
-        x = torch.randn(8, 3, 64, 64, generator=g, dtype=torch.float64)
-        labels = torch.randint(0, 5, (8,), generator=g)
-        y_ref, y = ref(x), model(x)
-        torch.testing.assert_close(y, y_ref, rtol=1e-8, atol=1e-8)
-        torch.nn.functional.cross_entropy(y_ref, labels).backward()
-        torch.nn.functional.cross_entropy(y, labels).backward()
-        opt_ref.step(), opt.step()
-        opt_ref.zero_grad(), opt.zero_grad()
+    images = [(torch.randn(8, 3, 64, 64, generator=g, dtype=torch.float64),
+               torch.randint(0, 5, (8,), generator=g)) for _ in range(3)]
+    train_alike(ref, model, images, step, lr=0.01, tol=1e-8)
     ref.eval(), model.eval()
     x = torch.randn(2, 3, 64, 64, generator=g, dtype=torch.float64)
     with torch.no_grad():
