@@ -100,6 +100,7 @@ class DropoutBattery:
         self.train_rate = float("nan")
         self.scale_ok = False
         self.shape: tuple[int, ...] = (N_ROWS, N_COLS)    # 3-D for a sequences-only layer
+        self.two_d = ""                  # why 2-D input was not taken, when it was not
 
     def make(self, train: bool = True, dtype=None, p: float | None = None):
         values = dict(self.s.passed)
@@ -193,7 +194,6 @@ class DropoutBattery:
     def train_mode(self) -> bool:
         p = self.p
         inst = self.make()
-        self.two_d = ""
         got = self.first_forward(inst)
         if got is None:
             return False

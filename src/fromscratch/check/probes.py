@@ -124,14 +124,16 @@ def take_channels_last(inst: Any, rank: int) -> None:
     wrap_forward(inst, wrap)
 
 
-#: the inputs a construction is tried on, when the constructor leaves a choice (which
-#: argument is the size, a required flag): channels-last, then channels-first
-TRIALS: dict[str, list[tuple[int, ...]]] = {
-    "layernorm": [(4, 7, 37), (6, 37), (2, 37, 3, 3)],
-    "rmsnorm": [(4, 7, 37), (6, 37), (2, 37, 3, 3)],
-    "batchnorm": [(2, 3, 20), (8, 20), (2, 20, 3), (2, 20, 3, 3)],
-    "dropout": [(8, 10), (4, 5, 6)],
-}
+def trial_inputs(kind: str, size: int | None) -> list[torch.Tensor]:
+    """The inputs a construction is tried on, when the constructor leaves a choice (which
+    argument is the size, a required flag): channels-last, then channels-first, C the size."""
+    c = size or 0
+    shapes = {"layernorm": [(4, 7, c), (6, c), (2, c, 3, 3)],
+              "rmsnorm": [(4, 7, c), (6, c), (2, c, 3, 3)],
+              "batchnorm": [(2, 3, c), (8, c), (2, c, 3), (2, c, 3, 3)],
+              "dropout": [(8, 10), (4, 5, 6)]}[kind]
+    return [torch.randn(shape, generator=generator(0), dtype=torch.float64) + 1.0
+            for shape in shapes]
 
 
 def open_subject(kind: str, target: str, roles: tuple[str, ...], size: int | None,
@@ -213,10 +215,7 @@ def missing_globals(subject: Subject, roles: tuple[str, ...]) -> dict[str, Any]:
 def breaks_in_float64(subject: Subject, size: int | None) -> bool:
     """Does converting the module to float64 break it, where its own dtype runs? (A layer
     that casts its input to float32 and keeps float32 parameters: CLIP's LayerNorm.)"""
-    for shape in TRIALS[subject.kind]:
-        if size is not None:
-            shape = tuple(size if s in (37, 20) else s for s in shape)
-        x = torch.randn(shape, generator=generator(0), dtype=torch.float64) + 1.0
+    for x in trial_inputs(subject.kind, size):
         converted = call(subject.make(size, dtype=torch.float64), x)
         if converted.ok and converted.y.shape == x.shape:
             return False
@@ -241,10 +240,7 @@ def settle(subject: Subject, size: int | None) -> None:
             errors.append(str(e))
             continue
         score = 0
-        for shape in TRIALS[subject.kind]:
-            if size is not None:
-                shape = tuple(size if s in (37, 20) else s for s in shape)
-            x = torch.randn(shape, generator=generator(0), dtype=torch.float64) + 1.0
+        for x in trial_inputs(subject.kind, size):
             o = call(inst, x)
             score += int(o.ok and o.y.shape == x.shape)
         if score > best_score:
