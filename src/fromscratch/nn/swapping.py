@@ -245,35 +245,38 @@ def tolerance(dtype: torch.dtype) -> tuple[float, float]:
 
 def _differs(m: nn.Module, new: nn.Module) -> str | None:
     """Run copies of both on a probe input, in train and eval: why they differ, or None."""
-    gen = torch.Generator().manual_seed(0)
-    x = probe_input(m, new, gen)
-    rtol, atol = tolerance(x.dtype)
-    for train in (True, False):
-        if isinstance(new, Dropout) and train:
-            continue                       # random draws: compared in eval (identity) only
-        a, b = copy.deepcopy(m).train(train), copy.deepcopy(new).train(train)
-        with torch.no_grad():
-            try:
-                ya, yb = a(x), b(x)
-            except Exception as e:         # noqa: BLE001 - the reason is the report's
-                return f"on a {tuple(x.shape)} {x.dtype} probe: {type(e).__name__}: {e}"
-        if not isinstance(ya, torch.Tensor) or ya.shape != yb.shape or ya.dtype != yb.dtype:
-            got = tuple(ya.shape) if isinstance(ya, torch.Tensor) else type(ya).__name__
-            return f"on a {tuple(x.shape)} {x.dtype} probe the original returns {got}"
-        if not torch.allclose(ya.float(), yb.float(), rtol=rtol, atol=atol, equal_nan=True):
-            d = float((ya.float() - yb.float()).abs().max())
-            return (f"on a {tuple(x.shape)} {x.dtype} probe in {'train' if train else 'eval'} "
-                    f"mode the outputs differ by up to {d:.3g} (tolerance {rtol:g} relative)")
+    x = probe_input(m, new, torch.Generator().manual_seed(0))
+    runs = [(x, train, *tolerance(x.dtype)) for train in (True, False)
+            if not (train and isinstance(new, Dropout))]   # random draws: eval (identity) only
     if isinstance(new, RMSNorm) and x.dtype == torch.float32:
         # where the weight is applied (before or after the cast) shows only in half
         # precision: the same formula gives the same bfloat16 numbers, up to one rounding
-        a, b = copy.deepcopy(m).bfloat16(), copy.deepcopy(new).bfloat16()
-        with torch.no_grad():
-            ya, yb = a(x.bfloat16()), b(x.bfloat16())
-        if ya.dtype != yb.dtype or not torch.allclose(ya.float(), yb.float(), rtol=1e-2,
-                                                      atol=1e-2):
-            return (f"in bfloat16 the outputs differ (dtype {ya.dtype} vs {yb.dtype}, up to "
-                    f"{float((ya.float() - yb.float()).abs().max()):.3g})")
+        runs.append((x.bfloat16(), False, 1e-2, 1e-2))
+    for xi, train, rtol, atol in runs:
+        why = _compare(m, new, xi, train, rtol, atol)
+        if why is not None:
+            return why
+    return None
+
+
+def _compare(m: nn.Module, new: nn.Module, x: torch.Tensor, train: bool, rtol: float,
+             atol: float) -> str | None:
+    """Copies of both, in x's dtype and the given mode, on x: why they differ, or None."""
+    a = copy.deepcopy(m).to(x.dtype).train(train)
+    b = copy.deepcopy(new).to(x.dtype).train(train)
+    probe = f"on a {tuple(x.shape)} {x.dtype} probe in {'train' if train else 'eval'} mode"
+    with torch.no_grad():
+        try:
+            ya, yb = a(x), b(x)
+        except Exception as e:             # noqa: BLE001 - the reason is the report's
+            return f"{probe}: {type(e).__name__}: {e}"
+    if not isinstance(ya, torch.Tensor) or ya.shape != yb.shape or ya.dtype != yb.dtype:
+        got = f"{tuple(ya.shape)} {ya.dtype}" if isinstance(ya, torch.Tensor) else \
+            type(ya).__name__
+        return f"{probe} the original returns {got}, the replacement {tuple(yb.shape)} {yb.dtype}"
+    if not torch.allclose(ya.float(), yb.float(), rtol=rtol, atol=atol, equal_nan=True):
+        d = float((ya.float() - yb.float()).abs().max())
+        return f"{probe} the outputs differ by up to {d:.3g} (tolerance {rtol:g} relative)"
     return None
 
 
