@@ -17,7 +17,7 @@ from ..ops import batch_norm as bn
 from . import guard, modulelike, source
 from .guard import probe
 from .findings import Report, finding
-from .normcheck import NormBattery, NormSpec, channels_first
+from .normcheck import NormBattery, NormSpec, channels_first, missing_terms
 from .normmodel import agree, normalise_with
 from .probes import Subject, call, close, diff, generator, randn, shape_str
 
@@ -71,13 +71,7 @@ SPEC = NormSpec(
     large_mean=large_mean,
     titles={"unbiased-variance": "normalises with the unbiased variance; BatchNorm normalises "
                                  "with the biased one and stores the unbiased one"},
-    terms={frozenset({"mean", "var"}): "both the -mean(g) and the -xhat * mean(g * xhat) "
-                                       "terms are missing (batch mean and variance are treated "
-                                       "as constants)",
-           frozenset({"var"}): "the -xhat * mean(g * xhat) term is missing (the batch variance "
-                               "is treated as a constant)",
-           frozenset({"mean"}): "the -mean(g) term is missing (the batch mean is treated as a "
-                                "constant)"},
+    terms=missing_terms(batch=True),
 )
 
 

@@ -6,7 +6,7 @@ import torch
 
 from ..ops import layer_norm as ln
 from .findings import Report
-from .normcheck import NormBattery, NormSpec, channels_first
+from .normcheck import NormBattery, NormSpec, channels_first, missing_terms
 from .probes import Subject, randn, rows_like_people_have
 
 
@@ -48,13 +48,7 @@ SPEC = NormSpec(
     large_mean=large_mean,
     titles={"unbiased-variance": "normalises with the unbiased variance (divides by n - 1); "
                                  "LayerNorm uses the biased one (divides by n)"},
-    terms={frozenset({"mean", "var"}): "both the -mean(g) and the -xhat * mean(g * xhat) "
-                                       "terms are missing (mean and variance are treated as "
-                                       "constants)",
-           frozenset({"var"}): "the -xhat * mean(g * xhat) term is missing (the variance is "
-                               "treated as a constant)",
-           frozenset({"mean"}): "the -mean(g) term is missing (the mean is treated as a "
-                                "constant)"},
+    terms=missing_terms(),
 )
 
 

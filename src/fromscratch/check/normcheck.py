@@ -55,6 +55,27 @@ class NormSpec:
         return NormModel(self.ref_dims(ndim), centre=self.centre)
 
 
+def missing_terms(batch: bool = False) -> dict[frozenset, str]:
+    """What dx lacks when a centring norm's statistics are detached, keyed by the detached
+    set, both first (``explain_dx`` names the first set whose gradient matches). With
+    xhat = (x - mean) / sqrt(var + eps) and g = dy * weight,
+
+        dx = (g - mean(g) - xhat * mean(g * xhat)) / sqrt(var + eps)
+
+    -mean(g) is the path through the mean, -xhat * mean(g * xhat) the one through the
+    variance. ``batch``: the statistics are the batch's (BatchNorm), not each row's."""
+    whose = "batch " if batch else ""
+    return {
+        frozenset({"mean", "var"}): f"both the -mean(g) and the -xhat * mean(g * xhat) terms "
+                                    f"are missing ({whose}mean and variance are treated as "
+                                    f"constants)",
+        frozenset({"var"}): f"the -xhat * mean(g * xhat) term is missing (the {whose}variance "
+                            f"is treated as a constant)",
+        frozenset({"mean"}): f"the -mean(g) term is missing (the {whose}mean is treated as a "
+                             f"constant)",
+    }
+
+
 def formula(m: NormModel, ref: NormModel) -> str:
     """The model as a formula a person recognises in their own code."""
     sq = "(x - mean)^2" if m.centre else "x^2"
