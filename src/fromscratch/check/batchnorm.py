@@ -260,10 +260,10 @@ class BatchNormBattery(NormBattery):
         path_m = self.s.mapping.get("running_mean").path
         path_v = self.s.mapping.get("running_var").path
         if "keras" in (mean_fit, var_fit and var_fit[0]):
-            self.r.add(finding("momentum-keras", f"{after}: {path_m}[0] = {float(got_m[-1, 0]):.4f}"
-                               f" = momentum * running + (1 - momentum) * batch; the reference "
-                               f"(1 - momentum) * running + momentum * batch gives "
-                               f"{float(ref_m[-1, 0]):.4f}",
+            got, want = float(got_m[-1, 0]), float(ref_m[-1, 0])    # after the last step
+            self.r.add(finding("momentum-keras", f"{after}: {path_m}[0] = {got:.4f} = momentum "
+                               f"* running + (1 - momentum) * batch; the reference "
+                               f"(1 - momentum) * running + momentum * batch gives {want:.4f}",
                                title=f"momentum={m} is used the Keras way: as the weight of the "
                                f"old running value"))
         if var_fit and var_fit[1] == "biased":
