@@ -116,17 +116,6 @@ class DropoutBattery:
         """A small input of the layer's kind: (rows, cols) or (rows, time, features)."""
         return (rows, N_COLS // 10) if len(self.shape) == 2 else (rows, 6, 7)
 
-    def run(self) -> None:
-        self.reads_global()
-        if not self.train_mode():
-            return
-        self.evaluation()
-        self.gradient()
-        self.validation()
-        self.half(torch.float16)
-        self.half(torch.bfloat16)
-        self.device()
-
     # -- a global p ---------------------------------------------------------------------
     @probe("p read from a global")
     def reads_global(self) -> None:
@@ -469,6 +458,19 @@ class DropoutBattery:
                      "whatever x's device")
         self.r.add(finding("device-mismatch", f"with the input on the meta device: {msg}",
                            cause=cause))
+
+    def run(self) -> None:
+        """The probes above, in their order; when the training forward does not run at all,
+        the rest are skipped."""
+        self.reads_global()
+        if not self.train_mode():
+            return
+        self.evaluation()
+        self.gradient()
+        self.validation()
+        self.half(torch.float16)
+        self.half(torch.bfloat16)
+        self.device()
 
 
 def run(subject: Subject, report: Report) -> None:
