@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from typing import Any, Callable, Iterator
 
@@ -57,6 +58,18 @@ def snapshot_epochs(epochs: int, frames: int) -> list[int]:
     import numpy as np
     pts = np.unique(np.round(np.geomspace(1, epochs, frames - 1)).astype(int))
     return [0, *(int(p) for p in pts)]
+
+
+def output_files(out: str, picture: str, stem: str) -> dict[str, str]:
+    """The files an engine demo writes into ``out``, keyed by what they show and in the order
+    they are listed: metrics, loss curve, the final ``picture`` (stem.png) and its animation
+    over training (stem.gif)."""
+    return {
+        "metrics": os.path.join(out, "metrics.json"),
+        "loss curve": os.path.join(out, "loss.png"),
+        picture: os.path.join(out, f"{stem}.png"),
+        "animation": os.path.join(out, f"{stem}.gif"),
+    }
 
 
 def print_files(title: str, files: dict[str, str]) -> None:

@@ -9,7 +9,6 @@ boundary taking shape.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -125,12 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"final cross-entropy {run.final_loss:.4f}, training accuracy {run.accuracy:.1%}, "
           f"training {run.seconds:.2f} s")
 
-    files = {
-        "metrics": os.path.join(out, "metrics.json"),
-        "loss curve": os.path.join(out, "loss.png"),
-        "decision boundary": os.path.join(out, "boundary.png"),
-        "animation": os.path.join(out, "boundary.gif"),
-    }
+    files = demo.output_files(out, "decision boundary", "boundary")
     demo.write_json(files["metrics"], {
         "demo": "moons", "seed": args.seed, "epochs": args.epochs, "points": len(run.labels),
         "noise": NOISE, "optimizer": "adam", "lr": LR, "weight_decay": WEIGHT_DECAY,

@@ -16,7 +16,6 @@ x standardised to mean 0 and variance 1, Adam with lr 0.2, cosine decay of the r
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -133,12 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"the notebook's configuration from the same seed ends at "
               f"{baseline.final_loss:.6f}")
 
-    files = {
-        "metrics": os.path.join(out, "metrics.json"),
-        "loss curve": os.path.join(out, "loss.png"),
-        "fit": os.path.join(out, "fit.png"),
-        "animation": os.path.join(out, "fit.gif"),
-    }
+    files = demo.output_files(out, "fit", "fit")
     demo.write_json(files["metrics"], {
         "demo": "sine", "config": asdict(config), "seed": args.seed, "epochs": args.epochs,
         "final_loss": run.final_loss, "first_loss": run.losses[0],
