@@ -44,6 +44,11 @@ class _TrailingNorm(Module):
         if g is not None:
             self._accumulate(key, g.reshape(self.normalized_shape))
 
+    def extra_repr(self) -> str:
+        # the settings LayerNorm and RMSNorm share; each subclass validates and sets eps
+        return (f"{self.normalized_shape}, eps={self.eps}, "
+                f"elementwise_affine={self.elementwise_affine}")
+
 
 class LayerNorm(_TrailingNorm):
     """y = (x - mean) / sqrt(var + eps) * weight + bias, statistics over the trailing
@@ -65,10 +70,6 @@ class LayerNorm(_TrailingNorm):
         self._add("weight", dw)
         self._add("bias", db)
         return dx.reshape(self._shape)
-
-    def extra_repr(self) -> str:
-        return (f"{self.normalized_shape}, eps={self.eps}, "
-                f"elementwise_affine={self.elementwise_affine}")
 
 
 class RMSNorm(_TrailingNorm):
@@ -92,10 +93,6 @@ class RMSNorm(_TrailingNorm):
         dx, dw = rms.backward(dout.reshape(-1, self.n), self._cache)
         self._add("weight", dw)
         return dx.reshape(self._shape)
-
-    def extra_repr(self) -> str:
-        return (f"{self.normalized_shape}, eps={self.eps}, "
-                f"elementwise_affine={self.elementwise_affine}")
 
 
 class BatchNorm(Module):
