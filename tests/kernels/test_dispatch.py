@@ -11,7 +11,10 @@ import torch
 from fromscratch import functional as F
 from fromscratch import nn as fnn
 from fromscratch.kernels.dispatch import use_kernels
-from fromscratch.autograd import functions as ref_fns
+from fromscratch.autograd._calls import everyday
+from fromscratch.autograd.dropout import DropoutFn
+from fromscratch.autograd.layer_norm import LayerNormFn
+from fromscratch.autograd.rms_norm import RMSNormFn
 
 MODULES = [lambda **kw: fnn.LayerNorm(8, **kw), lambda **kw: fnn.RMSNorm(8, **kw),
            lambda **kw: fnn.BatchNorm(8, **kw), lambda **kw: fnn.Dropout(0.1, **kw)]
@@ -36,11 +39,11 @@ def test_unknown_backend_is_refused():
 
 
 def test_auto_on_cpu_is_the_reference():
-    """CPU tensors under "auto" run ops/ through autograd.functions, even with triton installed."""
+    """CPU tensors under "auto" run ops/ through autograd/<op>.py's Functions, even with triton installed."""
     x = torch.randn(3, 8, requires_grad=True)
-    assert first_fn(F.layer_norm(x, 8)) is ref_fns.everyday(ref_fns.LayerNormFn, 1)
-    assert first_fn(F.rms_norm(x, 8)) is ref_fns.everyday(ref_fns.RMSNormFn, 1)
-    assert first_fn(F.dropout(x, 0.5)) is ref_fns.everyday(ref_fns.DropoutFn, 1)
+    assert first_fn(F.layer_norm(x, 8)) is everyday(LayerNormFn, 1)
+    assert first_fn(F.rms_norm(x, 8)) is everyday(RMSNormFn, 1)
+    assert first_fn(F.dropout(x, 0.5)) is everyday(DropoutFn, 1)
     assert not use_kernels("op", "auto", x)
     assert not use_kernels("op", "torch", x)
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from fromscratch.nn import BatchNorm
-from fromscratch.autograd.functions import BatchNormFn
+from fromscratch.autograd.batch_norm import BatchNormFn
 from tests._compare import (TOL, WORKING_DTYPES, assert_backward_is, assert_close, randn, tol,
                             upstream)
 from tests.nn._run import (assert_float32_compute_rounded_once, float64_twin, forward_backward,

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import fromscratch.nn as fnn
-from fromscratch.autograd.functions import BatchNormFn
+from fromscratch.autograd.batch_norm import BatchNormFn
 from tests._compare import PLUMBING, TOL, WORKING_DTYPES, assert_close, graph_names, randn, upstream
 from tests.nn._run import float64_twin, forward_backward, randomize_affine
 from tests.nn.test_batch_norm import compare, compare_buffers, compare_to_float64

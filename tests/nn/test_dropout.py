@@ -10,7 +10,7 @@ from torch import nn
 
 from fromscratch import functional as F
 from fromscratch.nn import Dropout
-from fromscratch.autograd.functions import DropoutFn
+from fromscratch.autograd.dropout import DropoutFn
 from tests._compare import assert_backward_is, assert_close, randn, upstream
 
 Z999 = 3.2905            # two-sided 99.9% normal quantile

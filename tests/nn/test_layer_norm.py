@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from fromscratch.nn import LayerNorm
-from fromscratch.autograd.functions import LayerNormFn
+from fromscratch.autograd.layer_norm import LayerNormFn
 from tests._compare import (TOL, WORKING_DTYPES, assert_backward_is, assert_close, randn, tol,
                             upstream)
 from tests.nn._run import (assert_float32_compute_rounded_once, assert_same_as_torch,

@@ -13,7 +13,7 @@ from torch import nn
 
 from fromscratch import functional as F
 from fromscratch.nn import RMSNorm
-from fromscratch.autograd.functions import RMSNormFn
+from fromscratch.autograd.rms_norm import RMSNormFn
 from tests._compare import (EPS32, TOL, WORKING_DTYPES, assert_backward_is, assert_close, randn,
                             tol, upstream)
 from tests.nn._hf_rms_norms import assert_within_one_ulp, gemma_rms_norm, llama_rms_norm

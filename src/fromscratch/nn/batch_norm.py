@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .. import _checks as check
-from .. import functional as F
+from ..autograd.batch_norm import batch_norm
 from ..kernels.dispatch import check_backend
 
 
@@ -83,7 +83,7 @@ class BatchNorm(nn.Module):
         if not (self.training and self.track_running_stats):
             return 0.0
         # checked again here, before anything changes: it is a plain attribute that may
-        # have been set since __init__, and SyncBatchNorm does not call F.batch_norm
+        # have been set since __init__, and SyncBatchNorm does not call batch_norm
         momentum = check.momentum(type(self).__name__, self.momentum)
         self.num_batches_tracked.add_(1)
         if momentum is None:                            # cumulative moving average
@@ -111,10 +111,10 @@ class BatchNorm(nn.Module):
         # eval without running statistics normalises with the batch's own, as torch does
         use_batch = self.training or self.running_mean is None
         track = self.training and self.track_running_stats
-        return F.batch_norm(x, self.running_mean if track or not use_batch else None,
-                            self.running_var if track or not use_batch else None,
-                            self.weight, self.bias, use_batch, self._momentum(), self.eps,
-                            backend=self.backend)
+        return batch_norm(x, self.running_mean if track or not use_batch else None,
+                          self.running_var if track or not use_batch else None,
+                          self.weight, self.bias, use_batch, self._momentum(), self.eps,
+                          backend=self.backend)
 
     def extra_repr(self) -> str:
         return ("{num_features}, eps={eps}, momentum={momentum}, affine={affine}, "

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from .. import _checks as check
-from .. import functional as F
+from ..autograd.dropout import dropout
 from ..kernels.dispatch import check_backend
 
 
@@ -19,7 +19,7 @@ class Dropout(nn.Module):
         self.inplace = inplace
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return F.dropout(input, self.p, self.training, self.inplace, backend=self.backend)
+        return dropout(input, self.p, self.training, self.inplace, backend=self.backend)
 
     def extra_repr(self) -> str:
         return (f"p={self.p}, inplace={self.inplace}"

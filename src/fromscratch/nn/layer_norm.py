@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .. import _checks as check
-from .. import functional as F
+from ..autograd.layer_norm import layer_norm
 from ..kernels.dispatch import check_backend
 
 
@@ -46,8 +46,8 @@ class LayerNorm(nn.Module):
             nn.init.zeros_(self.bias)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps,
-                            backend=self.backend)
+        return layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps,
+                          backend=self.backend)
 
     def extra_repr(self) -> str:
         return ("{normalized_shape}, eps={eps}, elementwise_affine={elementwise_affine}, "

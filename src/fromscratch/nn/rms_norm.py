@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .. import _checks as check
-from .. import functional as F
+from ..autograd.rms_norm import RMS_CASTS, fused_add_rms_norm, rms_norm
 from ..kernels.dispatch import check_backend
 
 
@@ -21,7 +21,7 @@ class _RMSNormBase(nn.Module):
         name = type(self).__name__
         self.backend = check_backend(backend)     # plain attributes: not in state_dict
         self.offset = check.finite(name, "offset", offset)
-        self.cast = check.choice(name, "cast", cast, F.RMS_CASTS)
+        self.cast = check.choice(name, "cast", cast, RMS_CASTS)
         self.normalized_shape = check.normalized_shape(name, normalized_shape)
         self.eps = None if eps is None else check.epsilon(name, eps)
         self.elementwise_affine = elementwise_affine
@@ -71,8 +71,8 @@ class RMSNorm(_RMSNormBase):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, self.normalized_shape, self.weight, self.eps, self.backend,
-                          offset=self.offset, cast=self.cast)
+        return rms_norm(x, self.normalized_shape, self.weight, self.eps, self.backend,
+                        offset=self.offset, cast=self.cast)
 
 
 class FusedAddRMSNorm(_RMSNormBase):
@@ -101,5 +101,5 @@ class FusedAddRMSNorm(_RMSNormBase):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        return F.fused_add_rms_norm(x, residual, self.normalized_shape, self.weight, self.eps,
-                                    self.backend, offset=self.offset, cast=self.cast)
+        return fused_add_rms_norm(x, residual, self.normalized_shape, self.weight, self.eps,
+                                  self.backend, offset=self.offset, cast=self.cast)

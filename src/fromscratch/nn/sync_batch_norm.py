@@ -30,7 +30,7 @@ from torch.autograd.function import once_differentiable
 
 from .. import _checks as check
 from ..ops import batch_norm as bn
-from ..autograd.functions import down, own_dtypes, up
+from ..autograd._dtypes import down, own_dtypes, up
 from .batch_norm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
 
 
