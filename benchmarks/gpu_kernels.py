@@ -36,9 +36,9 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
-import torch  # triton and the kernels are imported in main(), after TRITON_INTERPRET is set
+import torch  # triton and the kernels are imported by main(), after TRITON_INTERPRET is set
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _floor import grad_step  # noqa: E402
@@ -46,6 +46,8 @@ from _floor import grad_step  # noqa: E402
 SHAPES = [(32768, 4096), (16384, 8192), (131072, 1024)]
 SMOKE_SHAPES = [(64, 96), (24, 130)]
 DROP_P = 0.1
+GRAPH = "fwd+bwd, CUDA graph"            # the mode of the forward+backward replayed in a graph
+IMPL_ORDER = ["ours", "torch", "torch.compile", "liger", "seed"]     # the tables' rows, per op
 
 # The targets (docs/kernels.md): % of copy bandwidth, bf16, at every shape.
 TARGETS = {("layer_norm", "fwd+bwd"): 85, ("rms_norm", "fwd+bwd"): 85,
@@ -107,6 +109,10 @@ def seed_batch_norm(x, gamma, beta, running_mean, running_var, eps=1e-5, momentu
 
 
 # ----------------------------------------------------------------------------------------
+
+
+# name -> (forward thunk, tensors to differentiate, grad_outputs)
+Impls = dict[str, tuple[Callable[[], Any], list, list]]
 
 
 class Bench:
@@ -217,64 +223,87 @@ class Bench:
             d["rv"] = torch.ones(n, device=dev)
         return d
 
-    def impls(self, op: str, m: int, n: int, d: dict[str, Any]
-              ) -> dict[str, tuple[Callable[[], Any], list, list]]:
-        """name -> (forward thunk, tensors to differentiate, grad_outputs)."""
+    def impls(self, op: str, m: int, n: int, d: dict[str, Any]) -> Impls:
+        """name -> (forward thunk, tensors to differentiate, grad_outputs): the contenders of
+        ``op`` on its inputs ``d`` at (m, n), ours first; none for an op not listed."""
+        contenders = {"layer_norm": self._layer_norm_impls, "rms_norm": self._rms_norm_impls,
+                      "dropout": self._dropout_impls, "batch_norm": self._batch_norm_impls,
+                      "fused_add_rms_norm": self._fused_add_rms_norm_impls}.get(op)
+        return {} if contenders is None else contenders(m, n, d)
+
+    def _layer_norm_impls(self, m: int, n: int, d: dict[str, Any]) -> Impls:
+        """Ours, torch, torch.compile, Liger (when importable), the seed notebook's."""
+        TF, FS = self.TF, self.FS
+        x, dy, w, b = d["x"], d["dy"], d["w"], d["b"]
+        params = [x, w, b]
+        out: Impls = {}
+        out["ours"] = (lambda: FS.layer_norm(x, (n,), w, b, 1e-5, backend="triton"),
+                       params, [dy])
+        out["torch"] = (lambda: TF.layer_norm(x, (n,), w, b, 1e-5), params, [dy])
+        cf = self._compiled("layer_norm", m, n,
+                            lambda x, w, b: TF.layer_norm(x, (n,), w, b, 1e-5))
+        if cf is not None:
+            out["torch.compile"] = (lambda: cf(x, w, b), params, [dy])
+        if self.liger:
+            L = self.liger["layer_norm"]
+            out["liger"] = (lambda: L.apply(x, w, b, 1e-5), params, [dy])
+        out["seed"] = (lambda: seed_layer_norm(x, w, b), params, [dy])
+        return out
+
+    def _rms_norm_impls(self, m: int, n: int, d: dict[str, Any]) -> Impls:
+        """Ours, torch, torch.compile, Liger (when importable), the seed notebook's."""
+        TF, FS = self.TF, self.FS
+        x, dy, w = d["x"], d["dy"], d["w"]
+        params = [x, w]
+        out: Impls = {}
+        out["ours"] = (lambda: FS.rms_norm(x, (n,), w, 1e-6, backend="triton"), params, [dy])
+        out["torch"] = (lambda: TF.rms_norm(x, (n,), w, 1e-6), params, [dy])
+        cf = self._compiled("rms_norm", m, n, lambda x, w: TF.rms_norm(x, (n,), w, 1e-6))
+        if cf is not None:
+            out["torch.compile"] = (lambda: cf(x, w), params, [dy])
+        if self.liger:
+            L = self.liger["rms_norm"]
+            # in_place=False: Liger's default writes dx into dy, the gradient that every
+            # contender and the checks share (its memory saving, the same bytes moved)
+            out["liger"] = (lambda: L.apply(x, w, 1e-6, 0.0, "llama", False), params, [dy])
+        out["seed"] = (lambda: seed_rms_norm(x, w), params, [dy])
+        return out
+
+    def _dropout_impls(self, m: int, n: int, d: dict[str, Any]) -> Impls:
+        """Ours, torch, the seed notebook's (p = DROP_P)."""
         TF, FS = self.TF, self.FS
         x, dy = d["x"], d["dy"]
-        out: dict[str, tuple[Callable[[], Any], list, list]] = {}
-        if op == "layer_norm":
-            w, b = d["w"], d["b"]
-            params = [x, w, b]
-            out["ours"] = (lambda: FS.layer_norm(x, (n,), w, b, 1e-5, backend="triton"),
-                           params, [dy])
-            out["torch"] = (lambda: TF.layer_norm(x, (n,), w, b, 1e-5), params, [dy])
-            cf = self._compiled(op, m, n, lambda x, w, b: TF.layer_norm(x, (n,), w, b, 1e-5))
-            if cf is not None:
-                out["torch.compile"] = (lambda: cf(x, w, b), params, [dy])
-            if self.liger:
-                L = self.liger["layer_norm"]
-                out["liger"] = (lambda: L.apply(x, w, b, 1e-5), params, [dy])
-            out["seed"] = (lambda: seed_layer_norm(x, w, b), params, [dy])
-        elif op == "rms_norm":
-            w = d["w"]
-            params = [x, w]
-            out["ours"] = (lambda: FS.rms_norm(x, (n,), w, 1e-6, backend="triton"), params, [dy])
-            out["torch"] = (lambda: TF.rms_norm(x, (n,), w, 1e-6), params, [dy])
-            cf = self._compiled(op, m, n, lambda x, w: TF.rms_norm(x, (n,), w, 1e-6))
-            if cf is not None:
-                out["torch.compile"] = (lambda: cf(x, w), params, [dy])
-            if self.liger:
-                L = self.liger["rms_norm"]
-                # in_place=False: Liger's default writes dx into dy, the gradient that every
-                # contender and the checks share (its memory saving, the same bytes moved)
-                out["liger"] = (lambda: L.apply(x, w, 1e-6, 0.0, "llama", False), params, [dy])
-            out["seed"] = (lambda: seed_rms_norm(x, w), params, [dy])
-        elif op == "dropout":
-            out["ours"] = (lambda: FS.dropout(x, DROP_P, backend="triton"), [x], [dy])
-            out["torch"] = (lambda: TF.dropout(x, DROP_P, training=True), [x], [dy])
-            out["seed"] = (lambda: seed_dropout(x), [x], [dy])
-        elif op == "batch_norm":
-            w, b, rm, rv = d["w"], d["b"], d["rm"], d["rv"]
-            params = [x, w, b]
-            out["ours"] = (lambda: FS.batch_norm(x, rm, rv, w, b, True, 0.1, 1e-5,
-                                                 backend="triton"), params, [dy])
-            out["torch"] = (lambda: TF.batch_norm(x, rm, rv, w, b, True, 0.1, 1e-5),
-                            params, [dy])
-            wb, bb = w.detach().to(self.dtype).requires_grad_(), b.detach().to(self.dtype)
-            bb.requires_grad_()
-            out["seed"] = (lambda: seed_batch_norm(x, wb, bb, rm, rv), [x, wb, bb], [dy])
-        elif op == "fused_add_rms_norm":
-            w, r, ds = d["w"], d["r"], d["ds"]
-            params = [x, r, w]
-            out["ours"] = (lambda: FS.fused_add_rms_norm(x, r, n, w, 1e-6, backend="triton"),
-                           params, [ds, dy])
+        return {"ours": (lambda: FS.dropout(x, DROP_P, backend="triton"), [x], [dy]),
+                "torch": (lambda: TF.dropout(x, DROP_P, training=True), [x], [dy]),
+                "seed": (lambda: seed_dropout(x), [x], [dy])}
 
-            def two_steps():
-                s = x + r
-                return s, TF.rms_norm(s, (n,), w, 1e-6)
-            out["torch"] = (two_steps, params, [ds, dy])
+    def _batch_norm_impls(self, m: int, n: int, d: dict[str, Any]) -> Impls:
+        """Ours, torch, the seed notebook's (on bf16 copies of the weight and bias)."""
+        TF, FS = self.TF, self.FS
+        x, dy, w, b, rm, rv = d["x"], d["dy"], d["w"], d["b"], d["rm"], d["rv"]
+        params = [x, w, b]
+        out: Impls = {}
+        out["ours"] = (lambda: FS.batch_norm(x, rm, rv, w, b, True, 0.1, 1e-5,
+                                             backend="triton"), params, [dy])
+        out["torch"] = (lambda: TF.batch_norm(x, rm, rv, w, b, True, 0.1, 1e-5),
+                        params, [dy])
+        wb, bb = w.detach().to(self.dtype).requires_grad_(), b.detach().to(self.dtype)
+        bb.requires_grad_()
+        out["seed"] = (lambda: seed_batch_norm(x, wb, bb, rm, rv), [x, wb, bb], [dy])
         return out
+
+    def _fused_add_rms_norm_impls(self, m: int, n: int, d: dict[str, Any]) -> Impls:
+        """Ours, and torch's two steps (the add, then RMSNorm)."""
+        TF, FS = self.TF, self.FS
+        x, dy, w, r, ds = d["x"], d["dy"], d["w"], d["r"], d["ds"]
+        params = [x, r, w]
+
+        def two_steps():
+            s = x + r
+            return s, TF.rms_norm(s, (n,), w, 1e-6)
+        return {"ours": (lambda: FS.fused_add_rms_norm(x, r, n, w, 1e-6, backend="triton"),
+                         params, [ds, dy]),
+                "torch": (two_steps, params, [ds, dy])}
 
     def _compiled(self, op: str, m: int, n: int, fn: Callable) -> Callable | None:
         if self.args.no_compile or self.args.quick or self.args.smoke:
@@ -336,85 +365,116 @@ class Bench:
             log(f"  CHECK FAILED {op} {shape} {what}: err {err:.3g}")
 
     def check(self, op: str, m: int, n: int, d: dict[str, Any]) -> None:
-        """Ours (bf16) against the ops reference run in float32 on the same device."""
+        """Ours (bf16) against the ops reference run in float32 on the same device, on the
+        inputs ``d`` of ``op`` at (m, n); nothing for an op not listed."""
+        check = {"layer_norm": self._check_layer_norm, "rms_norm": self._check_rms_norm,
+                 "fused_add_rms_norm": self._check_fused_add_rms_norm,
+                 "dropout": self._check_dropout, "batch_norm": self._check_batch_norm}.get(op)
+        if check is not None:
+            check(m, n, d)
+
+    @staticmethod
+    def _f32(t):
+        """A float32 copy of ``t``, a leaf that requires grad when ``t`` does."""
+        return t.detach().float().requires_grad_(t.requires_grad)
+
+    def _check_layer_norm(self, m: int, n: int, d: dict[str, Any]) -> None:
+        FS = self.FS
+        args = [d["x"], d["w"], d["b"]]
+        ours = FS.layer_norm(d["x"], n, d["w"], d["b"], backend="triton")
+        ref_args = [self._f32(t) for t in args]
+        ref = FS.layer_norm(ref_args[0], n, ref_args[1], ref_args[2], backend="torch")
+        self._compare_grads("layer_norm", (m, n), ours, ref, args, ref_args, [d["dy"]],
+                            ("x", "w", "b"))
+
+    def _check_rms_norm(self, m: int, n: int, d: dict[str, Any]) -> None:
+        FS = self.FS
+        args = [d["x"], d["w"]]
+        ours = FS.rms_norm(d["x"], n, d["w"], 1e-6, backend="triton")
+        ref_args = [self._f32(t) for t in args]
+        ref = FS.rms_norm(ref_args[0], n, ref_args[1], 1e-6, backend="torch")
+        self._compare_grads("rms_norm", (m, n), ours, ref, args, ref_args, [d["dy"]],
+                            ("x", "w"))
+
+    def _check_fused_add_rms_norm(self, m: int, n: int, d: dict[str, Any]) -> None:
+        """s = x + residual rounded to bf16, y = RMSNorm(s); the reference normalizes that
+        rounded s, and its gradients add ds to the one through y."""
         torch, FS = self.torch, self.FS
-        shape = (m, n)
+        op, shape, dy = "fused_add_rms_norm", (m, n), d["dy"]
+        args = [d["x"], d["r"], d["w"]]
+        ours = FS.fused_add_rms_norm(d["x"], d["r"], n, d["w"], 1e-6, backend="triton")
+        ref_args = [self._f32(t) for t in args]
+        s_ref = (ref_args[0] + ref_args[1]).to(self.dtype).float()   # the rounded stream
+        ref = (s_ref, FS.rms_norm(s_ref, n, ref_args[2], 1e-6, backend="torch"))
+        self._record(op, shape, "s", ours[0], ref[0])
+        self._record(op, shape, "y", ours[1], ref[1])
+        g_ours = torch.autograd.grad(ours, args, [d["ds"], dy])
+        s_leaf = s_ref.detach().requires_grad_()
+        y_ref = FS.rms_norm(s_leaf, n, ref_args[2], 1e-6, backend="torch")
+        ds_ref, dw_ref = torch.autograd.grad(y_ref, [s_leaf, ref_args[2]], [dy.float()])
+        self._record(op, shape, "d(sum)", g_ours[0], ds_ref + d["ds"].float())
+        self._record(op, shape, "dresidual", g_ours[1], ds_ref + d["ds"].float())
+        self._record(op, shape, "dweight", g_ours[2], dw_ref, reduced=True)
 
-        def f32(t):
-            return t.detach().float().requires_grad_(t.requires_grad)
+    def _check_dropout(self, m: int, n: int, d: dict[str, Any]) -> None:
+        """The forward's mask and output, then the backward's regenerated mask."""
+        self._check_dropout_mask((m, n), d["x"])
+        self._check_dropout_backward((m, n), d["x"], d["dy"])
 
-        x, dy = d["x"], d["dy"]
-        if op == "layer_norm":
-            args = [x, d["w"], d["b"]]
-            ours = FS.layer_norm(x, n, d["w"], d["b"], backend="triton")
-            ref_args = [f32(t) for t in args]
-            ref = FS.layer_norm(ref_args[0], n, ref_args[1], ref_args[2], backend="torch")
-            self._compare_grads(op, shape, ours, ref, args, ref_args, [dy], ("x", "w", "b"))
-        elif op == "rms_norm":
-            args = [x, d["w"]]
-            ours = FS.rms_norm(x, n, d["w"], 1e-6, backend="triton")
-            ref_args = [f32(t) for t in args]
-            ref = FS.rms_norm(ref_args[0], n, ref_args[1], 1e-6, backend="torch")
-            self._compare_grads(op, shape, ours, ref, args, ref_args, [dy], ("x", "w"))
-        elif op == "fused_add_rms_norm":
-            args = [x, d["r"], d["w"]]
-            ours = FS.fused_add_rms_norm(x, d["r"], n, d["w"], 1e-6, backend="triton")
-            ref_args = [f32(t) for t in args]
-            s_ref = (ref_args[0] + ref_args[1]).to(self.dtype).float()   # the rounded stream
-            ref = (s_ref, FS.rms_norm(s_ref, n, ref_args[2], 1e-6, backend="torch"))
-            self._record(op, shape, "s", ours[0], ref[0])
-            self._record(op, shape, "y", ours[1], ref[1])
-            g_ours = torch.autograd.grad(ours, args, [d["ds"], dy])
-            s_leaf = s_ref.detach().requires_grad_()
-            y_ref = FS.rms_norm(s_leaf, n, ref_args[2], 1e-6, backend="torch")
-            ds_ref, dw_ref = torch.autograd.grad(y_ref, [s_leaf, ref_args[2]], [dy.float()])
-            self._record(op, shape, "d(sum)", g_ours[0], ds_ref + d["ds"].float())
-            self._record(op, shape, "dresidual", g_ours[1], ds_ref + d["ds"].float())
-            self._record(op, shape, "dweight", g_ours[2], dw_ref, reduced=True)
-        elif op == "dropout":
-            from fromscratch.kernels import dropout as KD
-            seed = 1234
-            y = KD.apply(x.detach(), DROP_P, seed)
-            keep = y != 0
-            u = KD.uniforms(x.numel(), seed, device=x.device).view(x.shape)
-            nonzero = x.detach() != 0
-            ok_mask = bool(torch.all((keep == (u >= DROP_P)) | ~nonzero))
-            rate = float(keep.float().mean())
-            sd = math.sqrt(DROP_P * (1 - DROP_P) / x.numel())
-            self.checks.append({"op": op, "shape": list(shape), "what": "mask == (u >= p)",
-                                "ok": ok_mask, "max_err": 0.0, "kind": "exact"})
-            self.checks.append({"op": op, "shape": list(shape), "what": "keep rate",
-                                "ok": abs(rate - (1 - DROP_P)) < 6 * sd + 1e-3,
-                                "max_err": abs(rate - (1 - DROP_P)), "kind": "abs"})
-            self._record(op, shape, "y", y, x.detach().float() * keep / (1 - DROP_P))
-            del u
-            # The backward through autograd must regenerate the forward's mask. The reference
-            # mask is u >= p from the uniforms themselves, never y != 0: x has exact zeros
-            # (kept zeros give y == 0; the input below plants some, as a ReLU output would).
-            from fromscratch.kernels.autograd import DropoutFn as KDropoutFn
-            seed2, offset2 = 4321, 2**32 - 2**12           # counters run across 2**32
-            xz = x.detach().clone()
-            xz.view(-1)[::997] = 0
-            xz.requires_grad_(True)
-            y = KDropoutFn.apply(xz, DROP_P, seed2, offset2)
-            (dx,) = torch.autograd.grad(y, [xz], [dy])
-            keep = KD.uniforms(x.numel(), seed2, offset2, device=x.device).view(x.shape) >= DROP_P
-            self._record(op, shape, "dx (regenerated mask)", dx,
-                         dy.float() * keep / (1 - DROP_P))
-            self._record(op, shape, "y (offset past 2**32 counters)", y,
-                         xz.detach().float() * keep / (1 - DROP_P))
-            del keep, xz
-        elif op == "batch_norm":
-            args = [x, d["w"], d["b"]]
-            rm, rv = d["rm"].clone(), d["rv"].clone()
-            ours = FS.batch_norm(x, rm, rv, d["w"], d["b"], True, 0.1, 1e-5, backend="triton")
-            ref_args = [f32(t) for t in args]
-            rm2, rv2 = d["rm"].clone(), d["rv"].clone()
-            ref = FS.batch_norm(ref_args[0], rm2, rv2, ref_args[1], ref_args[2], True, 0.1, 1e-5,
-                                backend="torch")
-            self._compare_grads(op, shape, ours, ref, args, ref_args, [dy], ("x", "w", "b"))
-            self._record(op, shape, "running_mean", rm, rm2)
-            self._record(op, shape, "running_var", rv, rv2)
+    def _check_dropout_mask(self, shape: tuple[int, int], x) -> None:
+        """The forward's mask is u >= p of the uniforms drawn for its seed, kept at a rate
+        within 6 standard deviations of 1 - p; y = x * mask / (1 - p)."""
+        torch = self.torch
+        from fromscratch.kernels import dropout as KD
+        op, seed = "dropout", 1234
+        y = KD.apply(x.detach(), DROP_P, seed)
+        keep = y != 0
+        u = KD.uniforms(x.numel(), seed, device=x.device).view(x.shape)
+        nonzero = x.detach() != 0
+        ok_mask = bool(torch.all((keep == (u >= DROP_P)) | ~nonzero))
+        rate = float(keep.float().mean())
+        sd = math.sqrt(DROP_P * (1 - DROP_P) / x.numel())
+        self.checks.append({"op": op, "shape": list(shape), "what": "mask == (u >= p)",
+                            "ok": ok_mask, "max_err": 0.0, "kind": "exact"})
+        self.checks.append({"op": op, "shape": list(shape), "what": "keep rate",
+                            "ok": abs(rate - (1 - DROP_P)) < 6 * sd + 1e-3,
+                            "max_err": abs(rate - (1 - DROP_P)), "kind": "abs"})
+        self._record(op, shape, "y", y, x.detach().float() * keep / (1 - DROP_P))
+
+    def _check_dropout_backward(self, shape: tuple[int, int], x, dy) -> None:
+        """The backward through autograd must regenerate the forward's mask. The reference
+        mask is u >= p from the uniforms themselves, never y != 0: x has exact zeros (kept
+        zeros give y == 0; the input below plants some, as a ReLU output would)."""
+        torch = self.torch
+        from fromscratch.kernels import dropout as KD
+        from fromscratch.kernels.autograd import DropoutFn as KDropoutFn
+        seed2, offset2 = 4321, 2**32 - 2**12           # counters run across 2**32
+        xz = x.detach().clone()
+        xz.view(-1)[::997] = 0
+        xz.requires_grad_(True)
+        y = KDropoutFn.apply(xz, DROP_P, seed2, offset2)
+        (dx,) = torch.autograd.grad(y, [xz], [dy])
+        keep = KD.uniforms(x.numel(), seed2, offset2, device=x.device).view(x.shape) >= DROP_P
+        self._record("dropout", shape, "dx (regenerated mask)", dx,
+                     dy.float() * keep / (1 - DROP_P))
+        self._record("dropout", shape, "y (offset past 2**32 counters)", y,
+                     xz.detach().float() * keep / (1 - DROP_P))
+
+    def _check_batch_norm(self, m: int, n: int, d: dict[str, Any]) -> None:
+        """Training mode: y, the gradients, and the running statistics it updates (each side
+        on its own copy of them)."""
+        FS = self.FS
+        op, shape, x = "batch_norm", (m, n), d["x"]
+        args = [x, d["w"], d["b"]]
+        rm, rv = d["rm"].clone(), d["rv"].clone()
+        ours = FS.batch_norm(x, rm, rv, d["w"], d["b"], True, 0.1, 1e-5, backend="triton")
+        ref_args = [self._f32(t) for t in args]
+        rm2, rv2 = d["rm"].clone(), d["rv"].clone()
+        ref = FS.batch_norm(ref_args[0], rm2, rv2, ref_args[1], ref_args[2], True, 0.1, 1e-5,
+                            backend="torch")
+        self._compare_grads(op, shape, ours, ref, args, ref_args, [d["dy"]], ("x", "w", "b"))
+        self._record(op, shape, "running_mean", rm, rm2)
+        self._record(op, shape, "running_var", rv, rv2)
 
     def _compare_grads(self, op, shape, ours, ref, args, ref_args, grads, names) -> None:
         torch = self.torch
@@ -436,73 +496,89 @@ class Bench:
             _tune.ENABLED = enabled
 
     def _check_small(self) -> None:
-        torch, FS = self.torch, self.FS
-        from fromscratch.kernels import dropout as KD
+        torch = self.torch
         dev = self.device
-        tols = {torch.float32: 1e-4, torch.float16: 4e-3, torch.bfloat16: 2e-2}
         g = torch.Generator(device=dev).manual_seed(1)
 
         def rnd(*shape, dtype=torch.float32, shift=0.0):
             return (torch.randn(*shape, generator=g, device=dev) + shift).to(dtype)
 
-        def grads(fn, args, ref_args, outs_grad):
-            a = [t.detach().clone().requires_grad_() for t in args]
-            r = [t.detach().float().requires_grad_() for t in ref_args]
-            ya, yr = fn(a, "triton"), fn(r, "torch")
-            ya, yr = (ya if isinstance(ya, tuple) else (ya,)), (yr if isinstance(yr, tuple)
-                                                                  else (yr,))
-            ga = torch.autograd.grad(ya, a, outs_grad)
-            gr = torch.autograd.grad(yr, r, [o.float() for o in outs_grad])
-            return ya, yr, ga, gr
-
         big = 1000 if dev.type == "cuda" else 9                # the interpreter is slow
         cases = [(37, 130, torch.float32), (big, 1537, torch.bfloat16),
                  (6, 20000, torch.float16)]
         for m, n, dt in cases:
-            tol = tols[dt]
-            x = rnd(m, n, dtype=dt, shift=3.0)
-            w, b = rnd(n) * 0.1 + 1, rnd(n) * 0.1
-            dy = rnd(m, n, dtype=dt)
-            ya, yr, ga, gr = grads(lambda t, be: FS.layer_norm(t[0], n, t[1], t[2], backend=be),
-                                   [x, w, b], [x, w, b], [dy])
-            self._record("layer_norm", (m, n), f"small {dt} y", ya[0], yr[0], tol=tol)
-            for name, a_, r_ in zip(("dx", "dw", "db"), ga, gr):
-                self._record("layer_norm", (m, n), f"small {dt} {name}", a_, r_,
-                             reduced=name != "dx", tol=tol)
-            ya, yr, ga, gr = grads(lambda t, be: FS.rms_norm(t[0], n, t[1], 1e-6, backend=be),
-                                   [x, w], [x, w], [dy])
-            self._record("rms_norm", (m, n), f"small {dt} y", ya[0], yr[0], tol=tol)
-            self._record("rms_norm", (m, n), f"small {dt} dx", ga[0], gr[0], tol=tol)
-            self._record("rms_norm", (m, n), f"small {dt} dw", ga[1], gr[1], reduced=True,
-                         tol=tol)
-            r = rnd(m, n, dtype=dt)
-            s_ours, y_ours = FS.fused_add_rms_norm(x, r, n, w, 1e-6, backend="triton")
-            s_ref = (x.float() + r.float()).to(dt)
-            self._record("fused_add_rms_norm", (m, n), f"small {dt} s", s_ours, s_ref, tol=tol)
-            self._record("fused_add_rms_norm", (m, n), f"small {dt} y", y_ours,
-                         FS.rms_norm(s_ref.float(), n, w, 1e-6, backend="torch"), tol=tol)
-            if n <= 2048:
-                xb = rnd(m, n, dtype=dt, shift=50.0)
-                ya, yr, ga, gr = grads(
-                    lambda t, be: FS.batch_norm(t[0], None, None, t[1], t[2], True,
-                                                backend=be), [xb, w, b], [xb, w, b], [dy])
-                self._record("batch_norm", (m, n), f"small {dt} y", ya[0], yr[0], tol=tol)
-                for name, a_, r_ in zip(("dx", "dw", "db"), ga, gr):
-                    self._record("batch_norm", (m, n), f"small {dt} {name}", a_, r_,
-                                 reduced=name != "dx", tol=tol)
-            yd = KD.apply(x, DROP_P, 99)
-            u = KD.uniforms(x.numel(), 99, device=dev).view(x.shape)
-            ok = bool(torch.all(((yd != 0) == (u >= DROP_P)) | (x == 0)))
-            self.checks.append({"op": "dropout", "shape": [m, n], "what": f"small {dt} mask",
-                                "ok": ok, "max_err": 0.0, "kind": "exact"})
+            self._check_small_case(m, n, dt, rnd)
+        self._check_column_slice(big, rnd)
+
+    def _check_small_case(self, m: int, n: int, dt, rnd: Callable) -> None:
+        """LayerNorm, RMSNorm, the fused residual RMSNorm, BatchNorm (up to 2048 columns) and
+        Dropout's mask at (m, n) in ``dt``, ours against torch's; ``rnd`` draws the inputs."""
+        torch, FS = self.torch, self.FS
+        from fromscratch.kernels import dropout as KD
+        tol = {torch.float32: 1e-4, torch.float16: 4e-3, torch.bfloat16: 2e-2}[dt]
+        shape, label = (m, n), f"small {dt}"
+        x = rnd(m, n, dtype=dt, shift=3.0)
+        w, b = rnd(n) * 0.1 + 1, rnd(n) * 0.1
+        dy = rnd(m, n, dtype=dt)
+        self._small_against_torch(
+            "layer_norm", shape, label, tol, ("dx", "dw", "db"), [x, w, b], [dy],
+            lambda t, be: FS.layer_norm(t[0], n, t[1], t[2], backend=be))
+        self._small_against_torch(
+            "rms_norm", shape, label, tol, ("dx", "dw"), [x, w], [dy],
+            lambda t, be: FS.rms_norm(t[0], n, t[1], 1e-6, backend=be))
+        r = rnd(m, n, dtype=dt)
+        s_ours, y_ours = FS.fused_add_rms_norm(x, r, n, w, 1e-6, backend="triton")
+        s_ref = (x.float() + r.float()).to(dt)
+        self._record("fused_add_rms_norm", shape, f"{label} s", s_ours, s_ref, tol=tol)
+        self._record("fused_add_rms_norm", shape, f"{label} y", y_ours,
+                     FS.rms_norm(s_ref.float(), n, w, 1e-6, backend="torch"), tol=tol)
+        if n <= 2048:
+            xb = rnd(m, n, dtype=dt, shift=50.0)
+            self._small_against_torch(
+                "batch_norm", shape, label, tol, ("dx", "dw", "db"), [xb, w, b], [dy],
+                lambda t, be: FS.batch_norm(t[0], None, None, t[1], t[2], True, backend=be))
+        yd = KD.apply(x, DROP_P, 99)
+        u = KD.uniforms(x.numel(), 99, device=self.device).view(x.shape)
+        ok = bool(torch.all(((yd != 0) == (u >= DROP_P)) | (x == 0)))
+        self.checks.append({"op": "dropout", "shape": [m, n], "what": f"{label} mask",
+                            "ok": ok, "max_err": 0.0, "kind": "exact"})
+
+    def _small_against_torch(self, op: str, shape: tuple[int, int], label: str, tol: float,
+                             names: tuple[str, ...], args: list, outs_grad: list,
+                             fn: Callable) -> None:
+        """Records ``fn``'s y and the gradients ``names`` (those of the weights, sums over
+        rows, relative to the max), ours against torch's, as "<label> y", "<label> dx"..."""
+        ya, yr, ga, gr = self._grads_against_torch(fn, args, args, outs_grad)
+        self._record(op, shape, f"{label} y", ya[0], yr[0], tol=tol)
+        for name, a_, r_ in zip(names, ga, gr):
+            self._record(op, shape, f"{label} {name}", a_, r_, reduced=name != "dx", tol=tol)
+
+    def _check_column_slice(self, big: int, rnd: Callable) -> None:
+        """LayerNorm reading a column slice of a wider tensor in place (row stride 2000)."""
+        torch, FS = self.torch, self.FS
         wide = rnd(big, 2000, dtype=torch.bfloat16)
         xs, n = wide[:, 100:1637], 1537                     # row stride 2000, read in place
         w = rnd(n) * 0.1 + 1
         dy = rnd(big, n, dtype=torch.bfloat16)
-        ya, yr, ga, gr = grads(lambda t, be: FS.layer_norm(t[0], n, t[1], backend=be),
-                               [xs, w], [xs, w], [dy])
+        ya, yr, ga, gr = self._grads_against_torch(
+            lambda t, be: FS.layer_norm(t[0], n, t[1], backend=be), [xs, w], [xs, w], [dy])
         self._record("layer_norm", (big, n), "column slice y", ya[0], yr[0])
         self._record("layer_norm", (big, n), "column slice dx", ga[0], gr[0])
+
+    def _grads_against_torch(self, fn: Callable, args: list, ref_args: list,
+                             outs_grad: list) -> tuple:
+        """``fn(tensors, backend)`` run with backend "triton" on copies of ``args`` and with
+        "torch" on float32 copies of ``ref_args``: (ours' outputs, the reference's, ours'
+        gradients, the reference's)."""
+        torch = self.torch
+        a = [t.detach().clone().requires_grad_() for t in args]
+        r = [t.detach().float().requires_grad_() for t in ref_args]
+        ya, yr = fn(a, "triton"), fn(r, "torch")
+        ya, yr = (ya if isinstance(ya, tuple) else (ya,)), (yr if isinstance(yr, tuple)
+                                                              else (yr,))
+        ga = torch.autograd.grad(ya, a, outs_grad)
+        gr = torch.autograd.grad(yr, r, [o.float() for o in outs_grad])
+        return ya, yr, ga, gr
 
     def check_int64(self, m: int = 2**31 // 1024 + 64, n: int = 1024,
                     chunk: int = 2**17) -> None:
@@ -510,12 +586,21 @@ class Bench:
         default; --smoke runs the same code on a small one).
 
         References are computed in chunks of rows, so the check needs ~6 such tensors."""
-        torch, FS = self.torch, self.FS
-        from fromscratch.kernels import dropout as KD
-        shape = (m, n)
+        torch = self.torch
         log(f"int64 check on {m}x{n} = {m * n} elements ({m * n / 2**31:.3f} x 2**31)")
         x = torch.randn(m, n, device=self.device, dtype=self.dtype)
         x.requires_grad_(True)
+        self._int64_layer_norm(x, chunk)
+        xf = x.detach()
+        self._int64_dropout(xf)
+        self._int64_batch_norm(xf, chunk)
+        del x, xf
+
+    def _int64_layer_norm(self, x, chunk: int) -> None:
+        """y and dx on the first and the last 64 rows; dweight summed in chunks of rows."""
+        torch, FS = self.torch, self.FS
+        m, n = x.shape
+        shape = (m, n)
         w = torch.ones(n, device=self.device, dtype=self.dtype, requires_grad=True)
         y = FS.layer_norm(x, n, w, None, backend="triton")
         dy = torch.randn_like(y)
@@ -532,8 +617,11 @@ class Bench:
             xh = torch.nn.functional.layer_norm(x.detach()[r0:r0 + chunk].float(), (n,))
             dw_t += (dy[r0:r0 + chunk].float() * xh).sum(0).double()
         self._record("layer_norm", shape, "int64 dweight", dw, dw_t, reduced=True)
-        del y, dy, dx, dw, dw_t
-        xf = x.detach()
+
+    def _int64_dropout(self, xf) -> None:
+        """The mask of the last elements (counters past 2**31 // 8) is u >= p."""
+        torch = self.torch
+        from fromscratch.kernels import dropout as KD
         seed, tail = 77, 4096
         yd = KD.apply(xf, DROP_P, seed)
         start = (xf.numel() - tail) // 8 * 8              # element e uses counter e // 8
@@ -541,9 +629,15 @@ class Bench:
         u = KD.uniforms(tail, seed, offset=start // 8, device=self.device)
         ok = bool(torch.all(((yd.view(-1)[start:] != 0) == (u >= DROP_P))
                             | (xf.view(-1)[start:] == 0)))
-        self.checks.append({"op": "dropout", "shape": list(shape), "what": "int64 tail mask",
+        self.checks.append({"op": "dropout", "shape": list(xf.shape), "what": "int64 tail mask",
                             "ok": ok, "max_err": 0.0, "kind": "exact"})
-        del yd
+
+    def _int64_batch_norm(self, xf, chunk: int) -> None:
+        """The running statistics (momentum 1: the batch's mean and unbiased variance, summed
+        in float64 in chunks of rows) and y of the last rows."""
+        torch, FS = self.torch, self.FS
+        m, n = xf.shape
+        shape = (m, n)
         rm, rv = torch.zeros(n, device=self.device), torch.ones(n, device=self.device)
         yb = FS.batch_norm(xf, rm, rv, None, None, True, 1.0, 1e-5, backend="triton")
         s1 = torch.zeros(n, device=self.device, dtype=torch.float64)
@@ -558,7 +652,6 @@ class Bench:
         self._record("batch_norm", shape, "int64 running_var (unbiased)", rv, var)
         ref_tail = (xf[-64:].double() - mean) / torch.sqrt(var * (m - 1) / m + 1e-5)
         self._record("batch_norm", shape, "int64 y last rows", yb[-64:], ref_tail)
-        del x, xf, yb, w
 
 
 def fmt_cell(res: dict[str, Any] | None) -> str:
@@ -574,48 +667,73 @@ def fmt_cell(res: dict[str, Any] | None) -> str:
 
 def report(meta: dict[str, Any], results: dict[str, Any], checks: list[dict[str, Any]],
            shapes: list[tuple[int, int]], ops: list[str], chosen: dict) -> str:
-    lines = ["# GPU kernels: fromscratch vs peers", "",
-             f"- card: {meta['device']}; torch {meta['torch']}, triton {meta['triton']}, "
-             f"CUDA {meta['cuda']}, Python {meta['python']}",
-             f"- date: {meta['date']}; wall time {meta['wall_s']:.0f} s; runs per configuration: "
-             f"{meta['runs']} (median run; spread min-max across runs)",
-             f"- copy bandwidth (y.copy_(x), {meta['copy_numel']} bf16 elements): "
-             f"**{meta['copy_GBps']:.0f} GB/s** "
-             f"(runs: {', '.join(f'{v:.0f}' for v in meta['copy_runs'])})",
-             "- bf16 activations; byte model of docs/kernels.md (see benchmarks/gpu_kernels.py); "
-             f"timing: {meta['timer']}",
-             f"- steps that replayed their launches (fromscratch.kernels._fast_path), per op: "
-             f"{meta['replays'] or 'none'}",
-             f"- Liger-Kernel: {'installed' if meta['liger'] else 'not installed'}; "
-             f"torch.compile: {meta['compile']}", ""]
-    bad = [c for c in checks if not c["ok"]]
-    lines.append(f"Correctness against the ops reference: {len(checks) - len(bad)} of "
-                 f"{len(checks)} checks pass" + ("" if not bad else ", FAILED: " + "; ".join(
-                     f"{c['op']} {tuple(c['shape'])} {c['what']} (err {c['max_err']:.3g})"
-                     for c in bad)))
-    lines.append("")
-    head = "| op | impl | " + " | ".join(f"{m}x{n}" for m, n in shapes) + " |"
-    sep = "|---|---|" + "---|" * len(shapes)
+    """The markdown report: the run's facts, the checks, a table of GB/s and % of the copy
+    bandwidth per mode, ours run by run, the targets, the tuner's choices."""
+    lines = header_lines(meta) + [checks_line(checks), ""]
     for mode in ("fwd+bwd", "fwd", GRAPH):
-        if not any(k[2] == mode for k in results):
-            continue
-        title = (f"## {mode}: GB/s and % of copy bandwidth (median run, spread)" if mode != GRAPH
-                 else f"## {mode}: the step captured once and replayed (device time, no host "
-                 "in the way; one run)")
-        lines += [title, "", head, sep]
-        for op in ops:
-            impls = sorted({k[1] for k in results if k[0] == op and k[2] == mode},
-                           key=lambda s: ["ours", "torch", "torch.compile", "liger",
-                                          "seed"].index(s))
-            for impl in impls:
-                cells = [fmt_cell(results.get((op, impl, mode, m, n))) for m, n in shapes]
-                name = f"**{impl}**" if impl == "ours" else impl
-                lines.append(f"| {op} | {name} | " + " | ".join(cells) + " |")
-        lines.append("")
+        lines += speed_table(mode, results, shapes, ops)
     lines += host_table(results, shapes, ops)
-    lines += ["## Targets (ours, % of copy bandwidth, median run)", "",
-              "| op | mode | target | " + " | ".join(f"{m}x{n}" for m, n in shapes) + " | met |",
-              "|---|---|---|" + "---|" * len(shapes) + "---|"]
+    lines += targets_table(results, shapes, ops)
+    lines += ["Launch configurations chosen by the tuner (first call per size):", ""]
+    lines += [f"- {key}: {cfg}" for key, cfg in chosen.items()]
+    return "\n".join(lines) + "\n"
+
+
+def header_lines(meta: dict[str, Any]) -> list[str]:
+    """The title and the run's facts: card, versions, date, runs, copy bandwidth, timer."""
+    return ["# GPU kernels: fromscratch vs peers", "",
+            f"- card: {meta['device']}; torch {meta['torch']}, triton {meta['triton']}, "
+            f"CUDA {meta['cuda']}, Python {meta['python']}",
+            f"- date: {meta['date']}; wall time {meta['wall_s']:.0f} s; runs per configuration: "
+            f"{meta['runs']} (median run; spread min-max across runs)",
+            f"- copy bandwidth (y.copy_(x), {meta['copy_numel']} bf16 elements): "
+            f"**{meta['copy_GBps']:.0f} GB/s** "
+            f"(runs: {', '.join(f'{v:.0f}' for v in meta['copy_runs'])})",
+            "- bf16 activations; byte model of docs/kernels.md (see benchmarks/gpu_kernels.py); "
+            f"timing: {meta['timer']}",
+            f"- steps that replayed their launches (fromscratch.kernels._fast_path), per op: "
+            f"{meta['replays'] or 'none'}",
+            f"- Liger-Kernel: {'installed' if meta['liger'] else 'not installed'}; "
+            f"torch.compile: {meta['compile']}", ""]
+
+
+def checks_line(checks: list[dict[str, Any]]) -> str:
+    """How many checks pass, and each failed one with its error."""
+    bad = [c for c in checks if not c["ok"]]
+    return (f"Correctness against the ops reference: {len(checks) - len(bad)} of "
+            f"{len(checks)} checks pass" + ("" if not bad else ", FAILED: " + "; ".join(
+                f"{c['op']} {tuple(c['shape'])} {c['what']} (err {c['max_err']:.3g})"
+                for c in bad)))
+
+
+def speed_table(mode: str, results: dict[tuple, dict[str, Any]],
+                shapes: list[tuple[int, int]], ops: list[str]) -> list[str]:
+    """The table of ``mode``: a row per op and implementation, a cell per shape (fmt_cell);
+    none when nothing was measured in that mode."""
+    if not any(k[2] == mode for k in results):
+        return []
+    title = (f"## {mode}: GB/s and % of copy bandwidth (median run, spread)" if mode != GRAPH
+             else f"## {mode}: the step captured once and replayed (device time, no host "
+             "in the way; one run)")
+    lines = [title, "", "| op | impl | " + " | ".join(f"{m}x{n}" for m, n in shapes) + " |",
+             "|---|---|" + "---|" * len(shapes)]
+    for op in ops:
+        impls = sorted({k[1] for k in results if k[0] == op and k[2] == mode},
+                       key=IMPL_ORDER.index)
+        for impl in impls:
+            cells = [fmt_cell(results.get((op, impl, mode, m, n))) for m, n in shapes]
+            name = f"**{impl}**" if impl == "ours" else impl
+            lines.append(f"| {op} | {name} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def targets_table(results: dict[tuple, dict[str, Any]], shapes: list[tuple[int, int]],
+                  ops: list[str]) -> list[str]:
+    """Ours' median-run % of the copy bandwidth against TARGETS, per shape, and whether every
+    shape meets it."""
+    lines = ["## Targets (ours, % of copy bandwidth, median run)", "",
+             "| op | mode | target | " + " | ".join(f"{m}x{n}" for m, n in shapes) + " | met |",
+             "|---|---|---|" + "---|" * len(shapes) + "---|"]
     for (op, mode), target in TARGETS.items():
         if op not in ops:
             continue
@@ -626,13 +744,7 @@ def report(meta: dict[str, Any], results: dict[str, Any], checks: list[dict[str,
         met = all(v is not None and v >= target for v in vals)
         lines.append(f"| {op} | {mode} | >= {target} | " + " | ".join(
             "-" if v is None else f"{v:.0f}" for v in vals) + f" | {'yes' if met else 'NO'} |")
-    lines += ["", "Launch configurations chosen by the tuner (first call per size):", ""]
-    for key, cfg in chosen.items():
-        lines.append(f"- {key}: {cfg}")
-    return "\n".join(lines) + "\n"
-
-
-GRAPH = "fwd+bwd, CUDA graph"
+    return lines + [""]
 
 
 def host_table(results: dict[tuple, dict[str, Any]], shapes: list[tuple[int, int]],
@@ -658,157 +770,258 @@ def host_table(results: dict[tuple, dict[str, Any]], shapes: list[tuple[int, int
             "| op | shape | graph us (device) | runs |", "|---|---|---:|---|", *rows, ""]
 
 
-def graph_step(bench: Bench, problems: dict, results: dict, shapes: list[tuple[int, int]],
-               ops: list[str], copy_gbps: float) -> None:
-    """Each implementation's forward+backward captured once in a CUDA graph and replayed
-    (mode ``GRAPH``): what the GPU itself takes, with the host's launch and autograd costs out
-    of the way. One measurement per configuration; an implementation that cannot be
-    captured (our Triton dropout refuses: its seed is drawn on the host) gets no cell."""
-    for m, n in shapes:
-        for op in ops:
-            for impl, (fwd, params, grads) in bench.impls(op, m, n, problems[(op, m, n)]).items():
-                if impl == "seed":
-                    continue
-                ms = bench.graph_ms(grad_step(fwd, params, grads))
-                if ms is not None:
-                    gbps = bench.bytes_moved(op, "fwd+bwd", m, n, 2) / (ms * 1e-3) / 1e9
-                    results[(op, impl, GRAPH, m, n)] = {"ms_runs": [ms],
-                                                        "pct_runs": [100 * gbps / copy_gbps]}
+# ----------------------------------------------------------------------------------------
+# The script: main() and its steps
+# ----------------------------------------------------------------------------------------
+
+Problems = dict[tuple[str, int, int], dict[str, Any]]    # (op, M, N) -> that op's inputs
+Results = dict[tuple, dict[str, Any]]                     # (op, impl, mode, M, N) -> timings
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
+class Plan(NamedTuple):
+    """What this invocation measures and where: the shapes, the runs per configuration and
+    the ops (from the flags), the device's name and Triton's version."""
+    shapes: list[tuple[int, int]]
+    runs: int
+    ops: list[str]
+    device: str
+    triton: str
+
+
+def import_triton(args: argparse.Namespace):
+    """Triton, imported once the environment that it and our kernels read on import is set:
+    --smoke runs the kernels in Triton's interpreter (TRITON_INTERPRET=1 unless set),
+    --no-tune sets FROMSCRATCH_TUNE=0 (default launch configurations)."""
     if args.smoke:
         os.environ.setdefault("TRITON_INTERPRET", "1")
     if args.no_tune:
         os.environ["FROMSCRATCH_TUNE"] = "0"
     import triton
-    if not args.smoke and not torch.cuda.is_available():
-        print("no CUDA device: run with --smoke for the CPU interpreter check", file=sys.stderr)
-        return 2
-    bench = Bench(args)
+    return triton
+
+
+def make_plan(args: argparse.Namespace, triton_version: str) -> Plan:
+    """--smoke: the tiny shapes, one run, on the CPU; --quick: every other shape, 3 runs;
+    otherwise every shape, 5 runs (--runs overrides); --ops, comma-separated."""
     shapes = SMOKE_SHAPES if args.smoke else (SHAPES[::2] if args.quick else SHAPES)
     runs = args.runs or (1 if args.smoke else 3 if args.quick else 5)
     ops = [o.strip() for o in args.ops.split(",") if o.strip()]
-    dev_name = "CPU (Triton interpreter)" if args.smoke else torch.cuda.get_device_name()
-    log(f"{dev_name}; torch {torch.__version__}, triton {triton.__version__}; "
-        f"shapes {shapes}; runs {runs}; ops {ops}")
+    device = "CPU (Triton interpreter)" if args.smoke else torch.cuda.get_device_name()
+    return Plan(shapes, runs, ops, device, triton_version)
+
+
+def log_plan(bench: Bench, plan: Plan) -> None:
+    """The device, the versions, the plan, and whether Liger-Kernel is installed."""
+    log(f"{plan.device}; torch {torch.__version__}, triton {plan.triton}; "
+        f"shapes {plan.shapes}; runs {plan.runs}; ops {plan.ops}")
     log(f"Liger-Kernel: {'installed' if bench.liger else 'not installed'}")
 
-    copy = bench.copy_bandwidth()
-    log(f"copy bandwidth {copy['GBps']:.0f} GB/s")
 
-    # inputs per (op, shape) stay allocated for the whole run
-    problems: dict[tuple[str, int, int], dict[str, Any]] = {}
-    for m, n in shapes:
-        for op in ops:
+def failed_check(op: str, shape: list, e: Exception, prefix: str = "") -> dict[str, Any]:
+    """The failed check recorded for a check that raised ``e``."""
+    return {"op": op, "shape": shape, "ok": False, "max_err": 0.0,
+            "what": f"{prefix}{type(e).__name__}: {str(e)[:300]}", "kind": "error"}
+
+
+def check_before_timing(bench: Bench, plan: Plan) -> Problems:
+    """The inputs of every op at every shape, checked there against the ops reference
+    (Bench.check), then the small, masked and looped shapes (Bench.check_small); a check
+    that raises is a failed check. Returns the inputs: they stay allocated for the whole
+    run, and the timing, the checks after it and the graph step use them."""
+    problems: Problems = {}
+    for m, n in plan.shapes:
+        for op in plan.ops:
             d = bench.inputs(op, m, n)
             problems[(op, m, n)] = d
             log(f"check {op} {m}x{n}")
             try:
                 bench.check(op, m, n, d)
             except Exception as e:                      # noqa: BLE001 - report, go on
-                bench.checks.append({"op": op, "shape": [m, n], "ok": False, "max_err": 0.0,
-                                     "what": f"{type(e).__name__}: {str(e)[:300]}",
-                                     "kind": "error"})
+                bench.checks.append(failed_check(op, [m, n], e))
                 log(f"  check {op} {m}x{n} raised {type(e).__name__}: {str(e)[:300]}")
     log("check small, masked and looped shapes")
     try:
         bench.check_small()
     except Exception as e:                              # noqa: BLE001 - report, go on
-        bench.checks.append({"op": "small", "shape": [], "ok": False, "max_err": 0.0,
-                             "what": f"{type(e).__name__}: {str(e)[:300]}", "kind": "error"})
+        bench.checks.append(failed_check("small", [], e))
         log(f"  small checks raised {type(e).__name__}: {str(e)[:300]}")
     n_bad = sum(not c["ok"] for c in bench.checks)
     log(f"correctness: {len(bench.checks) - n_bad}/{len(bench.checks)} checks pass")
+    return problems
 
-    results: dict[tuple, dict[str, Any]] = {}
-    warm: set[tuple] = set()
-    deadline = bench.t0 + args.budget_s
+
+def hard_deadline(bench: Bench) -> float:
+    """When measuring stops, even in the first run: 1.6 times --budget-s after the start."""
+    return bench.t0 + 1.6 * bench.args.budget_s
+
+
+def budget_spent(bench: Bench, run: int) -> bool:
+    """After the first run, --budget-s seconds since the start; in any run, the hard
+    deadline."""
+    deadline = bench.t0 + bench.args.budget_s
+    return (run > 0 and time.time() > deadline) or time.time() > hard_deadline(bench)
+
+
+class Timings:
+    """The timed measurements, ``results``: (op, impl, mode, M, N) ->
+    {"ms_runs", "pct_runs"} (ours' forward+backward also "host_us_runs"), or {"error"} once
+    the configuration raised (it is then not timed again). A configuration is called once
+    untimed before its first timing (compile, tune, warm)."""
+
+    def __init__(self, bench: Bench, problems: Problems, copy_gbps: float):
+        self.bench, self.problems, self.copy_gbps = bench, problems, copy_gbps
+        self.results: Results = {}
+        self.warm: set[tuple] = set()
+
+    def run(self, run: int, plan: Plan) -> bool:
+        """Run number ``run`` (from 0) over every shape and op; False when the time budget
+        stopped it before a shape (logged)."""
+        for m, n in plan.shapes:
+            if budget_spent(self.bench, run):
+                log(f"time budget (--budget-s {self.bench.args.budget_s:.0f}) reached in run "
+                    f"{run + 1}; reporting what was measured")
+                return False
+            for op in plan.ops:
+                self.problem(op, m, n, first_run=run == 0)
+        return True
+
+    def problem(self, op: str, m: int, n: int, first_run: bool) -> None:
+        """Every implementation of ``op`` at (m, n), forward then forward+backward; in the
+        first run, a failed check for each shared input an implementation wrote into."""
+        d = self.problems[(op, m, n)]
+        before = self.bench.fingerprint(d) if first_run else None
+        for impl, (fwd, params, grads) in self.bench.impls(op, m, n, d).items():
+            for mode in ("fwd", "fwd+bwd"):
+                self.measure((op, impl, mode, m, n), fwd, params, grads)
+            if before is not None:                  # first run: inputs unchanged?
+                self.bench.check_untouched(op, (m, n), impl, d, before)
+
+    def measure(self, key: tuple, fwd: Callable[[], Any], params: list, grads: list) -> None:
+        """One timing of the configuration ``key``: ``fwd``, or in mode "fwd+bwd" the step
+        through autograd (grad_step); an exception is its result from then on (logged)."""
+        op, impl, mode, m, n = key
+        if key in self.results and "error" in self.results[key]:
+            return
+        fn = fwd if mode == "fwd" else grad_step(fwd, params, grads)
+        try:
+            self.warm_up(key, fn)
+            ms = self.bench.time_ms(fn)
+        except Exception as e:                      # noqa: BLE001 - report, go on
+            self.results[key] = {"error": f"{type(e).__name__}: {e}"[:300]}
+            log(f"  {op} {impl} {mode} {m}x{n}: {self.results[key]['error']}")
+            return
+        self.add(key, fn, ms)
+
+    def warm_up(self, key: tuple, fn: Callable[[], Any]) -> None:
+        """The first call of a configuration, untimed: compile, tune, warm (logged when it
+        takes over 2 s)."""
+        if key in self.warm:
+            return
+        t = time.time()
+        fn()
+        self.bench.sync()
+        self.warm.add(key)
+        if time.time() - t > 2:
+            op, impl, mode, m, n = key
+            log(f"  warm-up {op} {impl} {mode} {m}x{n}: {time.time() - t:.1f} s")
+
+    def add(self, key: tuple, fn: Callable[[], Any], ms: float) -> None:
+        """A timing of ``key``, in ms and in % of the copy bandwidth; for ours'
+        forward+backward also the host's us per step, measured right after."""
+        op, impl, mode, m, n = key
+        gbps = self.bench.bytes_moved(op, mode, m, n, 2) / (ms * 1e-3) / 1e9
+        r = self.results.setdefault(key, {"ms_runs": [], "pct_runs": []})
+        r["ms_runs"].append(ms)
+        r["pct_runs"].append(100 * gbps / self.copy_gbps)
+        if impl == "ours" and mode == "fwd+bwd":    # the host, this run
+            r.setdefault("host_us_runs", []).append(
+                self.bench.host_us(fn, 3 if self.bench.args.smoke else 20))
+
+
+def time_runs(bench: Bench, plan: Plan, problems: Problems,
+              copy_gbps: float) -> tuple[Results, int]:
+    """Every configuration timed ``plan.runs`` times, interleaved (each run goes through
+    every shape, op, implementation and mode), until the time budget is spent. Returns the
+    measurements (Timings.results) and the number of runs completed."""
+    timings = Timings(bench, problems, copy_gbps)
     done_runs = 0
-    stop = False
-    hard_deadline = bench.t0 + 1.6 * args.budget_s
-    for run in range(runs):
-        for m, n in shapes:
-            if (run > 0 and time.time() > deadline) or time.time() > hard_deadline:
-                log(f"time budget (--budget-s {args.budget_s:.0f}) reached in run {run + 1}; "
-                    "reporting what was measured")
-                stop = True
-                break
-            for op in ops:
-                d = problems[(op, m, n)]
-                before = bench.fingerprint(d) if run == 0 else None
-                for impl, (fwd, params, grads) in bench.impls(op, m, n, d).items():
-                    for mode in ("fwd", "fwd+bwd"):
-                        key = (op, impl, mode, m, n)
-                        if key in results and "error" in results[key]:
-                            continue
-                        fn = fwd if mode == "fwd" else grad_step(fwd, params, grads)
-                        try:
-                            if key not in warm:              # compile, tune, warm
-                                t = time.time()
-                                fn()
-                                bench.sync()
-                                warm.add(key)
-                                if time.time() - t > 2:
-                                    log(f"  warm-up {op} {impl} {mode} {m}x{n}: "
-                                        f"{time.time() - t:.1f} s")
-                            ms = bench.time_ms(fn)
-                        except Exception as e:              # noqa: BLE001 - report, go on
-                            results[key] = {"error": f"{type(e).__name__}: {e}"[:300]}
-                            log(f"  {op} {impl} {mode} {m}x{n}: {results[key]['error']}")
-                            continue
-                        gbps = bench.bytes_moved(op, mode, m, n, 2) / (ms * 1e-3) / 1e9
-                        r = results.setdefault(key, {"ms_runs": [], "pct_runs": []})
-                        r["ms_runs"].append(ms)
-                        r["pct_runs"].append(100 * gbps / copy["GBps"])
-                        if impl == "ours" and mode == "fwd+bwd":    # the host, this run
-                            r.setdefault("host_us_runs", []).append(
-                                bench.host_us(fn, 3 if args.smoke else 20))
-                    if before is not None:                  # first run: inputs unchanged?
-                        bench.check_untouched(op, (m, n), impl, d, before)
-        if stop:
+    for run in range(plan.runs):
+        if not timings.run(run, plan):
             break
         done_runs = run + 1
-        log(f"run {run + 1}/{runs} done ({time.time() - bench.t0:.0f} s)")
-    # The checks above ran each op's first steps; every later step replayed its launches
-    # (fromscratch.kernels._fast_path). Check those again, on the same tensors, now.
+        log(f"run {run + 1}/{plan.runs} done ({time.time() - bench.t0:.0f} s)")
+    return timings.results, done_runs
+
+
+def check_after_timing(bench: Bench, plan: Plan, problems: Problems) -> None:
+    """The checks again, on the same inputs, their names prefixed "after timing: ": the
+    checks before timing ran each op's first steps, and every later step replayed its
+    launches (fromscratch.kernels._fast_path). Dropout does not replay."""
     log("check again after timing (the steps now replay their launches)")
     bench.tag = "after timing: "
-    for m, n in shapes:
-        for op in [o for o in ops if o != "dropout"]:       # dropout does not replay
+    for m, n in plan.shapes:
+        for op in [o for o in plan.ops if o != "dropout"]:  # dropout does not replay
             try:
                 bench.check(op, m, n, problems[(op, m, n)])
             except Exception as e:                      # noqa: BLE001 - report, go on
-                bench.checks.append({"op": op, "shape": [m, n], "ok": False, "max_err": 0.0,
-                                     "what": f"after timing: {type(e).__name__}: "
-                                             f"{str(e)[:300]}", "kind": "error"})
+                bench.checks.append(failed_check(op, [m, n], e, "after timing: "))
     bench.tag = ""
-    if not args.no_graph and time.time() < hard_deadline:
-        log("fwd+bwd in a CUDA graph (device time, no host in the way)")
-        graph_step(bench, problems, results, shapes, ops, copy["GBps"])
+
+
+def graph_step(bench: Bench, problems: Problems, results: Results,
+               shapes: list[tuple[int, int]], ops: list[str], copy_gbps: float) -> None:
+    """Each implementation's forward+backward captured once in a CUDA graph and replayed
+    (mode ``GRAPH``): what the GPU itself takes, with the host's launch and autograd costs out
+    of the way. One measurement per configuration; an implementation that cannot be
+    captured (our Triton dropout refuses: its seed is drawn on the host) gets no cell."""
+    log("fwd+bwd in a CUDA graph (device time, no host in the way)")
+    for m, n in shapes:
+        for op in ops:
+            for impl, (fwd, params, grads) in bench.impls(op, m, n, problems[(op, m, n)]).items():
+                if impl == "seed":
+                    continue
+                ms = bench.graph_ms(grad_step(fwd, params, grads))
+                if ms is None:
+                    continue
+                gbps = bench.bytes_moved(op, "fwd+bwd", m, n, 2) / (ms * 1e-3) / 1e9
+                results[(op, impl, GRAPH, m, n)] = {"ms_runs": [ms],
+                                                    "pct_runs": [100 * gbps / copy_gbps]}
+
+
+def add_medians(bench: Bench, results: Results) -> None:
+    """Each configuration's median ms across its runs ("ms"), and the GB/s at it."""
     for key, r in results.items():
         if "ms_runs" in r:
             r["ms"] = statistics.median(r["ms_runs"])
             r["GBps"] = bench.bytes_moved(key[0], key[2], key[3], key[4], 2) / r["ms"] * 1e-6
 
-    problems.clear()
-    if not (args.quick or args.no_int64):
-        if bench.device.type == "cuda":
-            torch.cuda.empty_cache()
-        try:
-            bench.check_int64(**({"m": 70, "n": 64, "chunk": 16} if args.smoke else {}))
-        except Exception as e:                          # noqa: BLE001 - report, keep results
-            bench.checks.append({"op": "int64", "shape": [], "what": f"{type(e).__name__}: "
-                                 f"{str(e)[:200]}", "ok": isinstance(
-                                     e, torch.cuda.OutOfMemoryError), "max_err": 0.0,
-                                 "kind": "skipped (out of memory)" if isinstance(
-                                     e, torch.cuda.OutOfMemoryError) else "error"})
-            log(f"int64 check: {type(e).__name__}: {str(e)[:200]}")
-    n_bad = sum(not c["ok"] for c in bench.checks)
 
-    from fromscratch.kernels import _common, _fast_path, _tune
-    meta = {"device": dev_name, "torch": torch.__version__, "triton": triton.__version__,
+def check_int64_offsets(bench: Bench) -> None:
+    """Unless --quick or --no-int64: Bench.check_int64 (a small tensor under --smoke), after
+    emptying the CUDA cache. Out of memory is a passed check of kind "skipped (out of
+    memory)"; any other exception a failed one."""
+    args = bench.args
+    if args.quick or args.no_int64:
+        return
+    if bench.device.type == "cuda":
+        torch.cuda.empty_cache()
+    try:
+        bench.check_int64(**({"m": 70, "n": 64, "chunk": 16} if args.smoke else {}))
+    except Exception as e:                          # noqa: BLE001 - report, keep results
+        oom = isinstance(e, torch.cuda.OutOfMemoryError)
+        bench.checks.append({"op": "int64", "shape": [], "what": f"{type(e).__name__}: "
+                             f"{str(e)[:200]}", "ok": oom, "max_err": 0.0,
+                             "kind": "skipped (out of memory)" if oom else "error"})
+        log(f"int64 check: {type(e).__name__}: {str(e)[:200]}")
+
+
+def metadata(bench: Bench, plan: Plan, results: Results, done_runs: int,
+             copy: dict[str, Any]) -> dict[str, Any]:
+    """The run's facts, for the report's header and the json's "meta" (wall time: until
+    now)."""
+    from fromscratch.kernels import _fast_path
+    args = bench.args
+    return {"device": plan.device, "torch": torch.__version__, "triton": plan.triton,
             "cuda": torch.version.cuda, "python": platform.python_version(),
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "wall_s": time.time() - bench.t0,
@@ -821,21 +1034,60 @@ def main(argv: list[str] | None = None) -> int:
             "replays": dict(_fast_path.replays),
             "compile": "off" if (args.no_compile or args.quick or args.smoke)
             else "dynamic=False, per shape, LayerNorm and RMSNorm"}
+
+
+def tuner_choices() -> dict[str, Any]:
+    """The launch configurations the tuner chose, the programs per SM, and the tuner's
+    median ms per candidate."""
+    from fromscratch.kernels import _common, _tune
     chosen = {str(k): v for k, v in _tune.chosen().items()}
     chosen.update({f"programs per SM {k}": v for k, v in _common._resident.items()})
     chosen.update({f"tuner median ms per candidate {k}": [round(v, 4) for v in ms]
                    for k, ms in _tune.timings().items()})
-    text = report(meta, results, bench.checks, shapes, ops, chosen)
-    out = Path(args.out)
+    return chosen
+
+
+def write_report(out: Path, meta: dict[str, Any], checks: list[dict[str, Any]],
+                 results: Results, plan: Plan, chosen: dict[str, Any]) -> None:
+    """The markdown report to ``out``, the raw numbers beside it (.json), and the report
+    up to the tuner's choices on stdout."""
+    text = report(meta, results, checks, plan.shapes, plan.ops, chosen)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
-    raw = {"meta": meta, "checks": bench.checks, "tuned": chosen,
+    raw = {"meta": meta, "checks": checks, "tuned": chosen,
            "results": [{"op": k[0], "impl": k[1], "mode": k[2], "M": k[3], "N": k[4], **v}
                        for k, v in results.items()]}
     out.with_suffix(".json").write_text(json.dumps(raw, indent=1))
     print(text.split("\nLaunch configurations")[0], flush=True)   # those are in the file
     log(f"wrote {out} and {out.with_suffix('.json')}")
-    return 0 if n_bad == 0 else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the flags, set up, check ours at every (op, shape), time every implementation
+    run after run, check again, time the CUDA graphs, check past 2**31 elements, report.
+    Returns 0 when every check passed, 1 when one failed, 2 with no CUDA device (and no
+    --smoke)."""
+    args = parse(argv)
+    triton = import_triton(args)
+    if not args.smoke and not torch.cuda.is_available():
+        print("no CUDA device: run with --smoke for the CPU interpreter check", file=sys.stderr)
+        return 2
+    bench = Bench(args)
+    plan = make_plan(args, triton.__version__)
+    log_plan(bench, plan)
+    copy = bench.copy_bandwidth()
+    log(f"copy bandwidth {copy['GBps']:.0f} GB/s")
+    problems = check_before_timing(bench, plan)
+    results, done_runs = time_runs(bench, plan, problems, copy["GBps"])
+    check_after_timing(bench, plan, problems)
+    if not args.no_graph and time.time() < hard_deadline(bench):
+        graph_step(bench, problems, results, plan.shapes, plan.ops, copy["GBps"])
+    add_medians(bench, results)
+    problems.clear()                                    # memory for the int64 check
+    check_int64_offsets(bench)
+    meta = metadata(bench, plan, results, done_runs, copy)
+    write_report(Path(args.out), meta, bench.checks, results, plan, tuner_choices())
+    return 0 if all(c["ok"] for c in bench.checks) else 1
 
 
 if __name__ == "__main__":
