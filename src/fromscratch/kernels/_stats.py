@@ -1,4 +1,5 @@
-r"""The per-row r = 1 / sqrt(mean(a^2) + eps) of the row-norm forwards, never a plausible 0.
+r"""What the row-norm forwards' kernels share: the block of whole rows a program holds
+(``row_block``), and the per-row r = 1 / sqrt(mean(a^2) + eps), never a plausible 0.
 
 A square overflows float32 (|a| beyond 1.8e19) long before the normalised a r stops being
 representable; mean(a^2) is then inf and the plain formula gives r = 0, every output 0.
@@ -21,6 +22,17 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+
+@triton.jit
+def row_block(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Program i's rows i BLOCK_M ... (int64, to multiply a stride), each whole in its
+    BLOCK_N >= N columns: (rows, cols, the rows' mask, the columns', the block's)."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_N)
+    rmask = rows < M
+    cmask = cols < N
+    return rows, cols, rmask, cmask, rmask[:, None] & cmask[None, :]
 
 
 @triton.jit

@@ -104,6 +104,17 @@ def _stats_kernel(X, MEAN_P, M2_P, M, C, stride_x, rows_per_program,
 
 
 @triton.jit
+def _partial_rows(p0, P, M, C, rows_per_program, cols, cmask, BLOCK_P: tl.constexpr):
+    """Rows p0 .. p0 + BLOCK_P of the (P, C) partial buffers, at ``cols``: their offsets and
+    mask, and n_i, the rows of x that block i counted (float32, (BLOCK_P, 1); 0 past P)."""
+    ps = p0 + tl.arange(0, BLOCK_P)
+    mask = (ps < P)[:, None] & cmask[None, :]
+    n_i = tl.minimum(tl.maximum(M - ps.to(tl.int64) * rows_per_program, 0), rows_per_program)
+    offs = ps[:, None].to(tl.int64) * C + cols[None, :]
+    return offs, mask, n_i.to(tl.float32)[:, None]
+
+
+@triton.jit
 def _combine_kernel(X, MEAN_P, M2_P, P, M, rows_per_program, MEAN_D, MEAN, VAR, RSTD, RUN_MEAN,
                     RUN_VAR, C, inv_m, unbias, momentum, eps, HAS_RUNNING: tl.constexpr,
                     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -111,21 +122,14 @@ def _combine_kernel(X, MEAN_P, M2_P, P, M, rows_per_program, MEAN_D, MEAN, VAR, 
     cmask = cols < C
     acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
     for p0 in range(0, P, BLOCK_P):
-        ps = p0 + tl.arange(0, BLOCK_P)
-        mask = (ps < P)[:, None] & cmask[None, :]
-        n_i = tl.minimum(tl.maximum(M - ps.to(tl.int64) * rows_per_program, 0), rows_per_program)
-        offs = ps[:, None].to(tl.int64) * C + cols[None, :]
-        mean_i = tl.load(MEAN_P + offs, mask=mask, other=0.0)
-        acc += n_i.to(tl.float32)[:, None] * mean_i
+        offs, mask, n_i = _partial_rows(p0, P, M, C, rows_per_program, cols, cmask, BLOCK_P)
+        acc += n_i * tl.load(MEAN_P + offs, mask=mask, other=0.0)
     mu = tl.sum(acc, axis=0) * inv_m                     # mean(d), d = x - K
     acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
     for p0 in range(0, P, BLOCK_P):
-        ps = p0 + tl.arange(0, BLOCK_P)
-        mask = (ps < P)[:, None] & cmask[None, :]
-        n_i = tl.minimum(tl.maximum(M - ps.to(tl.int64) * rows_per_program, 0), rows_per_program)
-        offs = ps[:, None].to(tl.int64) * C + cols[None, :]
+        offs, mask, n_i = _partial_rows(p0, P, M, C, rows_per_program, cols, cmask, BLOCK_P)
         d = tl.load(MEAN_P + offs, mask=mask, other=0.0) - mu[None, :]
-        acc += tl.load(M2_P + offs, mask=mask, other=0.0) + n_i.to(tl.float32)[:, None] * d * d
+        acc += tl.load(M2_P + offs, mask=mask, other=0.0) + n_i * d * d
     var = tl.sum(acc, axis=0) * inv_m
     tl.store(MEAN_D + cols, mu, mask=cmask)
     mu += tl.load(X + cols, mask=cmask, other=0.0).to(tl.float32)   # mu = K + mean(d)
@@ -142,19 +146,33 @@ def _combine_kernel(X, MEAN_P, M2_P, P, M, rows_per_program, MEAN_D, MEAN, VAR, 
 
 
 @triton.jit
+def _block(M, C, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The block of an element-wise kernel's program (i, j): rows i BLOCK_M ... (int64),
+    columns j BLOCK_C ..., the columns' mask and the block's."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    return rows, cols, cmask, (rows < M)[:, None] & cmask[None, :]
+
+
+@triton.jit
+def _scale(RSTD, W, cols, cmask, HAS_W: tl.constexpr):
+    """r w per column, float32 (r without a weight): what multiplies x - mu in y, dy in dx."""
+    scale = tl.load(RSTD + cols, mask=cmask, other=0.0)
+    if HAS_W:
+        scale = scale * tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
+    return scale
+
+
+@triton.jit
 def _normalize_kernel(X, Y, MEAN, RSTD, W, B, M, C, stride_x, stride_y,
                       HAS_W: tl.constexpr, HAS_B: tl.constexpr, SHIFTED: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     # SHIFTED (batch statistics): MEAN holds mean(d), d = x - K, and x - mu = d - mean(d)
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cols < C
-    mask = (rows < M)[:, None] & cmask[None, :]
+    rows, cols, cmask, mask = _block(M, C, BLOCK_M, BLOCK_C)
     x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
     mean = tl.load(MEAN + cols, mask=cmask, other=0.0)
-    scale = tl.load(RSTD + cols, mask=cmask, other=0.0)
-    if HAS_W:
-        scale = scale * tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
+    scale = _scale(RSTD, W, cols, cmask, HAS_W)
     # (x - mu) * (r w), not x * (r w) - mu r w: the latter cancels on mean-shifted columns
     x = x.to(tl.float32)
     if SHIFTED:
@@ -201,15 +219,10 @@ def _bwd_sums_kernel(X, DY, MEAN, RSTD, SDY_P, SDYX_P, M, C, stride_x, stride_dy
 def _dx_kernel(X, DY, DX, MEAN, RSTD, W, SDY, SDYX, M, C, stride_x, stride_dy, stride_dx, inv_m,
                HAS_W: tl.constexpr, BATCH_STATS: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cols < C
-    mask = (rows < M)[:, None] & cmask[None, :]
+    rows, cols, cmask, mask = _block(M, C, BLOCK_M, BLOCK_C)
     dy = tl.load(DY + rows[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0)
     dy = dy.to(tl.float32)
-    scale = tl.load(RSTD + cols, mask=cmask, other=0.0)
-    if HAS_W:
-        scale = scale * tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
+    scale = _scale(RSTD, W, cols, cmask, HAS_W)
     if BATCH_STATS:
         x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
         mean = tl.load(MEAN + cols, mask=cmask, other=0.0)
@@ -277,39 +290,48 @@ def _normalize(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
     return y
 
 
-def _partial_statistics(x: torch.Tensor, recorder: list | None
-                        ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-    """``_stats_kernel``'s partials of d = x - K: (mean, M2) of each block of rows, both
-    (P, C) float32, then P and the rows per block."""
+def _column_partials(kernel: Any, name: str, x: torch.Tensor, inputs: tuple, strides: tuple,
+                     recorder: list | None) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """Launch a column reduction, ``_stats_kernel`` or ``_bwd_sums_kernel``, over x (M, C) in
+    its tuned configuration (``name`` keys the tuning and the occupancy): P blocks of rows
+    by the column blocks, each program writing the partials of its block into row p of two
+    (P, C) float32 buffers. Returns both buffers, P and the rows per block. The kernel's
+    arguments: ``inputs``, the two buffers, M, C, ``strides``, the rows per block."""
     m, c = x.shape
     sms = num_sms(x.device)
-    parts: dict[str, Any] = {}
+    launched: list[Any] = []
 
     def launch(cfg: tuple[int, int, int, int, bool, int], recorder: list | None = None) -> None:
         bm, bc, warps, waves, prefetch, stages = cfg
-        variant = ("batch_norm_stats", cfg, x.dtype)
+        variant = (name, cfg, x.dtype)
         p, rows = _row_split(m, c, cfg, sms * waves * resident_programs(variant))
-        parts.update(p=p, rows=rows,
-                     mean=torch.empty((p, c), dtype=torch.float32, device=x.device),
-                     m2=torch.empty((p, c), dtype=torch.float32, device=x.device))
-        k = _fast_path.launch(_stats_kernel, (p, cdiv(c, bc)), x, parts["mean"], parts["m2"],
-                              m, c, x.stride(0), rows, PREFETCH=prefetch, STAGES=stages,
-                              BLOCK_M=bm, BLOCK_C=bc, num_warps=warps, num_stages=stages,
+        first, second = (torch.empty((p, c), dtype=torch.float32, device=x.device)
+                         for _ in range(2))
+        launched[:] = first, second, p, rows
+        k = _fast_path.launch(kernel, (p, cdiv(c, bc)), *inputs, first, second, m, c,
+                              *strides, rows, PREFETCH=prefetch, STAGES=stages, BLOCK_M=bm,
+                              BLOCK_C=bc, num_warps=warps, num_stages=stages,
                               recorder=recorder)
         note_resident(variant, k, warps, x.device)
 
-    launch(_tune.choose(("batch_norm_stats", c, x.dtype, _tune.rows_bucket(m)),
-                        _reduce_configs(c), launch, x.device), recorder)
-    return parts["mean"], parts["m2"], parts["p"], parts["rows"]
+    launch(_tune.choose((name, c, x.dtype, _tune.rows_bucket(m)), _reduce_configs(c), launch,
+                        x.device), recorder)
+    first, second, p, rows = launched
+    return first, second, p, rows
+
+
+class ColumnReduction(NamedTuple):
+    """A column reduction (``_column_partials``), recorded: its launch and its row split."""
+    launch: RecordedLaunch                 # _stats_kernel or _bwd_sums_kernel
+    programs: int                          # P, rows of the partial buffers
+    rows_per_program: int                  # rows of x per program
 
 
 class TrainingForwardRecording(NamedTuple):
     """BatchNorm's training forward, recorded (see ``_fast_path``)."""
-    stats: RecordedLaunch                  # _stats_kernel
+    stats: ColumnReduction                 # _stats_kernel
     combine: RecordedLaunch                # _combine_kernel
     normalize: RecordedLaunch              # _normalize_kernel
-    programs: int                          # P, rows of the partial statistics
-    rows_per_program: int                  # rows of x per program
     backward: BackwardSignature            # what its backward's recording is keyed on
 
 
@@ -321,7 +343,9 @@ def _training_forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.
     one by one, and recorded when ``found`` says this call is the one to record."""
     m, c = x.shape
     recorder = None if found is None else found.recorder
-    mean_p, m2_p, p, rows = _partial_statistics(x, recorder)
+    # (mean, M2) of d = x - K in each block of rows
+    mean_p, m2_p, p, rows = _column_partials(_stats_kernel, "batch_norm_stats", x, (x,),
+                                             (x.stride(0),), recorder)
     mean_d, mean, var, rstd = (torch.empty(c, dtype=torch.float32, device=x.device)
                                for _ in range(4))
     # the combine kernel updates the buffers in place: a strided one is updated through a
@@ -340,7 +364,7 @@ def _training_forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.
     y = _normalize(x, mean_d, rstd, weight, bias, recorder, shifted=True)
     if recorder is not None:
         _fast_path.keep(found, 3, lambda stats, combine, normalize: TrainingForwardRecording(
-            stats, combine, normalize, p, rows, _fast_path.backward_signature(
+            ColumnReduction(stats, p, rows), combine, normalize, _fast_path.backward_signature(
                 "batch_norm", x, weight, bias is not None,
                 None if bias is None else bias.dtype, batch_stats=True)))
     return y, mean, var, rstd
@@ -354,7 +378,8 @@ def _replay_training_forward(r: TrainingForwardRecording, call: Replayable, x: t
     m, c = x.shape
     stride_x, device = x.stride(0), x.device
     x_at, w_at, b_at, rm_at, rv_at = call.addresses
-    half = _fast_path.padded_to_16_bytes(r.programs * c)
+    stats, p, rows = r.stats
+    half = _fast_path.padded_to_16_bytes(p * c)
     parts = torch.empty(2 * half, dtype=torch.float32, device=device)   # mean and M2 partials
     mean_p = parts.data_ptr()
     m2_p = mean_p + 4 * half
@@ -362,13 +387,12 @@ def _replay_training_forward(r: TrainingForwardRecording, call: Replayable, x: t
                                for _ in range(4))             # each 16-byte aligned
     y = torch.empty((m, c), dtype=x.dtype, device=device)
     stream = _fast_path.current_stream(call.device)
-    r.stats(stream, x_at, mean_p, m2_p, m, c, stride_x, r.rows_per_program)
+    stats(stream, x_at, mean_p, m2_p, m, c, stride_x, rows)
     mean_d_at, mean_at = mean_d.data_ptr(), mean.data_ptr()
     var_at, rstd_at = var.data_ptr(), rstd.data_ptr()
-    r.combine(stream, x_at, mean_p, m2_p, r.programs, m, r.rows_per_program, mean_d_at, mean_at,
-              var_at, rstd_at, rm_at if has_running else mean_at,
-              rv_at if has_running else var_at, c, 1.0 / m, m / (m - 1) if m > 1 else 1.0,
-              float(momentum), float(eps))
+    r.combine(stream, x_at, mean_p, m2_p, p, m, rows, mean_d_at, mean_at, var_at, rstd_at,
+              rm_at if has_running else mean_at, rv_at if has_running else var_at, c, 1.0 / m,
+              m / (m - 1) if m > 1 else 1.0, float(momentum), float(eps))
     r.normalize(stream, x_at, y.data_ptr(), mean_d_at, rstd_at, w_at, b_at, m, c, stride_x, c)
     return y, mean, var, rstd, (_fast_path.backward_replayable_at(
         r.backward, call.device, x_at, w_at, mean_at, rstd_at) if prepare else None)
@@ -432,11 +456,9 @@ def prepare_backward(x: torch.Tensor, weight: torch.Tensor | None, has_bias: boo
 
 class BackwardRecording(NamedTuple):
     """BatchNorm's backward, recorded (see ``_fast_path``)."""
-    sums: RecordedLaunch                   # _bwd_sums_kernel
+    sums: ColumnReduction                  # _bwd_sums_kernel
     sum_rows: RecordedLaunch               # _sum_rows_kernel
     dx: RecordedLaunch                     # _dx_kernel
-    programs: int                          # P, rows of the partial sums
-    rows_per_program: int                  # rows of x per program
 
 
 def _replay_backward(r: BackwardRecording, call: Replayable, dy: torch.Tensor
@@ -446,7 +468,8 @@ def _replay_backward(r: BackwardRecording, call: Replayable, dy: torch.Tensor
     m, c, stride_x = sig.rows, sig.cols, sig.row_stride
     dev = dy.device
     dx = torch.empty((m, c), dtype=sig.dtype, device=dev)
-    half = _fast_path.padded_to_16_bytes(r.programs * c)
+    sums, p, rows = r.sums
+    half = _fast_path.padded_to_16_bytes(p * c)
     parts = torch.empty(2 * half, dtype=torch.float32, device=dev)   # sum(dy), sum(dy xhat)
     sdy_p = parts.data_ptr()
     sdyx_p = sdy_p + 4 * half
@@ -454,40 +477,12 @@ def _replay_backward(r: BackwardRecording, call: Replayable, dy: torch.Tensor
     sdyx = torch.empty(c, dtype=torch.float32, device=dev)
     stream = _fast_path.current_stream(call.device)
     dy_at, stride_dy = dy.data_ptr(), dy.stride(0)
-    r.sums(stream, at.x, dy_at, at.mean, at.rstd, sdy_p, sdyx_p, m, c, stride_x, stride_dy,
-           r.rows_per_program)
-    r.sum_rows(stream, sdy_p, sdy.data_ptr(), sdyx_p, sdyx.data_ptr(), r.programs, c)
+    sums(stream, at.x, dy_at, at.mean, at.rstd, sdy_p, sdyx_p, m, c, stride_x, stride_dy, rows)
+    r.sum_rows(stream, sdy_p, sdy.data_ptr(), sdyx_p, sdyx.data_ptr(), p, c)
     r.dx(stream, at.x, dy_at, dx.data_ptr(), at.mean, at.rstd, at.weight, sdy.data_ptr(),
          sdyx.data_ptr(), m, c, stride_x, stride_dy, c, 1.0 / m)
     return (dx, None if sig.weight_dtype is None else sdyx.to(sig.weight_dtype),
             sdy.to(sig.bias_dtype) if sig.has_bias else None)
-
-
-def _column_sums(x: torch.Tensor, dy: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
-                 recorder: list | None) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-    """(sum(dy), sum(dy xhat)) per column, float32: ``_bwd_sums_kernel``'s partials per block
-    of rows, then ``sum_rows``; and the blocks P and the rows per block."""
-    m, c = x.shape
-    sms = num_sms(x.device)
-    parts: dict[str, Any] = {}
-
-    def launch(cfg: tuple[int, int, int, int, bool, int], recorder: list | None = None) -> None:
-        bm, bc, warps, waves, prefetch, stages = cfg
-        variant = ("batch_norm_bwd_sums", cfg, x.dtype)
-        p, rows = _row_split(m, c, cfg, sms * waves * resident_programs(variant))
-        parts.update(p=p, rows=rows,
-                     sdy=torch.empty((p, c), dtype=torch.float32, device=x.device),
-                     sdyx=torch.empty((p, c), dtype=torch.float32, device=x.device))
-        k = _fast_path.launch(_bwd_sums_kernel, (p, cdiv(c, bc)),
-            x, dy, mean, rstd, parts["sdy"], parts["sdyx"], m, c, x.stride(0), dy.stride(0),
-            rows, PREFETCH=prefetch, STAGES=stages, BLOCK_M=bm, BLOCK_C=bc,
-            num_warps=warps, num_stages=stages, recorder=recorder)
-        note_resident(variant, k, warps, x.device)
-
-    launch(_tune.choose(("batch_norm_bwd_sums", c, x.dtype, _tune.rows_bucket(m)),
-                        _reduce_configs(c), launch, x.device), recorder)
-    sdy, sdyx = sum_rows(parts["sdy"], torch.float32, parts["sdyx"], recorder=recorder)
-    return sdy, sdyx, parts["p"], parts["rows"]
 
 
 def backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, has_bias: bool,
@@ -516,7 +511,11 @@ def backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, has
                 zeros(dtype=bias_dtype or x.dtype) if has_bias else None)
     recorder = None if found is None else found.recorder
     with on_device(x):
-        sdy, sdyx, p, rows = _column_sums(x, dy, mean, rstd, recorder)
+        # sum(dy) and sum(dy xhat) in each block of rows, then over the blocks
+        sdy_p, sdyx_p, p, rows = _column_partials(_bwd_sums_kernel, "batch_norm_bwd_sums", x,
+                                                  (x, dy, mean, rstd),
+                                                  (x.stride(0), dy.stride(0)), recorder)
+        sdy, sdyx = sum_rows(sdy_p, torch.float32, sdyx_p, recorder=recorder)
         w = weight if weight is not None else x
 
         def launch_dx(cfg: tuple[int, int, int], recorder: list | None = None) -> None:
@@ -530,7 +529,8 @@ def backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, has
         launch_dx(_tune.choose(tune_key, _elementwise_configs(c), launch_dx, x.device),
                   recorder)
     if recorder is not None:
-        _fast_path.keep(found, 3, lambda *launched: BackwardRecording(*launched, p, rows))
+        _fast_path.keep(found, 3, lambda sums, *rest: BackwardRecording(
+            ColumnReduction(sums, p, rows), *rest))
     dw = sdyx.to(weight.dtype) if weight is not None else None
     db = sdy.to(bias_dtype or x.dtype) if has_bias else None
     return dx, dw, db
@@ -560,14 +560,14 @@ class BatchNormFn(torch.autograd.Function):
         if training:
             _bump(running_mean, running_var)
         ctx.save_for_backward(x, weight, mean, rstd)
-        ctx.training = training
         ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.training = training                     # False: mean and rstd were constants
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, dy: torch.Tensor):
         x, weight, mean, rstd = ctx.saved_tensors
-        dx, dw, db = backward(dy, x, weight, ctx.bias_dtype is not None, mean, rstd,
-                              ctx.training, ctx.bias_dtype, ctx.prepared)
+        dx, dw, db = backward(dy, x, weight, ctx.bias_dtype is not None, mean, rstd, ctx.training,
+                              ctx.bias_dtype, ctx.prepared)
         return dx, dw, db, None, None, None, None, None

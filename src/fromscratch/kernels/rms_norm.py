@@ -38,7 +38,7 @@ from . import _fast_path, _row_backward, _tune
 from ._common import (cdiv, next_pow2, on_device, once_differentiable, row_fwd_configs,
                       unit_last_stride, vector)
 from ._fast_path import ForwardRecording, Replayable
-from ._stats import inv_rms_or_nan, inv_rms_rows
+from ._stats import inv_rms_or_nan, inv_rms_rows, row_block
 
 MAX_FUSED_FWD = 16384
 MAX_FUSED_BWD = 8192
@@ -49,11 +49,7 @@ LOOP_BLOCK = 4096
 def _fwd_kernel(X, R, S, Y, W, RSTD, M, N, stride_x, stride_r, stride_s, stride_y, eps,
                 HAS_W: tl.constexpr, HAS_RES: tl.constexpr, ROUND_XHAT: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_N)
-    rmask = rows < M
-    cmask = cols < N
-    mask = rmask[:, None] & cmask[None, :]
+    rows, cols, rmask, cmask, mask = row_block(M, N, BLOCK_M, BLOCK_N)
     x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     if HAS_RES:
         r = tl.load(R + rows[:, None] * stride_r + cols[None, :], mask=mask, other=0.0)
