@@ -5,10 +5,12 @@ tolerance measures our error only, not the rounding of the test data.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 
 # docs/conventions.md, "tolerances": (rtol, atol) per working dtype
@@ -84,12 +86,15 @@ def upstream(shape: tuple[int, ...], dtype: torch.dtype, seed: int = 1) -> torch
 
 def graph_names(t: torch.Tensor) -> set[str]:
     """Names of every autograd node reachable from t.grad_fn."""
-    names, stack, seen = set(), [t.grad_fn], set()
+    # ``seen`` keeps the nodes themselves, not their id()s: some torch releases (2.11) make
+    # a new Python object for a node on each next_functions access, and a freed one's id
+    # can come again for another node, which would then be skipped
+    names, stack, seen = set(), [t.grad_fn], {}
     while stack:
         node = stack.pop()
-        if node is None or id(node) in seen:
+        if node is None or seen.get(id(node)) is node:
             continue
-        seen.add(id(node))
+        seen[id(node)] = node
         names.add(type(node).__name__)
         stack.extend(n for n, _ in node.next_functions)
     return names
@@ -107,3 +112,14 @@ def assert_backward_is(y: torch.Tensor, fn: type) -> None:
     assert ours in names, f"expected {ours} in the autograd graph, found {sorted(names)}"
     other = names - PLUMBING - {ours}
     assert not other, f"autograd nodes other than ours in the graph: {sorted(other)}"
+
+
+# torch.nn.BatchNorm's keyword-only ``bias`` argument is newer than the oldest torch this
+# project supports (2.11 has none). Ours takes it; a test that builds torch's twin with it
+# skips where the installed torch cannot.
+TORCH_BATCH_NORM_TAKES_BIAS = "bias" in inspect.signature(torch.nn.BatchNorm1d.__init__).parameters
+
+
+def skip_unless_torch_batch_norm_takes(kwargs: dict) -> None:
+    if "bias" in kwargs and not TORCH_BATCH_NORM_TAKES_BIAS:
+        pytest.skip(f"this torch's BatchNorm takes no bias argument (torch {torch.__version__})")

@@ -82,7 +82,10 @@ def size(op: str, name: str, value: Any, minimum: int = 1) -> int:
 def normalized_shape(op: str, shape: int | Sequence[int]) -> tuple[int, ...]:
     """An int or a sequence of ints, as torch. A str is a sequence too, of characters:
     '768' must not become (7, 6, 8)."""
-    n = _index(shape)
+    # a tuple or list is never an index: asked anyway, operator.index raises a TypeError
+    # that torch 2.11's torch.compile turns into an internal error instead of letting it
+    # be caught (nn.LayerNorm's normalized_shape is a tuple on every call)
+    n = None if isinstance(shape, (tuple, list)) else _index(shape)
     if n is None and (isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__")):
         raise TypeError(f"{op}: normalized_shape must be an int or a sequence of ints, "
                         f"got {_describe(shape)}")

@@ -6,12 +6,15 @@ torch's namesakes."""
 from __future__ import annotations
 
 import inspect
+import re
 
 import pytest
 import torch
 from torch import nn
 
 import fromscratch.nn as fnn
+
+from tests._compare import TORCH_BATCH_NORM_TAKES_BIAS, skip_unless_torch_batch_norm_takes
 
 CASES = [
     (fnn.LayerNorm, nn.LayerNorm, (8,), {}),
@@ -39,12 +42,21 @@ IDS = [f"{o.__name__}{a}{k}" for o, _, a, k in CASES]
 
 def build(case):
     ours_cls, torch_cls, args, kwargs = case
+    if torch_cls in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
+        skip_unless_torch_batch_norm_takes(kwargs)
     return ours_cls(*args, **kwargs), torch_cls(*args, **kwargs)
 
 
 # what ours adds to torch's interface: the kernel choice, RMSNorm's offset and cast (plain
-# attributes, keyword-only constructor arguments with defaults, not in the state_dict)
-EXTENSIONS = {"backend", "offset", "cast"}
+# attributes, keyword-only constructor arguments with defaults, not in the state_dict); and
+# on a torch older than BatchNorm's bias argument, that argument
+EXTENSIONS = {"backend", "offset", "cast"} | (set() if TORCH_BATCH_NORM_TAKES_BIAS else {"bias"})
+
+
+def as_this_torch_prints(ours: str, theirs: str) -> str:
+    """Our extra_repr as the installed torch words it: LayerNorm's and BatchNorm's
+    ``bias=`` is newer than torch 2.11, whose repr has none."""
+    return ours if "bias=" in theirs else re.sub(r", bias=\w+", "", ours)
 
 
 def public_attributes(m: nn.Module) -> dict:
@@ -97,7 +109,7 @@ def test_constructor_signature_is_torchs(ours_cls, torch_cls):
 def test_attributes_parameters_buffers_state_dict_extra_repr(case):
     ours, theirs = build(case)
     assert public_attributes(ours) == public_attributes(theirs)
-    assert ours.extra_repr() == theirs.extra_repr()
+    assert as_this_torch_prints(ours.extra_repr(), theirs.extra_repr()) == theirs.extra_repr()
     assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
     assert [n for n, _ in ours.named_buffers()] == [n for n, _ in theirs.named_buffers()]
     for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):

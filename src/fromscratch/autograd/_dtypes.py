@@ -48,9 +48,16 @@ def down(t: torch.Tensor | None, like: torch.Tensor | None) -> torch.Tensor | No
     return None if t is None or like is None else t.to(like.dtype)
 
 
+def cast(y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A forward's output y in ``dtype``, with no ``.to`` where y has it already. Not only
+    thrift: under torch 2.11's torch.compile a Function whose forward returned
+    ``y.to(y.dtype)`` (a no-op that returns y itself) got all-zero gradients."""
+    return y if y.dtype == dtype else y.to(dtype)
+
+
 def output(y: torch.Tensor, dtype: torch.dtype, saved: torch.Tensor) -> torch.Tensor:
     """y in ``dtype``, never the saved tensor itself: RMSNorm without a weight returns
     xhat, which its backward keeps, and an in-place op on the output (ReLU(inplace=True))
     would corrupt it. (LayerNorm and BatchNorm keep x, mean and rstd: y is never saved.)"""
-    out = y.to(dtype)
+    out = cast(y, dtype)
     return out.clone() if out is saved else out

@@ -14,7 +14,7 @@ from ..kernels.dispatch import use_kernels
 from ..ops import batch_norm as bn
 from ..ops._xp import functorch_stack
 from ._calls import function, kernels, run_kernels
-from ._dtypes import down, own_dtypes, up
+from ._dtypes import cast, down, own_dtypes, up
 from ._shapes import unflat
 from .compiled import Ops, ops
 
@@ -89,7 +89,7 @@ class BatchNormFn(torch.autograd.Function):
                                           batch_stats=mean is None)
         # in eval mean and var are the running buffers themselves: outputs that are inputs
         # cannot be saved, views of them can
-        return y.to(x.dtype), mean.view_as(mean), var.view_as(var), cache.rstd
+        return cast(y, x.dtype), mean.view_as(mean), var.view_as(var), cache.rstd
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:

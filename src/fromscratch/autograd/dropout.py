@@ -13,7 +13,7 @@ from .. import _checks as check
 from ..kernels.dispatch import check_backend, use_kernels
 from ..ops import dropout as dr
 from ._calls import function
-from ._dtypes import up
+from ._dtypes import cast, up
 
 
 def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True,
@@ -62,7 +62,7 @@ class DropoutFn(torch.autograd.Function):
     def forward(x: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
         u = torch.rand(x.shape, device=x.device)       # float32 uniforms, global generator
         y, cache = dr.forward(up(x), p, u)
-        return y.to(x.dtype), cache.keep
+        return cast(y, x.dtype), cache.keep
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:

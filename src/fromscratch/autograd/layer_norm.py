@@ -13,7 +13,7 @@ from .. import _checks as check
 from ..kernels.dispatch import use_kernels
 from ..ops import layer_norm as ln
 from ._calls import function, kernels, run_kernels
-from ._dtypes import down, own_dtypes, up
+from ._dtypes import cast, down, own_dtypes, up
 from ._shapes import checked_input, flat, flat1, unflat
 from .compiled import Ops, ops
 
@@ -49,7 +49,7 @@ class LayerNormFn(torch.autograd.Function):
     def forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
                 eps: float, ops: Ops = ln) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         y, cache = ops.forward(up(x), up(weight), up(bias), eps)
-        return y.to(x.dtype), cache.mean, cache.rstd
+        return cast(y, x.dtype), cache.mean, cache.rstd
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:

@@ -2,9 +2,10 @@
 from the op files that define them (each beside its kernels and launchers), and their
 custom ops for torch.compile (``library``).
 
-Inputs arrive as 2-D (rows, hidden) tensors: the functional front-end flattens and
-validates them. The kernels' backward is not itself differentiable: asking for a second
-derivative (``create_graph=True``) raises; use ``backend="torch"`` for double backward.
+Inputs arrive as 2-D (rows, hidden) tensors: the entries in ``fromscratch.autograd``
+validate and flatten them. The kernels' backward is not itself differentiable: asking for a
+second derivative (``create_graph=True``) raises; use ``backend="torch"`` for double
+backward.
 Under torch.compile the front-ends call the same kernels through ``library``'s custom ops.
 """
 from __future__ import annotations

@@ -14,7 +14,7 @@ cannot return None). Ops with an autograd formula must not mutate their inputs, 
 BatchNorm's op leaves the running statistics alone and ``batch_norm`` below updates them
 with traced torch code (the same formula as the kernel's, which Inductor fuses). Dropout is
 not here: its seed is drawn on the host at every call, and a captured graph would replay one
-mask; it stays outside the graph (``functional._kernel_dropout``).
+mask; it stays outside the graph (``autograd.dropout._kernel_dropout``).
 """
 from __future__ import annotations
 

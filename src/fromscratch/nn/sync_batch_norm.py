@@ -30,7 +30,7 @@ from torch.autograd.function import once_differentiable
 
 from .. import _checks as check
 from ..ops import batch_norm as bn
-from ..autograd._dtypes import down, own_dtypes, up
+from ..autograd._dtypes import cast, down, own_dtypes, up
 from .batch_norm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
 
 
@@ -70,7 +70,7 @@ class SyncBatchNormFn(torch.autograd.Function):
         ctx.save_for_backward(weight, cache.x, cache.mean, cache.rstd)
         ctx.has_bias, ctx.count, ctx.group, ctx.x_dtype = bias is not None, count, group, x.dtype
         ctx.mark_non_differentiable(mean, var, n)
-        return y.to(x.dtype), mean, var, n
+        return cast(y, x.dtype), mean, var, n
 
     @staticmethod
     @once_differentiable
