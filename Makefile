@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-lowest bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,20 @@ demo: $(STAMP)
 test: $(STAMP)
 	MPLBACKEND=Agg TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -n 2 tests
 
+# the lowest versions pyproject.toml allows: torch 2.11.0 (on x86_64 a CUDA build of about
+# 5 GB, which runs on the CPU), numpy 2.0.0, and the triton torch 2.11 asks for (3.6)
+LOWEST := .venv-lowest
+$(LOWEST)/.installed: pyproject.toml
+	test -x $(LOWEST)/bin/python || $(PYTHON) -m venv $(LOWEST)
+	printf 'torch==2.11.0\nnumpy==2.0.0\n' > $(LOWEST)/constraints.txt
+	$(LOWEST)/bin/python -m pip install -q -c $(LOWEST)/constraints.txt -e ".[dev,kernels]"
+	touch $@
+
+test-lowest: $(LOWEST)/.installed
+	MPLBACKEND=Agg TRITON_INTERPRET=1 $(LOWEST)/bin/python -m pytest -q -n 2 tests
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/cpu_layers.py
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache .hypothesis
+	rm -rf $(VENV) $(LOWEST) demo-output .pytest_cache .hypothesis
