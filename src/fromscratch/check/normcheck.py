@@ -97,14 +97,16 @@ def formula(m: NormModel, ref: NormModel) -> str:
 
 class NormBattery:
     """The checks, in the order ``run`` calls them. What a phase learns about the layer the
-    later ones use, and only these, each set in one place:
+    later ones use is returned to ``run``, which stores it, except where it changes how the
+    layer is driven (the mapping, the eps it is built with), noted in the phase itself:
 
-        weight_convention   the weight's offset (Gemma's 1 + weight) in the mapping
-        forward             m0, the formula it computes, and the input shape to check on
-                            (size, shape: the one closest to the reference); the mapping
-                            swapped when weight and bias are; eps when it has none (measured)
-        eps_placement       m_eps, m0 with eps placed as the layer places it
-        (the rest report findings and learn nothing)
+        weight_convention   (the weight's offset, Gemma's 1 + weight, set in the mapping)
+        forward             returns the probes that ran, each with the formula it computes;
+                            run takes the one closest to the reference: m0, size, shape.
+                            (The mapping swapped when weight and bias are.)
+        eps_placement       returns m_eps, m0 with eps placed as the layer places it.
+                            (A layer with no eps setting: the eps it uses, measured.)
+        the rest            report findings and learn nothing
     """
 
     def __init__(self, subject: Subject, spec: NormSpec, report: Report):
@@ -180,7 +182,10 @@ class NormBattery:
 
     # -- 1. ordinary forward ------------------------------------------------------------
     @probe("forward on ordinary inputs")
-    def forward(self) -> None:
+    def forward(self) -> list[tuple[int, int, tuple[int, ...], NormModel]]:
+        """Ordinary inputs of every probe shape, plain and with a random weight and bias:
+        (deviations from the reference, size, shape, the formula the layer computes) for
+        each probe the formula was found on."""
         self.gen = generator(0)   # each probe its own draws
         errors: list[str] = []
         ran: list[tuple[int, int, tuple[int, ...], NormModel]] = []   # (deviations, ...)
@@ -227,12 +232,6 @@ class NormBattery:
             if model is not None:
                 ran.append((len(model.deviations(self.spec.ref_model(x.dim()))), size, shape,
                             model))
-        if ran:
-            # the later checks run on the input where the layer is closest to the reference,
-            # so that a fault on one shape (wrong dims on 3-D input) does not hide another
-            # that shows on a shape where it is right (a biased running variance on 2-D)
-            _, self.size, self.shape, self.m0 = min(ran, key=lambda r: r[0])
-        self.ran = ran
         if len(errors) == len(self.spec.probes):
             self.all_failed(errors)
         elif errors:
@@ -243,6 +242,7 @@ class NormBattery:
                              "L)); BatchNorm here is channels-last, (N, ..., C), as in the seed")
                 self.r.add(finding("forward-error", e, title=f"forward raises an error on "
                                    f"{e.split(':')[0]} input", cause=cause))
+        return ran
 
     def all_failed(self, errors: list[str]) -> None:
         """Every ordinary input raised. A square input shows a keepdim mistake: statistics
@@ -426,7 +426,6 @@ class NormBattery:
 
     # -- 2. edges -----------------------------------------------------------------------
     def edges(self) -> None:
-        self.m_eps = self.eps_placement()
         self.constant_rows()
         self.large_mean()
         self.half(torch.float16)
@@ -770,13 +769,18 @@ class NormBattery:
 
     def run(self) -> None:
         self.weight_convention()
-        self.forward()
-        if self.m0 is None:
+        self.ran = self.forward()
+        if not self.ran:
             self.r.notes.append("no ordinary input gave a recognisable output: edge and "
                                 "gradient checks skipped")
             return
+        # the later checks run on the input where the layer is closest to the reference, so
+        # that a fault on one shape (wrong dims on 3-D input) does not hide another that
+        # shows on a shape where it is right (a biased running variance on 2-D)
+        _, self.size, self.shape, self.m0 = min(self.ran, key=lambda r: r[0])
         self.registration()
         self.extra()
+        self.m_eps = self.eps_placement()
         self.edges()
         self.gradients()
 
