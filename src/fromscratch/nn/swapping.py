@@ -96,7 +96,8 @@ class Refuse(Exception):
 # -- building a replacement ---------------------------------------------------------------
 
 def _take_over(new: nn.Module, old: nn.Module) -> nn.Module:
-    """The replacement holds the original's own Parameter and buffer objects, its mode."""
+    """``new`` holds ``old``'s own Parameter and buffer objects and its mode (swap: the
+    replacement takes the original's; unswap: the original takes back the replacement's)."""
     for name, p in old.named_parameters(recurse=False):
         setattr(new, name, p)
     for name, b in old.named_buffers(recurse=False):
@@ -352,13 +353,7 @@ def unswap(model: nn.Module) -> int:
     and buffers (trained, moved with ``.to()``, loaded). Returns how many."""
     originals = _ORIGINALS.pop(model, {})
     for path, old in originals.items():
-        new = model.get_submodule(path)
-        for name, p in new.named_parameters(recurse=False):
-            setattr(old, name, p)
-        for name, b in new.named_buffers(recurse=False):
-            old._buffers[name] = b
-        old.train(new.training)
-        _set(model, path, old)
+        _set(model, path, _take_over(old, model.get_submodule(path)))
     return len(originals)
 
 
