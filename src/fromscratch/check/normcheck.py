@@ -799,10 +799,9 @@ def channels_first_rank(subject: Subject, spec: NormSpec) -> int | None:
     c, shape = spec.probes[0]
     gen = generator(0)
     x = spec.ordinary(shape, gen)
-    inst = subject.make(c)
-    o = call(inst, x)
+    o = call(subject.make(c), x)
     if o.ok and o.y.shape == x.shape and not (spec.kind != "batchnorm" and
-                                               over_dim1_only(o.y, x, spec, subject, inst)):
+                                               over_dim1_only(o.y, x, spec, subject)):
         return None
     for rank in (3, 4, 5):
         x = randn((2, c) + (3,) * (rank - 2), gen)
@@ -812,8 +811,7 @@ def channels_first_rank(subject: Subject, spec: NormSpec) -> int | None:
     return None
 
 
-def over_dim1_only(y: torch.Tensor, x: torch.Tensor, spec: NormSpec, subject: Subject,
-                   inst) -> bool:
+def over_dim1_only(y: torch.Tensor, x: torch.Tensor, spec: NormSpec, subject: Subject) -> bool:
     """Does a layer with no per-channel tensor (a parameter-free PixelNorm) normalise over
     dim 1? Nothing in it ties it to the last dim, and it behaves as a channels-first layer
     on every input: it is taken as one (a layer with a weight of the hidden size that
