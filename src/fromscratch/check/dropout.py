@@ -100,7 +100,6 @@ class DropoutBattery:
         self.train_rate = float("nan")
         self.scale_ok = False
         self.shape: tuple[int, ...] = (N_ROWS, N_COLS)    # 3-D for a sequences-only layer
-        self.two_d = ""                  # why 2-D input was not taken, when it was not
 
     def make(self, train: bool = True, dtype=None, p: float | None = None):
         values = dict(self.s.passed)
@@ -167,8 +166,8 @@ class DropoutBattery:
         o3 = call(inst, x3)
         if o3.ok and o3.y.shape == x3.shape:
             self.shape = SEQUENCES
-            self.two_d = (f"on {tuple(x.shape)} float32 input {why}; the checks use "
-                          f"(batch, time, features) input {SEQUENCES}")
+            self.r.notes.append(f"on {tuple(x.shape)} float32 input {why}; the checks use "
+                                f"(batch, time, features) input {SEQUENCES}")
             return x3, o3.y
         self.r.check("forward in training", False, why)
         unrunnable(self.s.cls, why)
@@ -278,8 +277,6 @@ class DropoutBattery:
             shared3 = shared_dims(o3.y != 0) if o3.ok and o3.y.shape == x3.shape else None
         variant = sequence_variant(shared3) if shared3 else None
         self.r.check("mask has x's full shape", not shared and not shared3)
-        if self.two_d:
-            self.r.notes.append(self.two_d)
         if variant is not None:
             id, what = variant
             self.r.add(finding(id, f"on {SEQUENCES} (batch, time, features) input: {what}"
