@@ -281,6 +281,17 @@ def _compare(m: nn.Module, new: nn.Module, x: torch.Tensor, train: bool, rtol: f
     return None
 
 
+def _first_matching(m: nn.Module, candidates: Iterable[nn.Module]) -> int:
+    """The index of the first candidate whose output matches ``m``'s (``_differs``); where
+    none does, Refuse with the last one's difference."""
+    why = None
+    for i, candidate in enumerate(candidates):
+        why = _differs(m, candidate)
+        if why is None:
+            return i
+    raise Refuse(f"verify: {why}")
+
+
 # -- the walk -----------------------------------------------------------------------------
 
 _ORIGINALS: "weakref.WeakKeyDictionary[nn.Module, dict[str, nn.Module]]" = \
@@ -329,15 +340,7 @@ def swap(model: nn.Module, kinds: Iterable[str] = KINDS, backend: str = "auto",
                 raise Refuse("it has hooks registered; a replacement would drop them")
             candidates = convert(m, backend)
             candidates = candidates if isinstance(candidates, list) else [candidates]
-            new, why = candidates[0], None
-            if verify:
-                for cand in candidates:
-                    why = _differs(m, cand)
-                    if why is None:
-                        new = cand
-                        break
-                if why is not None:
-                    raise Refuse(f"verify: {why}")
+            new = candidates[_first_matching(m, candidates) if verify else 0]
         except Refuse as e:
             report.refused.append(Refused(path, _name(m), str(e)))
             continue
@@ -444,13 +447,8 @@ def _matching_form(cls: type, verify: bool) -> dict:
     original = cls(16, eps=1e-5)
     with torch.no_grad():
         original.weight.copy_(torch.randn(16) * 0.5)
-    why = None
-    for form in forms:
-        candidate = _take_over(RMSNorm(16, hf_eps(original), **form), original)
-        why = _differs(original, candidate)
-        if why is None:
-            return form
-    raise Refuse(f"verify: {why}")
+    candidates = (_take_over(RMSNorm(16, hf_eps(original), **form), original) for form in forms)
+    return forms[_first_matching(original, candidates)]
 
 
 def unpatch_transformers() -> int:
