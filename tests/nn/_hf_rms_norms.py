@@ -31,6 +31,13 @@ def gemma_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
     return output.type_as(x)
 
 
+# name: (the RMSNorm options that reproduce the model's norm, its forward taking our weight)
+MODELS = {
+    "llama": ({"cast": "normalized"}, llama_rms_norm),
+    "gemma": ({"offset": 1.0}, gemma_rms_norm),
+}
+
+
 def assert_within_one_ulp(mine: torch.Tensor, ref: torch.Tensor, what: str,
                           identical: float = 0.999) -> None:
     """Same dtype; every value within one unit in the last place of ``ref`` (|d| <= eps |ref|

@@ -12,13 +12,12 @@ from torch import nn
 
 from fromscratch.nn import FusedAddRMSNorm, RMSNorm
 from tests._compare import TOL, WORKING_DTYPES, assert_close, randn, tol, upstream
-from tests.nn._hf_rms_norms import gemma_rms_norm, llama_rms_norm
+from tests.nn._hf_rms_norms import MODELS
 
 SHAPE = (3, 4, 19)
 OPTIONS = {   # our options: the norm of the two steps, given (s, weight, eps, compute dtype)
     "default": ({}, lambda s, w, eps, c: nn.functional.rms_norm(s, (s.shape[-1],), w, eps)),
-    "llama": ({"cast": "normalized"}, llama_rms_norm),
-    "gemma": ({"offset": 1.0}, gemma_rms_norm),
+    **MODELS,                                     # Llama's and Gemma's
 }
 
 

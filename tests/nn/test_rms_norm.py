@@ -16,7 +16,7 @@ from fromscratch.nn import RMSNorm
 from fromscratch.autograd.rms_norm import RMSNormFn
 from tests._compare import (EPS32, TOL, WORKING_DTYPES, assert_backward_is, assert_close, randn,
                             tol, upstream)
-from tests.nn._hf_rms_norms import assert_within_one_ulp, gemma_rms_norm, llama_rms_norm
+from tests.nn._hf_rms_norms import MODELS, assert_within_one_ulp
 from tests.nn._run import (assert_float32_compute_rounded_once, assert_same_as_torch,
                           float64_twin, forward_backward, randomize_affine,
                           try_forward_backward)
@@ -121,11 +121,6 @@ def test_low_precision_is_float32_compute_rounded_once(dtype):
 
 
 # --- offset and cast: Hugging Face's Llama and Gemma RMSNorms (tests/nn/_hf_rms_norms.py) --
-
-MODELS = {   # name: (our module's options, the model's forward taking our weight)
-    "llama": ({"cast": "normalized"}, llama_rms_norm),
-    "gemma": ({"offset": 1.0}, gemma_rms_norm),
-}
 
 
 def model_pair(model, n, dtype, seed=3):
