@@ -208,9 +208,7 @@ class DropoutBattery:
               f"({rate:.1%}), expected {1 - p:.0%} "
               f"(binomial z = {z:.0f}); E[y] = {rate * s:.3f} x in training")
         if not rate_ok:
-            self.rate_findings(k, n, p, s, binary, ev)
-            scale_ok = scale_ok or self.r.has("keep-drop-confused") and binary and \
-                p > 0 and abs(s * p - 1.0) < 1e-3
+            scale_ok = self.rate_findings(k, n, p, s, binary, ev) or scale_ok
         if k == n:
             pass                    # nothing dropped: the rate finding says it all
         elif not binary:
@@ -230,22 +228,27 @@ class DropoutBattery:
         self.sharing(shared)
         return True
 
-    def rate_findings(self, k: int, n: int, p: float, s: float, binary: bool, ev: str) -> None:
+    def rate_findings(self, k: int, n: int, p: float, s: float, binary: bool, ev: str) -> bool:
+        """Name the keep-rate mistake; True where p is the keep probability and kept units
+        are scaled by 1/p, consistently (that scale is then no finding of its own)."""
         rate = k / n
         head = f"keeps {rate:.0%} of units at p={p}, expected {1 - p:.0%}"
         if abs(z_score(k, n, keep_share_of_randn(p))) < Z_LIMIT:
             self.r.add(finding("randn-mask", ev, title=f"{head}: the mask is drawn from "
                                f"randn, not rand"))
         elif abs(z_score(k, n, p)) < Z_LIMIT:
-            if binary and p > 0 and abs(s * p - 1.0) < 1e-3:   # consistently: scale 1/p
+            consistent = binary and p > 0 and abs(s * p - 1.0) < 1e-3   # scale 1/p
+            if consistent:
                 ev += ("; kept units are scaled by 1/p, consistent with p as the keep "
                        "probability")
             self.r.add(finding("keep-drop-confused", ev, title=f"{head}: p is used as the "
                                f"keep probability"))
+            return consistent
         elif k == n:
             self.r.add(finding("keep-rate", ev, title=f"drops nothing in training at p={p}"))
         else:
             self.r.add(finding("keep-rate", ev, title=head))
+        return False
 
     def scale_findings(self, s: float, p: float, rate: float, expect: float) -> None:
         ev_s = (f"kept units are x * {s:.4g}, expected x / (1 - p) = x * {expect:.4g}; "
