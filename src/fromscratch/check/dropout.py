@@ -346,7 +346,7 @@ class DropoutBattery:
         dy = torch.randn(shape, generator=g, dtype=torch.float64)
         torch.manual_seed(4)
         inst = self.make(dtype=torch.float64)
-        o = call(inst, x, grad=True)
+        o = call(inst, x)
         name = "gradient: dy * keep / (1 - p)"
         if not o.ok:
             self.r.check(name, False, o.why())

@@ -424,7 +424,7 @@ def grads(inst: nn.Module, x: torch.Tensor, dy: torch.Tensor,
     for t in tensors.values():
         if t is not None and t.is_leaf and t.is_floating_point():
             t.grad = None
-    out = call(inst, x, grad=True)
+    out = call(inst, x)
     result: dict[str, torch.Tensor | None] = {"input": None}
     result.update({k: None for k in tensors})
     if not out.ok:
