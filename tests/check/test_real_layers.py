@@ -46,6 +46,12 @@ def test_real_layer_gets_what_a_careful_reader_expects(file, cls, kind, code, ex
         f"\nexpected: {reading}\n" + show(report)
 
 
+def test_a_construction_chosen_among_several_is_named_in_the_notes():
+    """d2l's BatchNorm(num_features, num_dims) can be built three ways; the report says which."""
+    report = check_layer("batchnorm", f"{REAL / 'd2l_batchnorm.py'}:BatchNorm")
+    assert any(n.startswith("built as BatchNorm(") for n in report.notes), report.notes
+
+
 def test_the_corpus_is_large_and_varied():
     """At least 20 layers from at least 12 repositories, every kind, correct and faulty."""
     files = {f for f, *_ in CASES}

@@ -155,7 +155,7 @@ def open_subject(kind: str, target: str, roles: tuple[str, ...], size: int | Non
     sig = loader.signature(obj, needs_size=size is not None, forward_roles=forward_roles)
     subject = Subject(kind, target, obj, module, sig, roles, overrides=dict(overrides or {}))
     subject.passed = {r: v for r, v in given.items() if v is not None}
-    notes: list[str] = []
+    notes = subject.notes                 # settle() adds its own on the way
     for role in forward_roles:            # required without a default: the checker's value
         if role not in subject.passed and sig.takes(role) and \
                 sig.default(role) is inspect.Parameter.empty:
@@ -190,10 +190,9 @@ def open_subject(kind: str, target: str, roles: tuple[str, ...], size: int | Non
             else:
                 subject.settings[role] = ROLE_DEFAULTS[kind][role]
                 subject.sources[role] = "not found; assumed"
-    subject.notes = notes
     if sig.hidden_by:
-        subject.notes.append(f"the metaclass {sig.hidden_by} hides the constructor's "
-                             f"signature; read from __init__")
+        notes.append(f"the metaclass {sig.hidden_by} hides the constructor's "
+                     f"signature; read from __init__")
     return subject
 
 
