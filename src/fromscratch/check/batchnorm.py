@@ -19,7 +19,7 @@ from .guard import probe
 from .findings import Report, finding
 from .normcheck import NormBattery, NormSpec, channels_first, missing_terms
 from .normmodel import agree, normalise_with
-from .probes import Subject, call, close, diff, generator, randn, shape_str
+from .probes import Subject, affine_values, call, close, diff, generator, randn, shape_str
 
 STEPS = 3
 
@@ -133,7 +133,7 @@ class BatchNormBattery(NormBattery):
         in eval() with gradients on. Then eval() is checked under torch.no_grad(), where
         its eval branch runs."""
         c, gen = self.size, generator(2)   # its own draws: the other probes' stay the same
-        w, b = 1.0 + 0.5 * randn((c,), gen), 0.5 * randn((c,), gen)
+        w, b = affine_values(c, gen)
         x = channels_like_people_have(self.shape, gen)
         outs = {(train, grad): call(self.make(c, w, b, train=train), x, grad=grad)
                 for train in (True, False) for grad in (True, False)}
@@ -193,7 +193,7 @@ class BatchNormBattery(NormBattery):
         c = self.size
         results = {}
         for shape in dict.fromkeys([self.shape] + [r[2] for r in self.ran if r[1] == c]):
-            w, b = 1.0 + 0.5 * randn((c,), self.gen), 0.5 * randn((c,), self.gen)
+            w, b = affine_values(c, self.gen)
             inst = self.make(c, w, b)
             start = {r: tuple(self.s.tensor(inst, r).shape)
                      for r in ("running_mean", "running_var")}
@@ -290,7 +290,7 @@ class BatchNormBattery(NormBattery):
     def evaluation(self) -> None:
         self.gen = generator(17)   # each probe its own draws
         c = self.size
-        w, b = 1.0 + 0.5 * randn((c,), self.gen), 0.5 * randn((c,), self.gen)
+        w, b = affine_values(c, self.gen)
         inst = self.make(c, w, b)
         for x in self.batches():
             call(inst, x)

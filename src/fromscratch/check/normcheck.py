@@ -27,8 +27,8 @@ from .findings import Report, finding
 from .normmodel import (NormModel, agree, estimate_eps, eps_variants, normalise, search,
                         space)
 from .errors import LoadError
-from .probes import (Subject, call, close, diff, directional, generator, grads,
-                     modifies_input, randn, resolve_eps, shape_str)
+from .probes import (Subject, affine_values, call, close, diff, directional, generator,
+                     grads, modifies_input, randn, resolve_eps, shape_str)
 
 Reference = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor | None, float],
                      tuple[torch.Tensor, Callable]]
@@ -192,7 +192,7 @@ class NormBattery:
         for size, shape in self.spec.probes:
             x = self.spec.ordinary(shape, self.gen)
             name = f"forward {shape_str(x)}"
-            w, b = 1.0 + 0.5 * randn((size,), self.gen), 0.5 * randn((size,), self.gen)
+            w, b = affine_values(size, self.gen)
             plain, scaled = self.make(size), self.make(size, w, b)
             o1, o2 = call(plain, x), call(scaled, x)
             if not (o1.ok and o2.ok):
@@ -637,7 +637,7 @@ class NormBattery:
         self.gen = generator(15)   # each probe its own draws
         n = self.size
         x = self.spec.ordinary(self.shape, self.gen)
-        w, b = 1.0 + 0.5 * randn((n,), self.gen), 0.5 * randn((n,), self.gen)
+        w, b = affine_values(n, self.gen)
         dy = randn(self.shape, self.gen)
         inst = self.make(n, w, b)
         roles = {r: self.s.tensor(inst, r) for r in ("weight", "bias") if r in self.spec.roles}
